@@ -1,0 +1,31 @@
+"""Quick start: the paper's model on the bundled sample photos, sized for a CPU.
+
+Finishes on 2 CPU cores in under 10 minutes and leaves a checkpoint,
+TensorBoard logs and a PNG grid. No ImageNet weights can be downloaded, so
+the ResNet-18 branch runs with random weights (a WARNING says so); point
+`--config.model.resnet18_weights` at a converted file to use real ones.
+"""
+
+import os
+
+from configs import default
+
+SAMPLES_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'jaxcolor', 'data', 'samples')
+
+
+def get_config():
+  config = default.get_config()
+  config.data.train_dir = SAMPLES_DIR
+  config.data.val_fraction = 0.15
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 16
+  config.data.num_workers = 1
+  config.model.require_resnet18_weights = False
+  config.num_train_steps = 150
+  config.log_every_steps = 10
+  config.image_every_steps = 50
+  config.eval_every_steps = 50
+  config.checkpoint_every_steps = 50
+  return config

@@ -1,0 +1,1 @@
+"""Input data: decoding, preprocessing, sources, Grain pipelines, prepare."""

@@ -1,0 +1,309 @@
+"""Decoding and per-image preprocessing: photo bytes -> uint8 training maps.
+
+An example is a dict of uint8 numpy arrays at `image_size` x `image_size`:
+
+  'rgb'      (S, S, 3)  the photo, RGB.
+  'gray'     (S, S, 1)  cv2 BGR->GRAY of the same pixels (0.299 R + 0.587 G
+                        + 0.114 B).
+  'edge'     (S, S, 1)  cv2.Canny(gray, canny_low, canny_high): 0 or 255.
+  'saliency' (S, S, 1)  cv2.saliency static saliency of the photo (given as
+                        BGR, as cv2 expects): spectral residual by default,
+                        fine grained if `saliency == 'fine_grained'`. cv2
+                        returns float32 in [0, 1]; stored as round(x * 255).
+
+The model sees `normalize(x)`: float32 in [-1, 1].
+"""
+
+import dataclasses
+import struct
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+SALIENCY_METHODS = ('spectral_residual', 'fine_grained')
+KEYS = ('rgb', 'gray', 'edge', 'saliency')
+
+
+class BadImageError(ValueError):
+  """A file that cannot be used as a training photo; `reason` says why."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+  @property
+  def kind(self) -> str:
+    """The reason without details, for counting: e.g. 'truncated JPEG'."""
+    return self.reason.split(' (')[0].split(':')[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The preprocessing settings of `config.data` (a picklable copy)."""
+  image_size: int = 64
+  canny_low: int = 100
+  canny_high: int = 200
+  saliency: str = 'spectral_residual'
+  random_crop: bool = False
+  random_flip: bool = False
+  max_image_pixels: int = 100_000_000
+
+  @classmethod
+  def from_config(cls, data_config: Any) -> 'Options':
+    """Reads the fields above from `config.data` (or any object with them)."""
+    if isinstance(data_config, cls):
+      return data_config
+    opts = cls(**{f.name: getattr(data_config, f.name)
+                  for f in dataclasses.fields(cls)})
+    if opts.saliency not in SALIENCY_METHODS:
+      raise ValueError(f'config.data.saliency={opts.saliency!r}; expected one '
+                       f'of {SALIENCY_METHODS}')
+    if opts.image_size <= 0:
+      raise ValueError(
+          f'config.data.image_size must be positive, got {opts.image_size}')
+    return opts
+
+
+def normalize(x):
+  """uint8 array (numpy or jax) -> float32 in [-1, 1] (x / 127.5 - 1)."""
+  return x.astype('float32') / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------- headers
+def _jpeg_info(data: bytes) -> tuple[Optional[tuple[int, int]], Optional[int]]:
+  """(width, height) from the first SOFn marker, and the first SOS offset."""
+  i, n, size = 2, len(data), None
+  while i + 4 <= n:
+    if data[i] != 0xFF:
+      return size, None
+    marker = data[i + 1]
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # no length field
+      i += 2
+      continue
+    (length,) = struct.unpack('>H', data[i + 2:i + 4])
+    if marker == 0xDA:  # start of scan: entropy-coded data follows
+      return size, i
+    if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
+        and size is None and i + 9 <= n):
+      h, w = struct.unpack('>HH', data[i + 5:i + 9])
+      size = (w, h)
+    i += 2 + length
+  return size, None
+
+
+def image_size_from_header(data: bytes) -> Optional[tuple[int, int]]:
+  """(width, height) read from a JPEG/PNG/BMP/WebP header; None if unknown.
+
+  Cheap: no pixel data is decoded, so oversized files can be refused before
+  they are decoded.
+  """
+  try:
+    if data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR':
+      return struct.unpack('>II', data[16:24])
+    if data[:2] == b'\xff\xd8':
+      return _jpeg_info(data)[0]
+    if data[:2] == b'BM' and len(data) >= 26:
+      w, h = struct.unpack('<ii', data[18:26])
+      return w, abs(h)
+    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+      chunk = data[12:16]
+      if chunk == b'VP8X':
+        w = int.from_bytes(data[24:27], 'little') + 1
+        h = int.from_bytes(data[27:30], 'little') + 1
+        return w, h
+      if chunk == b'VP8 ':
+        w, h = struct.unpack('<HH', data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+      if chunk == b'VP8L':
+        b = int.from_bytes(data[21:25], 'little')
+        return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+  except struct.error:
+    return None
+  return None
+
+
+# ---------------------------------------------------------------- decoding
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+  if img.dtype == np.uint8:
+    return img
+  if img.dtype == np.uint16:
+    return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+  if img.dtype in (np.float32, np.float64):
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+  raise BadImageError(f'unsupported pixel type {img.dtype}')
+
+
+def decode_image(data: bytes, *, max_pixels: Optional[int] = None,
+                 min_side: Optional[int] = None) -> np.ndarray:
+  """Image file bytes -> RGB uint8 (H, W, 3).
+
+  Grayscale is replicated to 3 channels; alpha is composited over white;
+  16-bit and float images are scaled to 8 bit; CMYK JPEGs are converted by
+  cv2; JPEG EXIF orientation is applied. A JPEG without an end-of-image
+  marker after its first scan is refused as truncated (cv2 would hand back
+  a partly grey image).
+
+  Args:
+    data: the file's bytes.
+    max_pixels: refuse images with more pixels (read from the header before
+      decoding when the format allows).
+    min_side: if given, a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale
+      (in the DCT domain, much faster) as long as its shorter side stays at
+      least `min_side`.
+
+  Raises:
+    BadImageError: with the reason the bytes are not a usable image.
+  """
+  if not data:
+    raise BadImageError('empty file (0 bytes)')
+  size = image_size_from_header(data)
+  if size is not None:
+    w, h = size
+    if w <= 0 or h <= 0:
+      raise BadImageError(f'bad size {w}x{h} in header')
+    if max_pixels and w * h > max_pixels:
+      raise BadImageError(
+          f'too large: {w}x{h} = {w * h} pixels > '
+          f'max_image_pixels={max_pixels}')
+  buf = np.frombuffer(data, np.uint8)
+  is_jpeg = data[:2] == b'\xff\xd8'
+  if is_jpeg:
+    _, sos = _jpeg_info(data)
+    if sos is None or data.rfind(b'\xff\xd9') < sos:
+      raise BadImageError('truncated JPEG (no end-of-image marker)')
+    flag = cv2.IMREAD_COLOR
+    if size is not None and min_side:
+      for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8),
+                              (4, cv2.IMREAD_REDUCED_COLOR_4),
+                              (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if min(size) // factor >= min_side:
+          flag = reduced
+          break
+  else:
+    flag = cv2.IMREAD_UNCHANGED
+  try:
+    img = cv2.imdecode(buf, flag)
+  except cv2.error as e:
+    raise BadImageError(f'cv2 cannot decode it ({str(e).strip()[-80:]})') from e
+  if img is None:
+    raise BadImageError('not a decodable image (corrupt, truncated or not an '
+                        'image format cv2 reads)')
+  if img.ndim not in (2, 3) or img.size == 0:
+    raise BadImageError(f'unexpected decoded shape {img.shape}')
+  if max_pixels and size is None and img.shape[0] * img.shape[1] > max_pixels:
+    raise BadImageError(f'too large: {img.shape[1]}x{img.shape[0]} pixels > '
+                        f'max_image_pixels={max_pixels}')
+  img = _to_uint8(img)
+  if img.ndim == 2 or img.shape[2] == 1:
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+  if img.shape[2] == 3:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+  if img.shape[2] == 4:
+    bgr = img[..., :3].astype(np.float32)
+    alpha = img[..., 3:].astype(np.float32) / 255.0
+    out = np.round(bgr * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+  raise BadImageError(f'unexpected channel count {img.shape[2]}')
+
+
+def read_file(path: str) -> bytes:
+  """The file's bytes; BadImageError (not OSError) if it cannot be read."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise BadImageError(f'unreadable ({e.strerror or e})') from e
+
+
+# ---------------------------------------------------------------- maps
+def resize_and_crop(rgb: np.ndarray, size: int,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+  """Square crop of the shorter side (centre, or random with `rng`), resized.
+
+  Cropping first and resizing the square equals resizing the shorter side to
+  `size` and cropping, up to sub-pixel placement. Shrinking uses INTER_AREA,
+  growing INTER_CUBIC.
+  """
+  h, w = rgb.shape[:2]
+  side = min(h, w)
+  if rng is None:
+    top, left = (h - side) // 2, (w - side) // 2
+  else:
+    top = int(rng.integers(0, h - side + 1))
+    left = int(rng.integers(0, w - side + 1))
+  square = rgb[top:top + side, left:left + side]
+  if side == size:
+    return np.ascontiguousarray(square)
+  interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+  return cv2.resize(square, (size, size), interpolation=interp)
+
+
+def saliency_map(rgb: np.ndarray, method: str = 'spectral_residual'
+                 ) -> np.ndarray:
+  """cv2.saliency static saliency of an RGB uint8 image -> uint8 (H, W, 1)."""
+  if method == 'spectral_residual':
+    algo = cv2.saliency.StaticSaliencySpectralResidual_create()
+  elif method == 'fine_grained':
+    algo = cv2.saliency.StaticSaliencyFineGrained_create()
+  else:
+    raise ValueError(f'config.data.saliency={method!r}; expected one of '
+                     f'{SALIENCY_METHODS}')
+  ok, sal = algo.computeSaliency(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  if not ok or sal is None:
+    sal = np.zeros(rgb.shape[:2], np.float32)
+  if sal.dtype != np.uint8:
+    sal = np.round(np.clip(sal, 0.0, 1.0) * 255.0).astype(np.uint8)
+  return sal.reshape(rgb.shape[:2] + (1,))
+
+
+def compute_maps(rgb: np.ndarray, opts: Options) -> dict[str, np.ndarray]:
+  """RGB uint8 (S, S, 3) -> the example dict (see the module docstring)."""
+  gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+  edge = cv2.Canny(gray, opts.canny_low, opts.canny_high)
+  return {
+      'rgb': rgb,
+      'gray': gray[..., None],
+      'edge': edge[..., None],
+      'saliency': saliency_map(rgb, opts.saliency),
+  }
+
+
+def flip(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Mirrors every (H, W, C) map of an example left-right."""
+  return {k: np.ascontiguousarray(v[:, ::-1]) if v.ndim == 3 else v
+          for k, v in example.items()}
+
+
+def preprocess_image(rgb: np.ndarray, data_config: Any,
+                     rng: Optional[np.random.Generator] = None
+                     ) -> dict[str, np.ndarray]:
+  """Decoded RGB uint8 (H, W, 3) of any size -> the example dict at S x S.
+
+  `rng` is used only for the options enabled in `data_config`
+  (`random_crop`: the square's position; `random_flip`: a coin). The flip
+  is applied after the maps are computed, so prepared records flipped at
+  read time equal this path exactly.
+  """
+  opts = Options.from_config(data_config)
+  if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    raise ValueError(f'expected RGB uint8 (H, W, 3), got {rgb.dtype} '
+                     f'{rgb.shape}')
+  crop_rng = rng if (opts.random_crop and rng is not None) else None
+  example = compute_maps(resize_and_crop(rgb, opts.image_size, crop_rng), opts)
+  if opts.random_flip and rng is not None and rng.random() < 0.5:
+    example = flip(example)
+  return example
+
+
+def load_example(path: str, data_config: Any,
+                 rng: Optional[np.random.Generator] = None
+                 ) -> dict[str, np.ndarray]:
+  """File -> example dict; BadImageError for anything unusable."""
+  opts = Options.from_config(data_config)
+  rgb = decode_image(read_file(path), max_pixels=opts.max_image_pixels,
+                     min_side=opts.image_size)
+  return preprocess_image(rgb, opts, rng)

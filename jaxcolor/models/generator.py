@@ -1,0 +1,143 @@
+"""U-Net generator with a fused global-feature input (the paper's G).
+
+Layer table at 64 px with the default widths (B = batch):
+
+  layer  op                           out (H,W,C)   notes
+  d1     conv 4x4/1 SAME (pad 1,2)     64,64,64      the stride-1 layer
+  d2     conv 4x4/2 pad 1              32,32,128
+  d3     conv 4x4/2 pad 1              16,16,256
+  d4     conv 4x4/2 pad 1               8,8,512
+  d5     conv 4x4/2 pad 1               4,4,512
+  d6     conv 4x4/2 pad 1               2,2,512      ⊕ ResNet features -> 1024
+  d7     conv 4x4/2 pad 1               1,1,512      bottleneck
+  u1     convT 4x4/2 (torch pad 1)      2,2,512      ⊕ d6 -> 1536
+  u2     convT 4x4/2                    4,4,512      ⊕ d5 -> 1024
+  u3     convT 4x4/2                    8,8,512      ⊕ d4 -> 1024
+  u4     convT 4x4/2                   16,16,256     ⊕ d3 -> 512
+  u5     convT 4x4/2                   32,32,128     ⊕ d2 -> 256
+  u6     convT 4x4/2                   64,64,64      ⊕ d1 -> 128
+  u7     conv 4x4/1 SAME (pad 1,2)     64,64,4       tanh (RGB, saliency)
+
+Every layer but u7 is followed by LeakyReLU; there is no normalisation.
+The decoder layer u(8-i) mirrors d_i: same stride, and it is a plain SAME
+conv where d_i has stride 1 (a stride-1 transposed conv is a conv). With
+`stride1_layer=0` (128 px) all fourteen layers have stride 2.
+"""
+
+from typing import Any, Optional, Sequence
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def same_padding(kernel: int, stride: int) -> Padding:
+  """XLA SAME padding for a side divisible by `stride`.
+
+  k4 s2 -> (1, 1) (= PyTorch padding=1); k4 s1 -> (1, 2).
+  """
+  total = max(kernel - stride, 0)
+  pad = (total // 2, total - total // 2)
+  return (pad, pad)
+
+
+def transpose_padding(kernel: int, stride: int) -> Padding:
+  """lax.conv_transpose padding giving out = stride * in.
+
+  For k4 s2 this is (2, 2), i.e. PyTorch's ConvTranspose2d(4, 2, padding=1):
+  lax pads the dilated input by k - 1 - p_torch on each side.
+  """
+  total = kernel + stride - 2
+  before = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+  pad = (before, total - before)
+  return (pad, pad)
+
+
+class Generator(nn.Module):
+  """U-Net: (B,H,W,C_in) in [-1,1] -> (B,H,W,out_channels) in [-1,1] (tanh).
+
+  Attributes:
+    widths: encoder widths d1..dN (config g_features; N = 7 in the paper);
+      the decoder mirrors them and its last layer emits `out_channels`.
+    out_channels: 3 (RGB) + 1 if the saliency head is on.
+    kernel_size: square kernel of every layer (4).
+    stride1_layer: 1-based encoder layer with stride 1, 0 for none.
+    fusion_layer: 1-based encoder layer whose activation gets the global
+      features concatenated (used only when `use_features`).
+    use_features: whether __call__ takes ResNet features.
+    negative_slope: LeakyReLU slope.
+    dtype: compute dtype; parameters stay float32, the output is float32.
+  """
+  widths: Sequence[int] = (64, 128, 256, 512, 512, 512, 512)
+  out_channels: int = 4
+  kernel_size: int = 4
+  stride1_layer: int = 1
+  fusion_layer: int = 6
+  use_features: bool = True
+  negative_slope: float = 0.2
+  dtype: Any = jnp.float32
+
+  def strides(self) -> list[int]:
+    n = len(self.widths)
+    if not 0 <= self.stride1_layer <= n:
+      raise ValueError(f'g_stride1_layer={self.stride1_layer} must be in '
+                       f'0..{n} (0: every layer has stride 2)')
+    return [1 if i + 1 == self.stride1_layer else 2 for i in range(n)]
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               features: Optional[jax.Array] = None) -> jax.Array:
+    """x: (B,H,W,C_in); features: (B,f,f,512) sized like d_{fusion_layer}."""
+    n, k = len(self.widths), self.kernel_size
+    strides = self.strides()
+    if self.use_features and not 1 <= self.fusion_layer <= n:
+      raise ValueError(f'fusion_layer={self.fusion_layer} must be in 1..{n}')
+    if self.use_features != (features is not None):
+      raise ValueError('Generator: ResNet features must be given iff the model '
+                       f'uses them (use_features={self.use_features}, got '
+                       f'{"None" if features is None else features.shape})')
+    total = 1
+    for s in strides:
+      total *= s
+    if x.ndim != 4 or x.shape[1] % total or x.shape[2] % total:
+      raise ValueError(f'Generator input must be (B,H,W,C) with H and W '
+                       f'divisible by {total}; got {x.shape}')
+    act = lambda y: nn.leaky_relu(y, self.negative_slope)  # noqa: E731
+    conv = lambda f, s, name: nn.Conv(  # noqa: E731
+        f, (k, k), strides=(s, s), padding=same_padding(k, s), dtype=self.dtype,
+        kernel_init=xavier_uniform, bias_init=nn.initializers.zeros, name=name)
+
+    h = x.astype(self.dtype)
+    skips = []
+    for i, (width, s) in enumerate(zip(self.widths, strides)):
+      h = act(conv(width, s, f'down{i + 1}')(h))
+      if self.use_features and i + 1 == self.fusion_layer:
+        if features.shape[:3] != h.shape[:3]:
+          raise ValueError(
+              f'ResNet features {features.shape} do not match d{i + 1} output '
+              f'{h.shape}: set model.fusion_size to {h.shape[1]}')
+        h = jnp.concatenate([h, features.astype(self.dtype)], axis=-1)
+      skips.append(h)
+
+    h = skips.pop()  # the bottleneck feeds u1 without a skip of its own
+    for j in range(n):
+      m = n - 1 - j  # mirrored encoder layer (0-based)
+      width = self.widths[m - 1] if m > 0 else self.out_channels
+      name = f'up{j + 1}'
+      if strides[m] == 1:
+        h = conv(width, 1, name)(h)
+      else:
+        h = nn.ConvTranspose(
+            width, (k, k), strides=(strides[m],) * 2,
+            padding=transpose_padding(k, strides[m]), dtype=self.dtype,
+            kernel_init=xavier_uniform, bias_init=nn.initializers.zeros,
+            name=name)(h)
+      if j == n - 1:
+        return jnp.tanh(h).astype(jnp.float32)
+      h = jnp.concatenate([act(h), skips.pop()], axis=-1)
+    raise AssertionError('unreachable')

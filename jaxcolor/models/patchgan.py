@@ -1,0 +1,55 @@
+"""PatchGAN critic: six convs on gray ⊕ RGB, LeakyReLU, sigmoid patch map.
+
+Default table (64 px input, PyTorch-style symmetric padding):
+
+  layer  op                 out (H,W,C)
+  conv1  4x4/2 pad 1        32,32,64
+  conv2  4x4/2 pad 1        16,16,128
+  conv3  3x3/1 pad 1        16,16,256
+  conv4  3x3/1 pad 1        16,16,512
+  conv5  4x4/1 pad 1        15,15,512
+  conv6  4x4/1 pad 1        14,14,1      sigmoid
+
+No normalisation. Each output value is the probability that its patch is real.
+"""
+
+from typing import Any, Sequence
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class PatchGAN(nn.Module):
+  """(B,H,W,4) gray ⊕ RGB in [-1,1] -> (B,h,w,1) in (0,1), float32.
+
+  Attributes:
+    features, kernel_sizes, strides, paddings: one entry per conv; padding p
+      pads p pixels on every side (PyTorch Conv2d(padding=p)).
+    negative_slope: LeakyReLU slope after every conv but the last.
+    dtype: compute dtype; parameters stay float32.
+  """
+  features: Sequence[int] = (64, 128, 256, 512, 512, 1)
+  kernel_sizes: Sequence[int] = (4, 4, 3, 3, 4, 4)
+  strides: Sequence[int] = (2, 2, 1, 1, 1, 1)
+  paddings: Sequence[int] = (1, 1, 1, 1, 1, 1)
+  negative_slope: float = 0.2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    table = (self.features, self.kernel_sizes, self.strides, self.paddings)
+    if len({len(t) for t in table}) != 1:
+      raise ValueError('PatchGAN: d_features, d_kernel_sizes, d_strides and '
+                       'd_paddings must have the same length; got '
+                       f'{[len(t) for t in table]}')
+    n = len(self.features)
+    h = x.astype(self.dtype)
+    for i, (f, k, s, p) in enumerate(zip(*table)):
+      h = nn.Conv(f, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+                  dtype=self.dtype,
+                  kernel_init=nn.initializers.xavier_uniform(),
+                  bias_init=nn.initializers.zeros, name=f'conv{i + 1}')(h)
+      if i < n - 1:
+        h = nn.leaky_relu(h, self.negative_slope)
+    return nn.sigmoid(h.astype(jnp.float32))

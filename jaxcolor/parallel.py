@@ -1,0 +1,151 @@
+"""Data parallelism: one per-device step compiled by `pmap` or `jit(shard_map)`.
+
+A step function is written once for one device's share of the batch, with
+explicit `lax.pmean(..., AXIS)` over the data axis, and compiled two ways:
+
+- 'pmap': `jax.pmap`; replicated state carries a leading device axis.
+- 'shard_map': `jax.jit(jax.shard_map(...))` over a 1-D mesh of all devices;
+  replicated state is a global array with sharding `P()`.
+
+Outside the step, state always travels in the mesh-replicated form (global
+arrays, `P()`), so checkpoints, evaluation and export do not depend on how
+the step was compiled; `to_step_layout`/`from_step_layout` convert.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+from absl import logging
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+AXIS = 'data'
+KINDS = ('pmap', 'shard_map')
+
+
+def maybe_initialize_distributed(dist_config) -> None:
+  """Calls `jax.distributed.initialize` when the config asks for multi-host.
+
+  Empty/negative fields are left to JAX's cluster auto-detection (SLURM,
+  TPU pods, the JAX_COORDINATOR_ADDRESS environment variable, ...).
+  """
+  if not dist_config.enabled:
+    return
+  kwargs = {}
+  if dist_config.coordinator_address:
+    kwargs['coordinator_address'] = dist_config.coordinator_address
+  if dist_config.num_processes > 0:
+    kwargs['num_processes'] = dist_config.num_processes
+  if dist_config.process_id >= 0:
+    kwargs['process_id'] = dist_config.process_id
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """How state and batches are laid out over the devices, and how steps compile."""
+  kind: str
+  mesh: Mesh
+
+  @classmethod
+  def create(cls, kind: str) -> 'Parallel':
+    if kind not in KINDS:
+      raise ValueError(f'config.parallel must be one of {KINDS}, got {kind!r}')
+    mesh = jax.make_mesh((jax.device_count(),), (AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    return cls(kind=kind, mesh=mesh)
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P(AXIS))
+
+  # ------------------------------------------------------------ compile
+  def compile(self, per_device_fn: Callable, *, donate_state: bool = True,
+              batch_output: bool = False) -> Callable:
+    """Compiles `per_device_fn(state, batch) -> (state, output)`.
+
+    `state` is replicated (step layout) and `batch` sharded on its leading
+    axis. `output` is replicated (it must be `pmean`/`psum`-ed inside), or,
+    with `batch_output`, per-example and sharded like the batch.
+    """
+    donate = (0,) if donate_state else ()
+    if self.kind == 'pmap':
+      return jax.pmap(per_device_fn, axis_name=AXIS, donate_argnums=donate)
+    out_spec = P(AXIS) if batch_output else P()
+    mapped = jax.shard_map(per_device_fn, mesh=self.mesh,
+                           in_specs=(P(), P(AXIS)), out_specs=(P(), out_spec),
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate)
+
+  # ------------------------------------------------------------ state layout
+  def to_step_layout(self, tree: Any) -> Any:
+    """Mesh-replicated global arrays -> the layout the compiled step takes."""
+    if self.kind == 'shard_map':
+      return tree
+    sharding = NamedSharding(self.mesh, P(AXIS))
+    n = self.mesh.size
+
+    def expand(x):
+      shards = [s.data[None] for s in x.addressable_shards]
+      return jax.make_array_from_single_device_arrays(
+          (n,) + x.shape, sharding, shards)
+    return jax.tree.map(expand, tree)
+
+  def from_step_layout(self, tree: Any) -> Any:
+    """The compiled step's layout -> mesh-replicated global arrays."""
+    if self.kind == 'shard_map':
+      return tree
+    sharding = self.replicated
+
+    def squeeze(x):
+      shards = [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
+      return jax.make_array_from_single_device_arrays(x.shape[1:], sharding,
+                                                      shards)
+    return jax.tree.map(squeeze, tree)
+
+  # ------------------------------------------------------------ batches
+  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """This process's batch (numpy, leading axis = per-process batch) -> device.
+
+    The result is the global batch, sharded over all devices of all processes.
+    """
+    n_local = jax.local_device_count()
+    for k, v in local_batch.items():
+      if v.shape[0] % n_local:
+        raise ValueError(
+            f'batch["{k}"] has {v.shape[0]} examples, not divisible by the '
+            f'{n_local} local devices; choose config.data.batch_size accordingly')
+    if self.kind == 'pmap':
+      sharding = NamedSharding(self.mesh, P(AXIS))
+      return jax.tree.map(
+          lambda v: jax.make_array_from_process_local_data(
+              sharding, v.reshape((n_local, -1) + v.shape[1:])),
+          local_batch)
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(self.batch_sharding, v),
+        local_batch)
+
+  def fetch(self, tree: Any) -> Any:
+    """Replicated outputs of the compiled step -> numpy, without `x[0]`.
+
+    Reads each array's first addressable shard: no gather, and it works on
+    multi-host arrays.
+    """
+    def one(x):
+      data = np.asarray(x.addressable_data(0))
+      return data[0] if self.kind == 'pmap' else data
+    return jax.tree.map(one, tree)
+
+  def replicate(self, tree: Any) -> Any:
+    """Host or single-device arrays -> mesh-replicated global arrays."""
+    return jax.device_put(tree, self.replicated)

@@ -1,0 +1,57 @@
+"""jaxcolor command line: train, prepare records, benchmark.
+
+  python main.py --mode=train --config=configs/quickstart.py --workdir=runs/qs
+  python main.py --mode=prepare --config=configs/default.py \
+      --config.data.train_dir=DIR --config.data.prepared_dir=OUT
+  python main.py --mode=benchmark --config=configs/default.py \
+      --config.benchmark.what=input --config.data.train_dir=DIR
+
+Each mode's module is imported only when chosen, so light modes start fast.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+MODES = ('train', 'prepare', 'benchmark')
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Path to an ml_collections config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  config = FLAGS.config
+  workdir = FLAGS.workdir
+  if FLAGS.mode in ('train',) and not workdir:
+    raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}')
+
+  try:
+    if FLAGS.mode == 'train':
+      from jaxcolor import train  # pylint: disable=g-import-not-at-top
+      train.train_and_evaluate(config, workdir)
+    elif FLAGS.mode == 'prepare':
+      from jaxcolor.data import prepare  # pylint: disable=g-import-not-at-top
+      prepare.prepare(config)
+    elif FLAGS.mode == 'benchmark':
+      from jaxcolor import benchmark  # pylint: disable=g-import-not-at-top
+      benchmark.run(config, workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Bad paths, configs, data or checkpoints, and diverged training: the
+    # message says what to do; a traceback would only bury it.
+    logging.error('%s: %s', type(e).__name__, e)
+    logging.debug('Traceback (shown with --verbosity=1):', exc_info=True)
+    sys.exit(1)
+  logging.info('%s done.', FLAGS.mode)
+
+
+if __name__ == '__main__':
+  app.run(main)

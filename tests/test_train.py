@@ -1,0 +1,229 @@
+"""The trainer: one step, data parallelism, checkpoints, logs, divergence."""
+
+import functools
+import glob
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from jaxcolor import checkpoint
+from jaxcolor import models as models_lib
+from jaxcolor import parallel
+from jaxcolor import state as state_lib
+from jaxcolor import train
+from jaxcolor.data import pipeline
+
+
+def tiny_config(**overrides):
+  config = tiny.get_config()
+  config.unlock()
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  config.lock()
+  return config
+
+
+def one_batch(config, batch_size):
+  config = tiny_config(**{'data.batch_size': batch_size})
+  ds = pipeline.build_train_dataset(config, process_index=0, process_count=1)
+  return next(iter(ds))
+
+
+def fresh_state(config, par):
+  models = models_lib.build_models(config.model)
+  rng, resnet_rng = jax.random.split(train.init_key(config.seed))
+  resnet = models_lib.init_resnet_variables(config.model, resnet_rng)
+  create = functools.partial(state_lib.create_train_state, models=models,
+                             config=config)
+  abstract = jax.eval_shape(create, rng, resnet)
+  shardings = jax.tree.map(lambda _: par.replicated, abstract)
+  return models, jax.jit(create, out_shardings=shardings)(rng, resnet)
+
+
+def run_steps(config, par, batches):
+  """Trains `len(batches)` steps from a fresh state; returns (state, metrics)."""
+  models, state = fresh_state(config, par)
+  step_fn = par.compile(functools.partial(train.train_step, models=models,
+                                          config=config))
+  s = par.to_step_layout(state)
+  metrics = None
+  for b in batches:
+    s, metrics = step_fn(s, par.put_batch(b))
+  return par.from_step_layout(s), par.fetch(metrics)
+
+
+def host(tree):
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def saved_state(workdir, step):
+  """A checkpoint's train state as a tree of numpy arrays."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, restore_args=as_numpy)
+
+
+def max_abs_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y))),
+      a, b)))
+
+
+@pytest.fixture(scope='module')
+def batches():
+  config = tiny_config()
+  it = iter(pipeline.build_train_dataset(config, process_index=0,
+                                         process_count=1))
+  return [next(it) for _ in range(2)]
+
+
+def test_one_step_updates_generator_and_critic_not_resnet(batches):
+  config = tiny_config()
+  par = parallel.Parallel.create('shard_map')
+  _, before = fresh_state(config, par)
+  before = host(before)
+  after, metrics = run_steps(config, par, batches[:1])
+  after = host(after)
+  assert int(after.step) == 1
+  assert max_abs_diff(before.g_params, after.g_params) > 0
+  assert max_abs_diff(before.d_params, after.d_params) > 0
+  # The frozen branch: bitwise unchanged, and no optimizer state for it.
+  assert max_abs_diff(before.resnet, after.resnet) == 0
+  assert 'resnet' not in after.g_params
+  g_opt_leaves = len(jax.tree.leaves(after.g_opt_state))
+  g_leaves = len(jax.tree.leaves(after.g_params))
+  assert g_opt_leaves == 2 * g_leaves + 1   # Adam: mu, nu, count
+  for k in ('g_loss', 'd_loss', 'l1', 'gan', 'saliency', 'd_real', 'd_fake',
+            'g_grad_norm', 'd_grad_norm', 'g_param_norm', 'd_param_norm'):
+    assert np.isfinite(metrics[k]), k
+  assert 0 < metrics['d_real'] < 1 and 0 < metrics['d_fake'] < 1
+  np.testing.assert_allclose(metrics['d_loss'],
+                             metrics['d_fake'] - metrics['d_real'], atol=1e-6)
+  np.testing.assert_allclose(
+      metrics['g_loss'],
+      metrics['l1'] + 0.5 * metrics['gan'] + 0.05 * metrics['saliency'],
+      rtol=1e-5)
+
+
+def test_unfrozen_resnet_is_trained(batches):
+  config = tiny_config(**{'model.freeze_resnet': False})
+  par = parallel.Parallel.create('shard_map')
+  _, before = fresh_state(config, par)
+  before = host(before)
+  after = host(run_steps(config, par, batches[:1])[0])
+  assert 'resnet' in after.g_params
+  assert max_abs_diff(before.g_params['resnet'], after.g_params['resnet']) > 0
+
+
+def test_four_devices_match_one_device(batches):
+  config = tiny_config()
+  assert jax.device_count() == 4
+  four = host(run_steps(config, parallel.Parallel.create('shard_map'),
+                        batches)[0])
+  one_par = parallel.Parallel(
+      kind='shard_map',
+      mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), (parallel.AXIS,)))
+  one = host(run_steps(config, one_par, batches)[0])
+  assert max_abs_diff(four.g_params, one.g_params) < 1e-5
+  assert max_abs_diff(four.d_params, one.d_params) < 1e-5
+
+
+def test_pmap_matches_shard_map(batches):
+  config = tiny_config()
+  a, ma = run_steps(config, parallel.Parallel.create('pmap'), batches)
+  b, mb = run_steps(config, parallel.Parallel.create('shard_map'), batches)
+  assert max_abs_diff(host(a).g_params, host(b).g_params) < 1e-6
+  assert max_abs_diff(host(a).d_params, host(b).d_params) < 1e-6
+  for k in ma:
+    np.testing.assert_allclose(ma[k], mb[k], rtol=1e-5, err_msg=k)
+
+
+def test_checkpoint_round_trip(tmp_path, batches):
+  config = tiny_config()
+  par = parallel.Parallel.create('shard_map')
+  state, _ = run_steps(config, par, batches[:1])
+  it = iter(pipeline.build_train_dataset(config, process_index=0,
+                                         process_count=1))
+  next(it)
+  manager = checkpoint.create_manager(str(tmp_path), config)
+  checkpoint.save(manager, 1, state, it, config)
+  manager.wait_until_finished()
+  expected_next = next(it)
+
+  it2 = iter(pipeline.build_train_dataset(config, process_index=0,
+                                          process_count=1))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  step, restored = checkpoint.restore_latest(
+      checkpoint.create_manager(str(tmp_path), config), abstract, it2, config)
+  assert step == 1
+  assert (jax.tree.structure(restored) == jax.tree.structure(state))
+  assert max_abs_diff(host(restored), host(state)) == 0
+  got_next = next(it2)
+  for k in expected_next:
+    np.testing.assert_array_equal(got_next[k], expected_next[k])
+
+
+def test_checkpoint_from_other_model_is_refused(tmp_path, batches):
+  config = tiny_config()
+  par = parallel.Parallel.create('shard_map')
+  state, _ = run_steps(config, par, batches[:1])
+  it = iter(pipeline.build_train_dataset(config, process_index=0,
+                                         process_count=1))
+  manager = checkpoint.create_manager(str(tmp_path), config)
+  checkpoint.save(manager, 1, state, it, config)
+  manager.wait_until_finished()
+  other = tiny_config(**{'model.g_features': (8, 8, 16, 16, 16, 16, 32)})
+  with pytest.raises(ValueError, match='model.g_features'):
+    checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path), other),
+                              state, it, other)
+
+
+def test_train_writes_tensorboard_samples_and_checkpoints(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{'num_train_steps': 4})
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  assert events
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={
+      event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0})
+  acc.Reload()
+  tags = set(acc.Tags()['tensors']) | set(acc.Tags()['scalars'])
+  for tag in ('train/g_loss', 'train/d_loss', 'train/l1', 'train/gan',
+              'train/saliency', 'train/d_real', 'train/d_fake',
+              'train/g_grad_norm', 'train/d_grad_norm', 'train/g_param_norm',
+              'train/images_per_sec_per_device', 'val/psnr', 'val/ssim',
+              'val/psnr_gray', 'val/ssim_gray', 'steps_per_sec'):
+    assert tag in tags, (tag, sorted(tags))
+  assert 'samples' in set(acc.Tags()['tensors']) | set(acc.Tags()['images'])
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  pngs = sorted(os.listdir(os.path.join(workdir, 'samples')))
+  assert pngs == ['step_0000002.png', 'step_0000004.png']
+
+
+def test_non_finite_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(
+      tiny_config(**{'num_train_steps': 2, 'checkpoint_every_steps': 1}),
+      workdir)
+  # Resume the same run with a learning rate that poisons the parameters.
+  bad = tiny_config(**{'optim.g_learning_rate': float('nan'),
+                       'checkpoint_every_steps': 1, 'num_train_steps': 5})
+  with pytest.raises(train.NonFiniteError, match='g_param_norm at step 3'):
+    train.train_and_evaluate(bad, workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  assert sorted(os.listdir(ckpt_dir)) == ['1', '2']
+  leaves = jax.tree.leaves(saved_state(workdir, 2)['g_params'])
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)

@@ -99,5 +99,5 @@ def get_config() -> ml_collections.ConfigDict:
   bench.what = 'input'         # 'input' (more modes come with the benchmark mode)
   bench.num_batches = 20
   bench.warmup_batches = 3
-  bench.output_json = ''       # default: <workdir>/benchmark.json
+  bench.output_json = ''       # default: <workdir>/benchmark_<what>.json
   return config

@@ -19,13 +19,13 @@ def get_config():
   config = default.get_config()
   config.data.train_dir = SAMPLES_DIR
   config.data.val_fraction = 0.15
-  config.data.batch_size = 16
-  config.data.eval_batch_size = 16
+  config.data.batch_size = 8
+  config.data.eval_batch_size = 8
   config.data.num_workers = 1
   config.model.require_resnet18_weights = False
-  config.num_train_steps = 150
+  config.num_train_steps = 160
   config.log_every_steps = 10
-  config.image_every_steps = 50
-  config.eval_every_steps = 50
-  config.checkpoint_every_steps = 50
+  config.image_every_steps = 40
+  config.eval_every_steps = 40
+  config.checkpoint_every_steps = 40
   return config

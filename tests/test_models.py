@@ -12,6 +12,7 @@ import pytest
 from configs import default
 from configs import tiny
 from jaxcolor import models
+from jaxcolor.models import conv_transpose
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures',
                        'resnet18_golden.npz')
@@ -64,10 +65,12 @@ def _conv_flops(module, params, *args):
   def count(next_fun, call_args, kwargs, context):
     out = next_fun(*call_args, **kwargs)
     m = context.module
-    if isinstance(m, (nn.Conv, nn.ConvTranspose)):
+    if isinstance(m, (nn.Conv, conv_transpose.ConvTranspose)):
       x = call_args[0]
-      where = x if isinstance(m, nn.ConvTranspose) else out
-      macs = (int(np.prod(m.kernel_size)) * x.shape[-1] * m.features *
+      transposed = isinstance(m, conv_transpose.ConvTranspose)
+      where = x if transposed else out
+      taps = m.kernel_size ** 2 if transposed else int(np.prod(m.kernel_size))
+      macs = (taps * x.shape[-1] * m.features *
               int(np.prod(where.shape[:-1])))
       flops.append(2 * macs)
     return out
@@ -240,13 +243,13 @@ def test_generator_rejects_bad_inputs():
 
 
 def test_padding_matches_pytorch_layers():
-  """Flax ConvTranspose (pad 2,2) == torch ConvTranspose2d(4, 2, padding=1);
+  """Our ConvTranspose (pad 2,2) == torch ConvTranspose2d(4, 2, padding=1);
   Conv SAME (pad 1,2) == F.pad(1,2,1,2) + Conv2d(4). Golden torch outputs."""
   z = np.load(FIXTURE)
   w = z['convT_weight']  # (in, out, kh, kw); torch flips it relative to lax
   kernel = np.ascontiguousarray(w.transpose(2, 3, 0, 1)[::-1, ::-1])
-  layer = nn.ConvTranspose(4, (4, 4), strides=(2, 2),
-                           padding=models.generator.transpose_padding(4, 2))
+  layer = conv_transpose.ConvTranspose(
+      4, 4, 2, padding=models.generator.transpose_padding(4, 2))
   out = layer.apply({'params': {'kernel': kernel, 'bias': z['convT_bias']}},
                     z['convT_input'])
   assert out.shape == (1, 10, 10, 4)
@@ -259,3 +262,20 @@ def test_padding_matches_pytorch_layers():
   assert models.generator.transpose_padding(4, 2) == ((2, 2), (2, 2))
   assert models.generator.same_padding(4, 2) == ((1, 1), (1, 1))
   assert models.generator.same_padding(4, 1) == ((1, 2), (1, 2))
+
+
+@pytest.mark.parametrize('kernel,stride', [(4, 2), (3, 2), (5, 2), (4, 1),
+                                           (6, 3)])
+def test_phase_conv_transpose_equals_lax(kernel, stride):
+  """Value and gradients equal lax.conv_transpose (what nn.ConvTranspose runs)."""
+  pad = models.generator.transpose_padding(kernel, stride)
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6, 3))
+  w = jax.random.normal(jax.random.key(2), (kernel, kernel, 3, 4))
+  ref = lambda x, w: jax.lax.conv_transpose(  # noqa: E731
+      x, w, (stride, stride), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, w: conv_transpose.conv_transpose(x, w, stride, pad)  # noqa: E731
+  np.testing.assert_allclose(ours(x, w), ref(x, w), atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1))(x, w),
+                           jax.grad(loss(ref), (0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_ref, atol=1e-4)

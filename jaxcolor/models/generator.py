@@ -30,6 +30,8 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcolor.models import conv_transpose
+
 xavier_uniform = nn.initializers.xavier_uniform()
 
 
@@ -132,11 +134,10 @@ class Generator(nn.Module):
       if strides[m] == 1:
         h = conv(width, 1, name)(h)
       else:
-        h = nn.ConvTranspose(
-            width, (k, k), strides=(strides[m],) * 2,
-            padding=transpose_padding(k, strides[m]), dtype=self.dtype,
-            kernel_init=xavier_uniform, bias_init=nn.initializers.zeros,
-            name=name)(h)
+        h = conv_transpose.ConvTranspose(
+            width, k, strides[m], padding=transpose_padding(k, strides[m]),
+            dtype=self.dtype, kernel_init=xavier_uniform,
+            bias_init=nn.initializers.zeros, name=name)(h)
       if j == n - 1:
         return jnp.tanh(h).astype(jnp.float32)
       h = jnp.concatenate([act(h), skips.pop()], axis=-1)

@@ -26,6 +26,19 @@ flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.mark_flags_as_required(['config'])
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line error for an unknown --config.<key>."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError) as e:
+    # ml_collections reports a bad override path as a nested KeyError.
+    detail = ' '.join(str(e).encode().decode('unicode_escape').split())
+    detail = detail.replace("''", "'").removesuffix("'")
+    sys.exit(f'FATAL unknown config key on the command line: {detail}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -54,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -350,13 +350,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   t_log, step = time.time(), start_step
 
   def flush():
-    nonlocal pending
-    if pending is not None:
-      s, m = pending
-      m = par.fetch(m)
-      _check_finite(s, m)
-      train_metrics.append(m)
-      pending = None
+    """Fetches the pending step's metrics; writes a summary at log steps."""
+    nonlocal pending, train_metrics, t_log
+    if pending is None:
+      return
+    s, m = pending
+    pending = None
+    m = par.fetch(m)
+    _check_finite(s, m)
+    train_metrics.append(m)
+    if s % config.log_every_steps == 0 or s == total_steps:
+      summary = {f'train/{k}': float(np.mean([x[k] for x in train_metrics]))
+                 for k in m}
+      now = time.time()
+      summary['train/images_per_sec_per_device'] = (
+          len(train_metrics) * images_per_step / (now - t_log) /
+          jax.device_count())
+      writer.write_scalars(s, summary)
+      train_metrics, t_log = [], now
 
   logging.info('Training steps %d..%d on %d device(s), %d process(es).',
                start_step + 1, total_steps, jax.device_count(), process_count)
@@ -366,26 +377,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
         batch = par.put_batch(next(train_iter))
       with report_progress.timed('step', wait_jax_async_dispatch=False):
         step_state, metrics = step_fn(step_state, batch)
-      flush()                         # the previous step's metrics
+      flush()  # the previous step's, while the device runs this one
       pending = (step, metrics)
       for h in hooks:
         h(step)
 
       is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last:
-        flush()
-        summary = {f'train/{k}': float(np.mean([m[k] for m in train_metrics]))
-                   for k in train_metrics[0]}
-        dt = time.time() - t_log
-        n_steps = len(train_metrics)
-        summary['train/images_per_sec_per_device'] = (
-            n_steps * images_per_step / dt / jax.device_count())
-        writer.write_scalars(step, summary)
-        train_metrics, t_log = [], time.time()
-
       if (step % config.image_every_steps == 0 or is_last) and sample_batch:
         _write_samples(writer, workdir, step, sample_fn, step_state,
-                       sample_batch, par, config)
+                       sample_batch, par)
       if step % config.eval_every_steps == 0 or is_last:
         with report_progress.timed('eval'):
           writer.write_scalars(step, evaluate(eval_fn, step_state, par, config))
@@ -408,8 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   return par.from_step_layout(step_state)
 
 
-def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par,
-                   config):
+def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par):
+  """Gray | generated | real | saliency grid to TensorBoard and a PNG."""
   _, out = sample_fn(step_state, par.put_batch(batch))
   out = _gather_local(out)
   inputs = {k: preprocess.normalize(v) for k, v in batch.items()
@@ -423,7 +423,6 @@ def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par,
     writer.write_images(step, {'samples': grid[None]})
     summaries.write_png(os.path.join(workdir, 'samples',
                                      f'step_{step:07d}.png'), grid)
-  del config
 
 
 def _gather_local(tree):

@@ -31,12 +31,6 @@ def tiny_config(**overrides):
   return config
 
 
-def one_batch(config, batch_size):
-  config = tiny_config(**{'data.batch_size': batch_size})
-  ds = pipeline.build_train_dataset(config, process_index=0, process_count=1)
-  return next(iter(ds))
-
-
 def fresh_state(config, par):
   models = models_lib.build_models(config.model)
   rng, resnet_rng = jax.random.split(train.init_key(config.seed))
@@ -148,18 +142,26 @@ def test_pmap_matches_shard_map(batches):
     np.testing.assert_allclose(ma[k], mb[k], rtol=1e-5, err_msg=k)
 
 
-def test_checkpoint_round_trip(tmp_path, batches):
+def checkpoint_after_one_step(workdir, batches):
+  """Saves the state after one step and a train iterator that read 1 batch.
+
+  Returns (config, state, iterator).
+  """
   config = tiny_config()
-  par = parallel.Parallel.create('shard_map')
-  state, _ = run_steps(config, par, batches[:1])
+  state, _ = run_steps(config, parallel.Parallel.create('shard_map'),
+                       batches[:1])
   it = iter(pipeline.build_train_dataset(config, process_index=0,
                                          process_count=1))
   next(it)
-  manager = checkpoint.create_manager(str(tmp_path), config)
+  manager = checkpoint.create_manager(workdir, config)
   checkpoint.save(manager, 1, state, it, config)
   manager.wait_until_finished()
-  expected_next = next(it)
+  return config, state, it
 
+
+def test_checkpoint_round_trip(tmp_path, batches):
+  config, state, it = checkpoint_after_one_step(str(tmp_path), batches)
+  expected_next = next(it)
   it2 = iter(pipeline.build_train_dataset(config, process_index=0,
                                           process_count=1))
   abstract = jax.tree.map(
@@ -168,7 +170,7 @@ def test_checkpoint_round_trip(tmp_path, batches):
   step, restored = checkpoint.restore_latest(
       checkpoint.create_manager(str(tmp_path), config), abstract, it2, config)
   assert step == 1
-  assert (jax.tree.structure(restored) == jax.tree.structure(state))
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
   assert max_abs_diff(host(restored), host(state)) == 0
   got_next = next(it2)
   for k in expected_next:
@@ -176,14 +178,7 @@ def test_checkpoint_round_trip(tmp_path, batches):
 
 
 def test_checkpoint_from_other_model_is_refused(tmp_path, batches):
-  config = tiny_config()
-  par = parallel.Parallel.create('shard_map')
-  state, _ = run_steps(config, par, batches[:1])
-  it = iter(pipeline.build_train_dataset(config, process_index=0,
-                                         process_count=1))
-  manager = checkpoint.create_manager(str(tmp_path), config)
-  checkpoint.save(manager, 1, state, it, config)
-  manager.wait_until_finished()
+  _, state, it = checkpoint_after_one_step(str(tmp_path), batches)
   other = tiny_config(**{'model.g_features': (8, 8, 16, 16, 16, 16, 32)})
   with pytest.raises(ValueError, match='model.g_features'):
     checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path), other),

@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   model = config.model = ml_collections.ConfigDict()
-  model.name = 'edge_saliency_gan'
+  model.name = 'edge_saliency_gan'  # or 'scgan' (configs/scgan_baseline.py)
   model.use_edge = True        # input = gray (+ Canny edge)
   model.saliency_head = True   # output = RGB (+ saliency)
   model.negative_slope = 0.2   # LeakyReLU
@@ -68,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.l1_weight = 1.0
   loss.gan_weight = 0.5
   loss.saliency_weight = 0.05
+  # WGAN-GP term on the critic, lambda * E[(|grad D(x_hat)| - 1)^2] at random
+  # interpolates of real and generated RGB (0 = off, as in the paper).
+  loss.gradient_penalty_weight = 0.0
 
   # ---------------------------------------------------------------- optimisers
   optim = config.optim = ml_collections.ConfigDict()

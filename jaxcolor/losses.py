@@ -5,6 +5,8 @@ All images are float in [-1, 1]; critic outputs are patch probabilities in
 [-1, 1]): a signed weight would flip the sign of the colours it weights.
 """
 
+import jax
+import jax
 import jax.numpy as jnp
 
 
@@ -53,3 +55,38 @@ def generator_losses(fake_rgb, fake_saliency, real_rgb, real_saliency, d_fake,
     sal = saliency_l1_loss(fake_rgb, fake_saliency, real_rgb, real_saliency)
   total = l1_weight * l1 + gan_weight * gan + saliency_weight * sal
   return total, {'l1': l1, 'gan': gan, 'saliency': sal}
+
+
+def cic_loss(logits: jnp.ndarray, soft_targets: jnp.ndarray,
+             weights: jnp.ndarray) -> jnp.ndarray:
+  """Class-rebalanced multinomial cross-entropy of the CIC baseline.
+
+  mean over pixels of weights * (-sum_q soft_targets_q * log_softmax(logits)_q).
+
+  Args:
+    logits: (B, h, w, Q) network output.
+    soft_targets: (B, h, w, Q) soft-encoded ground truth, rows summing to 1.
+    weights: (B, h, w) per-pixel rebalancing weights.
+  """
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -jnp.sum(soft_targets.astype(jnp.float32) * log_p, axis=-1)
+  return jnp.mean(weights.astype(jnp.float32) * ce)
+
+
+def gradient_penalty(critic_fn, gray, real_rgb, fake_rgb, rng):
+  """WGAN-GP: E[(||grad_x D(gray ⊕ x)|| - 1)^2] at x = e*real + (1-e)*fake.
+
+  Args:
+    critic_fn: (B,H,W,4) -> (B,h,w,1).
+    gray: (B,H,W,1); real_rgb, fake_rgb: (B,H,W,3), all in [-1, 1].
+    rng: key for the per-example mixing weights e ~ U(0, 1).
+  """
+  e = jax.random.uniform(rng, (real_rgb.shape[0], 1, 1, 1), real_rgb.dtype)
+  mixed = e * real_rgb + (1.0 - e) * fake_rgb
+
+  def critic_sum(x):  # patches of different examples do not interact
+    return jnp.sum(critic_fn(jnp.concatenate([gray, x], axis=-1)))
+
+  grads = jax.grad(critic_sum)(mixed)
+  norms = jnp.sqrt(jnp.sum(grads ** 2, axis=(1, 2, 3)) + 1e-12)
+  return jnp.mean((norms - 1.0) ** 2)

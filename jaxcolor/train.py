@@ -98,8 +98,13 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
     d_real = critic_apply(models, d_params, gray, real_rgb)
     d_fake = critic_apply(models, d_params, gray,
                           jax.lax.stop_gradient(fake_rgb))
-    return losses.critic_loss(d_real, d_fake), (jnp.mean(d_real),
-                                                jnp.mean(d_fake))
+    loss = losses.critic_loss(d_real, d_fake)
+    if lw.gradient_penalty_weight:
+      rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
+      loss += lw.gradient_penalty_weight * losses.gradient_penalty(
+          lambda x: models.critic.apply({'params': d_params}, x), gray,
+          real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
+    return loss, (jnp.mean(d_real), jnp.mean(d_fake))
 
   (d_loss, (d_real_mean, d_fake_mean)), d_grads = jax.value_and_grad(
       critic_objective, has_aux=True)(state.d_params)
@@ -195,8 +200,14 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
   return steps
 
 
+GAN_MODELS = ('edge_saliency_gan', 'scgan')
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Clear errors for settings that cannot work, before any work starts."""
+  if config.model.name not in GAN_MODELS:
+    raise ValueError(f'config.model.name={config.model.name!r}; expected one '
+                     f'of {GAN_MODELS}')
   b = config.data.batch_size
   per_process = b // jax.process_count()
   if b % jax.process_count() or per_process % jax.local_device_count():

@@ -18,17 +18,19 @@ from jaxcolor import train
 from jaxcolor.data import pipeline
 
 
-def tiny_config(**overrides):
-  config = tiny.get_config()
-  config.unlock()
+def override(config, **overrides):
+  """Sets dotted keys, e.g. override(c, **{'optim.b1': 0.5})."""
   for key, value in overrides.items():
     target = config
     *path, leaf = key.split('.')
     for p in path:
       target = target[p]
     target[leaf] = value
-  config.lock()
   return config
+
+
+def tiny_config(**overrides):
+  return override(tiny.get_config(), **overrides)
 
 
 def fresh_state(config, par):
@@ -73,12 +75,16 @@ def max_abs_diff(a, b):
       a, b)))
 
 
+def train_batches(n=2):
+  """The tiny config's first `n` training batches (one process)."""
+  it = iter(pipeline.build_train_dataset(tiny_config(), process_index=0,
+                                         process_count=1))
+  return [next(it) for _ in range(n)]
+
+
 @pytest.fixture(scope='module')
 def batches():
-  config = tiny_config()
-  it = iter(pipeline.build_train_dataset(config, process_index=0,
-                                         process_count=1))
-  return [next(it) for _ in range(2)]
+  return train_batches()
 
 
 def test_one_step_updates_generator_and_critic_not_resnet(batches):

@@ -1,0 +1,80 @@
+"""Baseline 1 (SCGAN-style U-Net GAN): shapes, losses, training, resume."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import scgan_baseline
+from jaxcolor import models as models_lib
+from jaxcolor import parallel
+from jaxcolor import train
+import test_train
+
+
+@pytest.fixture(scope='module')
+def batches():
+  return test_train.train_batches()
+
+
+def tiny_scgan(**overrides):
+  """The SCGAN baseline with the tiny config's widths, data and schedule."""
+  config = scgan_baseline.get_config()
+  tiny = test_train.tiny_config()
+  config.data = tiny.data
+  config.model.g_features = tiny.model.g_features
+  config.model.d_features = tiny.model.d_features
+  for key in ('num_train_steps', 'log_every_steps', 'image_every_steps',
+              'eval_every_steps', 'num_eval_batches', 'checkpoint_every_steps',
+              'keep_checkpoints'):
+    config[key] = tiny[key]
+  return test_train.override(config, **overrides)
+
+
+def test_paper_shapes_gray_in_rgb_out_30x30_critic():
+  config = scgan_baseline.get_config()
+  models = models_lib.build_models(config.model)
+  assert models.resnet is None
+  key = jax.random.key(0, impl='rbg')
+  x = jax.ShapeDtypeStruct((2, 64, 64, 1), jnp.float32)
+  g_vars = jax.eval_shape(models.generator.init, key, x)
+  out = jax.eval_shape(models.generator.apply, g_vars, x)
+  assert out.shape == (2, 64, 64, 3)
+  d_in = jax.ShapeDtypeStruct((2, 64, 64, 4), jnp.float32)
+  d_vars = jax.eval_shape(models.critic.init, key, d_in)
+  assert jax.eval_shape(models.critic.apply, d_vars, d_in).shape == (
+      2, 30, 30, 1)
+
+
+def test_steps_on_a_fixed_batch_lower_the_loss(batches):
+  config = tiny_scgan()
+  par = parallel.Parallel.create('shard_map')
+  losses = []
+  for n in (1, 8):
+    _, metrics = test_train.run_steps(config, par, [batches[0]] * n)
+    losses.append(metrics)
+  assert losses[1]['l1'] < losses[0]['l1']
+  assert losses[1]['g_loss'] < losses[0]['g_loss']
+  assert losses[0]['saliency'] == 0.0
+  np.testing.assert_allclose(losses[0]['g_loss'],
+                             losses[0]['l1'] + 0.05 * losses[0]['gan'],
+                             rtol=1e-5)
+
+
+def test_gradient_penalty_adds_to_the_critic_loss(batches):
+  config = tiny_scgan(**{'loss.gradient_penalty_weight': 10.0})
+  _, m = test_train.run_steps(config, parallel.Parallel.create('pmap'),
+                              batches[:1])
+  assert np.isfinite(m['d_loss'])
+  assert m['d_loss'] > m['d_fake'] - m['d_real'] + 1e-6
+
+
+def test_trains_checkpoints_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_scgan(num_train_steps=2), workdir)
+  state = train.train_and_evaluate(tiny_scgan(num_train_steps=4), workdir)
+  assert int(test_train.host(state).step) == 4
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  assert not test_train.saved_state(workdir, 4).get('resnet')

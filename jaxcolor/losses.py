@@ -1,11 +1,10 @@
-"""The paper's critic and generator losses.
+"""The paper's critic and generator losses, and the CIC baseline's.
 
 All images are float in [-1, 1]; critic outputs are patch probabilities in
 (0, 1). Saliency maps enter the weighted L1 as weights in [0, 1] (mapped from
 [-1, 1]): a signed weight would flip the sign of the colours it weights.
 """
 
-import jax
 import jax
 import jax.numpy as jnp
 

@@ -65,9 +65,11 @@ def nearest_bin(ab: jnp.ndarray, bins: jnp.ndarray) -> jnp.ndarray:
   return jnp.argmin(_sq_dist(jnp.asarray(ab, jnp.float32), bins), axis=-1)
 
 
-_count_chunk = jax.jit(
-    lambda ab, bins, valid: jnp.bincount(
-        nearest_bin(ab, bins), weights=valid, length=NUM_BINS))
+@jax.jit
+def _count_chunk(ab, bins, valid):
+  """Per-bin counts of the valid rows of ab (N, 2) -> (Q,) float32."""
+  return jnp.bincount(nearest_bin(ab, bins), weights=valid,
+                      length=bins.shape[0])
 
 
 def prior_from_ab(ab: Union[np.ndarray, Iterable[np.ndarray]],

@@ -5,11 +5,12 @@ gradients and metrics over the `data` axis explicitly; `jaxcolor.parallel`
 compiles it with `pmap` or `jit(shard_map)`.
 """
 
+import dataclasses
 import functools
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -147,22 +148,33 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
   return new_state, metrics
 
 
-def eval_step(state: state_lib.TrainState, batch: dict, *,
-              models: models_lib.Models, config: ml_collections.ConfigDict):
+def colorize_batch(state: state_lib.TrainState, batch: dict, *,
+                   models: models_lib.Models,
+                   config: ml_collections.ConfigDict) -> dict:
+  """G's output for a batch: {'fake_rgb' (B,H,W,3) [, 'fake_saliency']}."""
+  mc = config.model
+  fake = generate(state.g_params, state.resnet_variables(),
+                  model_inputs(batch, mc), models=models, model_config=mc)
+  fake_rgb, fake_sal = split_output(fake, mc)
+  out = {'fake_rgb': fake_rgb}
+  if fake_sal is not None:
+    out['fake_saliency'] = fake_sal
+  return out
+
+
+def eval_step(state: Any, batch: dict, *, colorize: Callable):
   """Sums of per-image PSNR/SSIM (model and gray copy) over the valid images.
 
+  `colorize(state, batch)['fake_rgb']` is the model's RGB in [-1, 1];
   `batch['mask']` (B,) is 1 for real examples and 0 for padding. Returns
   (state unchanged, sums psum-ed over devices).
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
-  mc = config.model
-  inputs = model_inputs(batch, mc)
-  fake_rgb, _ = split_output(
-      generate(state.g_params, state.resnet_variables(), inputs,
-               models=models, model_config=mc), mc)
-  real = losses.to_unit(inputs['rgb'])
-  fake = losses.to_unit(fake_rgb)
-  gray3 = jnp.repeat(losses.to_unit(inputs['gray']), 3, axis=-1)
+  real = preprocess.normalize(batch['rgb'])
+  fake = losses.to_unit(colorize(state, batch)['fake_rgb'])
+  real = losses.to_unit(real)
+  gray3 = jnp.repeat(losses.to_unit(preprocess.normalize(batch['gray'])), 3,
+                     axis=-1)
   mask = batch['mask'].astype(jnp.float32)
   sums = {
       'psnr': dm_pix.psnr(real, fake), 'ssim': dm_pix.ssim(real, fake),
@@ -174,17 +186,43 @@ def eval_step(state: state_lib.TrainState, batch: dict, *,
   return state, jax.lax.psum(sums, AXIS)
 
 
-def sample_step(state: state_lib.TrainState, batch: dict, *,
-                models: models_lib.Models, config: ml_collections.ConfigDict):
-  """Generated images for a grid: (state, {'fake_rgb', 'fake_saliency'})."""
-  mc = config.model
-  fake = generate(state.g_params, state.resnet_variables(),
-                  model_inputs(batch, mc), models=models, model_config=mc)
-  fake_rgb, fake_sal = split_output(fake, mc)
-  out = {'fake_rgb': fake_rgb}
-  if fake_sal is not None:
-    out['fake_saliency'] = fake_sal
-  return state, out
+def sample_step(state: Any, batch: dict, *, colorize: Callable):
+  """Generated images for a grid: (state, colorize(state, batch))."""
+  return state, colorize(state, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What the training loop needs of a model family (GAN or CIC).
+
+  init_args: (config, key) -> arguments of create_state, made on the host
+    (e.g. loaded ResNet weights).
+  create_state: (*init_args) -> state; pure, jitted with output shardings.
+  train_step / colorize: per-device functions of (state, batch).
+  """
+  init_args: Callable
+  create_state: Callable
+  train_step: Callable
+  colorize: Callable
+
+
+def gan_family(config: ml_collections.ConfigDict) -> Family:
+  """The proposed model and the SCGAN baseline."""
+  models = models_lib.build_models(config.model)
+
+  def init_args(config, key):
+    init_rng, resnet_rng = jax.random.split(key)
+    resnet = None
+    if config.model.use_resnet:
+      resnet = models_lib.init_resnet_variables(config.model, resnet_rng)
+    return init_rng, resnet
+
+  return Family(
+      init_args=init_args,
+      create_state=functools.partial(state_lib.create_train_state,
+                                     models=models, config=config),
+      train_step=functools.partial(train_step, models=models, config=config),
+      colorize=functools.partial(colorize_batch, models=models, config=config))
 
 
 # ------------------------------------------------------------------ the loop
@@ -200,14 +238,8 @@ def num_train_steps(config: ml_collections.ConfigDict) -> int:
   return steps
 
 
-GAN_MODELS = ('edge_saliency_gan', 'scgan')
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Clear errors for settings that cannot work, before any work starts."""
-  if config.model.name not in GAN_MODELS:
-    raise ValueError(f'config.model.name={config.model.name!r}; expected one '
-                     f'of {GAN_MODELS}')
   b = config.data.batch_size
   per_process = b // jax.process_count()
   if b % jax.process_count() or per_process % jax.local_device_count():
@@ -285,10 +317,25 @@ def init_key(seed: int) -> jax.Array:
   return jax.random.key(seed, impl='rbg')
 
 
-def _load_resnet(config, rng):
-  if not config.model.use_resnet:
-    return None
-  return models_lib.init_resnet_variables(config.model, rng)
+GAN_MODELS = ('edge_saliency_gan', 'scgan')
+
+
+def make_family(config: ml_collections.ConfigDict) -> Family:
+  """The model family named by config.model.name."""
+  if config.model.name in GAN_MODELS:
+    return gan_family(config)
+  if config.model.name == 'cic':
+    from jaxcolor import train_cic  # pylint: disable=g-import-not-at-top
+
+    def one_epoch():
+      it = iter(pipeline.build_train_dataset(
+          config, process_index=jax.process_index(),
+          process_count=jax.process_count()))
+      n = pipeline.num_examples(config, 'train') // config.data.batch_size
+      return (next(it) for _ in range(max(1, n)))
+    return Family(*train_cic.family_parts(config, one_epoch))
+  raise ValueError(f'config.model.name={config.model.name!r}; expected one '
+                   f"of {GAN_MODELS + ('cic',)}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
@@ -301,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   validate_config(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   total_steps = num_train_steps(config)
-  models = models_lib.build_models(config.model)
+  family = make_family(config)
   par = parallel.Parallel.create(config.parallel)
   os.makedirs(workdir, exist_ok=True)
 
@@ -309,11 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
       config, process_index=process_index, process_count=process_count))
 
   # State is built on the devices, already replicated.
-  init_rng, resnet_rng = jax.random.split(init_key(config.seed))
-  resnet_variables = _load_resnet(config, resnet_rng)
-  create = functools.partial(state_lib.create_train_state, models=models,
-                             config=config)
-  abstract = jax.eval_shape(create, init_rng, resnet_variables)
+  init_args = family.init_args(config, init_key(config.seed))
+  abstract = jax.eval_shape(family.create_state, *init_args)
   shardings = jax.tree.map(lambda _: par.replicated, abstract)
   manager = checkpoint.create_manager(workdir, config)
   abstract = jax.tree.map(
@@ -321,24 +365,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
       abstract, shardings)
   restored = checkpoint.restore_latest(manager, abstract, train_iter, config)
   if restored is None:
-    state = jax.jit(create, out_shardings=shardings)(init_rng, resnet_variables)
+    state = jax.jit(family.create_state, out_shardings=shardings)(*init_args)
     start_step = 0
   else:
     start_step, state = restored
-  del resnet_variables
+  del init_args
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0, asynchronous=True)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in
                           checkpoint.flatten_dict(config.to_dict()).items()})
-  step_fn = par.compile(functools.partial(train_step, models=models,
-                                          config=config))
-  eval_fn = par.compile(functools.partial(eval_step, models=models,
-                                          config=config), donate_state=False)
-  sample_fn = par.compile(functools.partial(sample_step, models=models,
-                                            config=config),
-                          donate_state=False, batch_output=True)
+  step_fn = par.compile(family.train_step)
+  eval_fn = par.compile(
+      functools.partial(eval_step, colorize=family.colorize),
+      donate_state=False)
+  sample_fn = par.compile(
+      functools.partial(sample_step, colorize=family.colorize),
+      donate_state=False, batch_output=True)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps)

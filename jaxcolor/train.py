@@ -92,7 +92,7 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
   fake, generator_vjp = jax.vjp(
       lambda p: generate(p, state.resnet_variables(), inputs, models=models,
                          model_config=mc), state.g_params)
-  fake_rgb, fake_sal = split_output(fake, mc)
+  fake_rgb, _ = split_output(fake, mc)
 
   # 1. Critic: D = E[D(fake)] - E[D(real)], with the generator held fixed.
   def critic_objective(d_params):

@@ -1,7 +1,5 @@
 """Baseline 2 (Zhang et al.) through the trainer: steps, resume, logs."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -15,14 +13,8 @@ import test_train
 def tiny_cic(**overrides):
   """The CIC baseline with narrow blocks and the tiny config's data/schedule."""
   config = cic_baseline.get_config()
-  tiny = test_train.tiny_config()
-  config.data = tiny.data
   config.model.cic_widths = (8, 16, 16, 32, 16)
-  for key in ('num_train_steps', 'log_every_steps', 'image_every_steps',
-              'eval_every_steps', 'num_eval_batches', 'checkpoint_every_steps',
-              'keep_checkpoints'):
-    config[key] = tiny[key]
-  return test_train.override(config, **overrides)
+  return test_train.on_tiny_data(config, **overrides)
 
 
 def family_steps(config, batches, kind='shard_map'):
@@ -77,10 +69,7 @@ def test_training_set_prior_gives_other_weights():
 def test_trains_logs_checkpoints_and_resumes(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_cic(num_train_steps=2), workdir)
-  state = train.train_and_evaluate(tiny_cic(num_train_steps=4), workdir)
-  assert int(test_train.host(state).step) == 4
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  test_train.train_then_resume(tiny_cic, workdir)
   acc = event_accumulator.EventAccumulator(
       workdir, size_guidance={event_accumulator.TENSORS: 0})
   acc.Reload()

@@ -1,7 +1,5 @@
 """Baseline 1 (SCGAN-style U-Net GAN): shapes, losses, training, resume."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,6 @@ import pytest
 from configs import scgan_baseline
 from jaxcolor import models as models_lib
 from jaxcolor import parallel
-from jaxcolor import train
 import test_train
 
 
@@ -22,15 +19,9 @@ def batches():
 def tiny_scgan(**overrides):
   """The SCGAN baseline with the tiny config's widths, data and schedule."""
   config = scgan_baseline.get_config()
-  tiny = test_train.tiny_config()
-  config.data = tiny.data
-  config.model.g_features = tiny.model.g_features
-  config.model.d_features = tiny.model.d_features
-  for key in ('num_train_steps', 'log_every_steps', 'image_every_steps',
-              'eval_every_steps', 'num_eval_batches', 'checkpoint_every_steps',
-              'keep_checkpoints'):
-    config[key] = tiny[key]
-  return test_train.override(config, **overrides)
+  config.model.g_features = test_train.tiny_config().model.g_features
+  config.model.d_features = test_train.tiny_config().model.d_features
+  return test_train.on_tiny_data(config, **overrides)
 
 
 def test_paper_shapes_gray_in_rgb_out_30x30_critic():
@@ -73,8 +64,5 @@ def test_gradient_penalty_adds_to_the_critic_loss(batches):
 
 def test_trains_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_scgan(num_train_steps=2), workdir)
-  state = train.train_and_evaluate(tiny_scgan(num_train_steps=4), workdir)
-  assert int(test_train.host(state).step) == 4
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  test_train.train_then_resume(tiny_scgan, workdir)
   assert not test_train.saved_state(workdir, 4).get('resnet')

@@ -33,6 +33,29 @@ def tiny_config(**overrides):
   return override(tiny.get_config(), **overrides)
 
 
+SCHEDULE_KEYS = ('num_train_steps', 'log_every_steps', 'image_every_steps',
+                 'eval_every_steps', 'num_eval_batches',
+                 'checkpoint_every_steps', 'keep_checkpoints')
+
+
+def on_tiny_data(config, **overrides):
+  """`config` with the tiny config's data and schedule, then `overrides`."""
+  tiny_ = tiny_config()
+  config.data = tiny_.data
+  for key in SCHEDULE_KEYS:
+    config[key] = tiny_[key]
+  return override(config, **overrides)
+
+
+def train_then_resume(make_config, workdir):
+  """Trains 2 steps, resumes the same workdir to 4; returns the final state."""
+  train.train_and_evaluate(make_config(num_train_steps=2), workdir)
+  state = train.train_and_evaluate(make_config(num_train_steps=4), workdir)
+  assert int(host(state).step) == 4
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  return state
+
+
 def fresh_state(config, par):
   models = models_lib.build_models(config.model)
   rng, resnet_rng = jax.random.split(train.init_key(config.seed))

@@ -6,7 +6,7 @@ shards, each with 0 and `config.data.num_workers` Grain workers, in one run.
 Without `config.data.prepared_dir` the records are first prepared into a
 temporary folder (deleted afterwards). Prints a table and writes JSON to
 `config.benchmark.output_json` (default `<workdir>/benchmark_input.json`,
-the current folder without a workdir). Imports neither JAX nor TensorFlow.
+the current folder without a workdir). Does not import TensorFlow.
 """
 
 import json

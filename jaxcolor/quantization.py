@@ -209,10 +209,17 @@ def encode_targets(rgb: jnp.ndarray, bins: jnp.ndarray, weights: jnp.ndarray,
   if rgb.ndim != 4 or rgb.shape[-1] != 3:
     raise ValueError(f'encode_targets expects (B, H, W, 3) RGB; got '
                      f'{rgb.shape}')
-  size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
   ab = color.rgb_to_lab(color.to_unit_rgb(rgb))[..., 1:]
-  ab = _pool(ab, size)
-  soft, nearest = _encode(ab, bins, k, sigma)
+  return encode_ab_targets(ab, bins, weights, out_size, k, sigma)
+
+
+def encode_ab_targets(ab: jnp.ndarray, bins: jnp.ndarray,
+                      weights: jnp.ndarray,
+                      out_size: Union[int, tuple[int, int]], k: int = 5,
+                      sigma: float = 5.0):
+  """`encode_targets` from the batch's ab (B, H, W, 2) in Lab units."""
+  size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+  soft, nearest = _encode(_pool(ab, size), bins, k, sigma)
   pixel_weights = jnp.asarray(weights, jnp.float32)[nearest]
   return soft, pixel_weights
 

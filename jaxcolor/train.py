@@ -170,9 +170,8 @@ def eval_step(state: Any, batch: dict, *, colorize: Callable):
   (state unchanged, sums psum-ed over devices).
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
-  real = preprocess.normalize(batch['rgb'])
+  real = losses.to_unit(preprocess.normalize(batch['rgb']))
   fake = losses.to_unit(colorize(state, batch)['fake_rgb'])
-  real = losses.to_unit(real)
   gray3 = jnp.repeat(losses.to_unit(preprocess.normalize(batch['gray'])), 3,
                      axis=-1)
   mask = batch['mask'].astype(jnp.float32)

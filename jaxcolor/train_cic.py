@@ -77,9 +77,9 @@ def train_step(state: CICState, batch: dict, *, net: cic.CICNet,
                bins: np.ndarray, config: ml_collections.ConfigDict):
   """One SGD step on the rebalanced cross-entropy, on this device's batch."""
   lc = config.loss
-  _, x = lab_input(batch)
-  soft, pixel_weights = quantization.encode_targets(
-      batch['rgb'], bins, state.class_weights, config.data.image_size // 4,
+  lab, x = lab_input(batch)
+  soft, pixel_weights = quantization.encode_ab_targets(
+      lab[..., 1:], bins, state.class_weights, config.data.image_size // 4,
       k=lc.cic_k, sigma=lc.cic_sigma)
 
   def objective(params):

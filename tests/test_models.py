@@ -249,7 +249,7 @@ def test_padding_matches_pytorch_layers():
   w = z['convT_weight']  # (in, out, kh, kw); torch flips it relative to lax
   kernel = np.ascontiguousarray(w.transpose(2, 3, 0, 1)[::-1, ::-1])
   layer = conv_transpose.ConvTranspose(
-      4, 4, 2, padding=models.generator.transpose_padding(4, 2))
+      4, 4, 2, padding=conv_transpose.transpose_padding(4, 2))
   out = layer.apply({'params': {'kernel': kernel, 'bias': z['convT_bias']}},
                     z['convT_input'])
   assert out.shape == (1, 10, 10, 4)
@@ -259,7 +259,7 @@ def test_padding_matches_pytorch_layers():
   out = layer.apply({'params': {'kernel': kernel, 'bias': z['same_bias']}},
                     z['same_input'])
   np.testing.assert_allclose(out, z['same_output'], atol=1e-5)
-  assert models.generator.transpose_padding(4, 2) == ((2, 2), (2, 2))
+  assert conv_transpose.transpose_padding(4, 2) == ((2, 2), (2, 2))
   assert models.generator.same_padding(4, 2) == ((1, 1), (1, 1))
   assert models.generator.same_padding(4, 1) == ((1, 2), (1, 2))
 
@@ -268,7 +268,7 @@ def test_padding_matches_pytorch_layers():
                                            (6, 3)])
 def test_phase_conv_transpose_equals_lax(kernel, stride):
   """Value and gradients equal lax.conv_transpose (what nn.ConvTranspose runs)."""
-  pad = models.generator.transpose_padding(kernel, stride)
+  pad = conv_transpose.transpose_padding(kernel, stride)
   x = jax.random.normal(jax.random.key(1), (2, 5, 6, 3))
   w = jax.random.normal(jax.random.key(2), (kernel, kernel, 3, 4))
   ref = lambda x, w: jax.lax.conv_transpose(  # noqa: E731

@@ -22,6 +22,18 @@ from jax import lax
 import jax.numpy as jnp
 
 
+def transpose_padding(kernel: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """lax.conv_transpose padding giving out = stride * in.
+
+  For k4 s2 this is (2, 2), i.e. PyTorch's ConvTranspose2d(4, 2, padding=1):
+  lax pads the dilated input by k - 1 - p_torch on each side.
+  """
+  total = kernel + stride - 2
+  before = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+  pad = (before, total - before)
+  return (pad, pad)
+
+
 def _phase(a: int, stride: int, kernel: int, pad_before: int):
   """Output phase a: first kernel tap, input offset, number of taps."""
   t0 = (pad_before - a) % stride

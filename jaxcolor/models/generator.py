@@ -48,18 +48,6 @@ def same_padding(kernel: int, stride: int) -> Padding:
   return (pad, pad)
 
 
-def transpose_padding(kernel: int, stride: int) -> Padding:
-  """lax.conv_transpose padding giving out = stride * in.
-
-  For k4 s2 this is (2, 2), i.e. PyTorch's ConvTranspose2d(4, 2, padding=1):
-  lax pads the dilated input by k - 1 - p_torch on each side.
-  """
-  total = kernel + stride - 2
-  before = kernel - 1 if stride > kernel - 1 else -(-total // 2)
-  pad = (before, total - before)
-  return (pad, pad)
-
-
 class Generator(nn.Module):
   """U-Net: (B,H,W,C_in) in [-1,1] -> (B,H,W,out_channels) in [-1,1] (tanh).
 
@@ -135,7 +123,7 @@ class Generator(nn.Module):
         h = conv(width, 1, name)(h)
       else:
         h = conv_transpose.ConvTranspose(
-            width, k, strides[m], padding=transpose_padding(k, strides[m]),
+            width, k, strides[m], padding=conv_transpose.transpose_padding(k, strides[m]),
             dtype=self.dtype, kernel_init=xavier_uniform,
             bias_init=nn.initializers.zeros, name=name)(h)
       if j == n - 1:

@@ -57,6 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.resnet18_weights = ''  # Flax file from `python -m jaxcolor.models.convert_resnet18`
   model.require_resnet18_weights = True  # the paper uses ImageNet weights
   model.freeze_resnet = True
+  # Frozen-ResNet feature cache: `prepare` stores the fusion features
+  # (fusion_size^2 x 512, float16) in the records and training reads them
+  # instead of running the ResNet. Needs prepared_dir, a frozen branch and no
+  # random crop/flip; the records must come from the same ResNet weights.
+  model.use_feature_cache = False
+  model.feature_cache_dtype = 'float16'  # or 'bfloat16' / 'float32'
   # PatchGAN critic: 6 convs on gray + RGB; 64 px -> 14x14 patch map.
   model.d_features = (64, 128, 256, 512, 512, 1)
   model.d_kernel_sizes = (4, 4, 3, 3, 4, 4)
@@ -90,6 +96,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
 
   # ---------------------------------------------------------------- compute
+  # Compute dtype of the networks' activations ('float32' or 'bfloat16');
+  # parameters, optimiser state and losses stay float32.
+  config.dtype = 'float32'
+  config.steps_per_call = 1    # train steps per compiled call (lax.scan)
+  config.donate_state = True   # let XLA reuse the state's buffers in place
+  # One generator forward per step whose VJP serves the generator update
+  # (False: run it again for the update; same result, more work).
+  config.reuse_generator_forward = True
   config.parallel = 'pmap'     # or 'shard_map' (jax.jit over a 1-D device mesh)
   dist = config.distributed = ml_collections.ConfigDict()
   dist.enabled = False         # jax.distributed.initialize() (multi-host)
@@ -99,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- benchmark
   bench = config.benchmark = ml_collections.ConfigDict()
-  bench.what = 'input'         # 'input' (more modes come with the benchmark mode)
+  bench.what = 'input'         # see jaxcolor/benchmark.py
   bench.num_batches = 20
   bench.warmup_batches = 3
   bench.output_json = ''       # default: <workdir>/benchmark_<what>.json

@@ -14,7 +14,10 @@ Files that cannot be used (see preprocess.decode_image) become None and are
 dropped; a WARNING names the file and the reason, the first time each file
 is met in a process, with that process's running count. Batches are dicts of
 uint8 numpy arrays: 'rgb' (B, S, S, 3) and 'gray', 'edge', 'saliency'
-(B, S, S, 1); the trainer applies `preprocess.normalize` on device.
+(B, S, S, 1); the trainer applies `preprocess.normalize` on device. With
+`config.model.use_feature_cache`, batches also hold the records' cached
+'resnet_features' (B, f, f, 512) in the cache dtype; otherwise that key is
+dropped, so records with features serve any config.
 """
 
 import collections
@@ -26,6 +29,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from jaxcolor import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 
@@ -43,9 +47,11 @@ class _Loader:
   `skipped` counts the skips of this process by reason.
   """
 
-  def __init__(self, opts: preprocess.Options, from_records: bool):
+  def __init__(self, opts: preprocess.Options, from_records: bool,
+               keep_features: bool = False):
     self.opts = opts
     self.from_records = from_records
+    self.keep_features = keep_features
     self.skipped = collections.Counter()
     self._warned = set()
 
@@ -54,6 +60,8 @@ class _Loader:
     try:
       if self.from_records:
         example = sources.decode_record(element)
+        if not self.keep_features:
+          example.pop(feature_cache.KEY, None)
         if self.opts.random_flip and rng is not None and rng.random() < 0.5:
           example = preprocess.flip(example)
         return example
@@ -89,6 +97,9 @@ def _source_and_loader(config: ml_collections.ConfigDict, split: str):
   """(random-access source, loader) for a split of the configured data."""
   opts = preprocess.Options.from_config(config.data)
   prepared = config.data.prepared_dir
+  cache = config.model.get('use_feature_cache', False)
+  if cache:
+    feature_cache.check_config(config)
   if prepared:
     if opts.random_crop:
       raise ValueError(
@@ -99,7 +110,7 @@ def _source_and_loader(config: ml_collections.ConfigDict, split: str):
     sources.check_metadata(meta, config.data, prepared)
     paths = sources.shard_paths(prepared, meta, split)
     source = sources.record_source(paths) if paths else []
-    return source, _Loader(opts, from_records=True)
+    return source, _Loader(opts, from_records=True, keep_features=cache)
   return sources.split_files(config.data)[split], _Loader(opts, False)
 
 

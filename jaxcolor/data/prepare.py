@@ -9,9 +9,15 @@ maps of `preprocess.load_example` (no random crop; random flips are applied
 when reading). Training checks `metadata.json` against the config
 (`sources.CHECKED_KEYS`) and refuses a mismatch.
 
+With `config.model.use_feature_cache=True` the records also hold the
+frozen ResNet's fusion features ('resnet_features', see
+`jaxcolor.feature_cache`), computed in batches on the JAX device of this
+process, and the metadata says how they were made.
+
 Work is spread over `config.data.prepare_processes` processes (0: one per
-CPU core); progress and a summary (written, skipped by reason) are logged.
-Unusable files are skipped and listed, never fatal.
+CPU core) that decode and preprocess; JAX runs in the parent only. Progress
+and a summary (written, skipped by reason) are logged. Unusable files are
+skipped and listed, never fatal.
 """
 
 import collections
@@ -26,6 +32,7 @@ from typing import Any, Optional
 from absl import logging
 import ml_collections
 
+from jaxcolor import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 
@@ -37,17 +44,16 @@ def _init_worker() -> None:
   cv2.setNumThreads(0)
 
 
-def _encode_one(item: tuple[str, str], opts: preprocess.Options
-                ) -> tuple[str, Optional[bytes], str]:
-  """(path, name) -> (name, record bytes or None, skip reason)."""
+def _load_one(item: tuple[str, str], opts: preprocess.Options
+              ) -> tuple[str, Optional[dict[str, Any]], str]:
+  """(path, name) -> (name, example or None, skip reason)."""
   path, name = item
   try:
-    example = preprocess.load_example(path, opts)
+    return name, preprocess.load_example(path, opts), ''
   except preprocess.BadImageError as e:
     return name, None, e.reason
   except Exception as e:  # pylint: disable=broad-except
     return name, None, f'{type(e).__name__}: {e}'
-  return name, sources.encode_record(example, name), ''
 
 
 def _claim_output_dir(out: str, overwrite: bool) -> None:
@@ -71,38 +77,68 @@ def _claim_output_dir(out: str, overwrite: bool) -> None:
   logging.info('prepare: removed the previous records in %s', out)
 
 
+class _ShardWriter:
+  """Writes records into temporary shards of `shard_size`; renames at the end."""
+
+  def __init__(self, out: str, split: str, shard_size: int):
+    self.out, self.split, self.shard_size = out, split, shard_size
+    self.temp_paths, self.writer, self.in_shard, self.written = [], None, 0, 0
+
+  def write(self, record: bytes) -> None:
+    # pylint: disable-next=g-import-not-at-top
+    from array_record.python import array_record_module
+    if self.writer is None:
+      self.temp_paths.append(os.path.join(
+          self.out, f'.{self.split}-{len(self.temp_paths):05d}.tmp'))
+      # group_size:1 keeps random access cheap for shuffled reads.
+      self.writer = array_record_module.ArrayRecordWriter(
+          self.temp_paths[-1], 'group_size:1')
+    self.writer.write(record)
+    self.in_shard += 1
+    self.written += 1
+    if self.in_shard == self.shard_size:
+      self.close()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+      self.writer, self.in_shard = None, 0
+
+  def finish(self) -> list[str]:
+    """Closes and renames the shards; returns their names."""
+    self.close()
+    shards = []
+    for i, temp in enumerate(self.temp_paths):
+      shards.append(f'{self.split}-{i:05d}-of-{len(self.temp_paths):05d}'
+                    '.array_record')
+      os.replace(temp, os.path.join(self.out, shards[-1]))
+    return shards
+
+
 def _write_split(split: str, items: list[tuple[str, str]], out: str,
-                 opts: preprocess.Options, shard_size: int,
-                 pool: Any) -> dict[str, Any]:
-  """Writes one split's shards; returns its metadata entry."""
-  # pylint: disable=g-import-not-at-top
-  from array_record.python import array_record_module
-  # pylint: enable=g-import-not-at-top
-  encode = functools.partial(_encode_one, opts=opts)
-  results = (pool.imap(encode, items, chunksize=8) if pool is not None
-             else map(encode, items))
+                 opts: preprocess.Options, shard_size: int, pool: Any,
+                 featurizer: Optional[Any] = None) -> dict[str, Any]:
+  """Writes one split's shards; returns its metadata entry.
+
+  `featurizer` (a `feature_cache.Featurizer`) adds the ResNet features.
+  """
+  load = functools.partial(_load_one, opts=opts)
+  results = (pool.imap(load, items, chunksize=8) if pool is not None
+             else map(load, items))
   skipped = collections.Counter()
-  temp_paths, writer, in_shard, written = [], None, 0, 0
+  writer = _ShardWriter(out, split, shard_size)
   start = last_log = time.time()
   try:
-    for done, (name, record, reason) in enumerate(results, 1):
-      if record is None:
+    for done, (name, example, reason) in enumerate(results, 1):
+      if example is None:
         kind = preprocess.BadImageError(reason).kind
         skipped[kind] += 1
         logging.warning('prepare: skipping %s: %s', name, reason)
       else:
-        if writer is None:
-          temp_paths.append(os.path.join(out, f'.{split}-{len(temp_paths):05d}'
-                                              '.tmp'))
-          # group_size:1 keeps random access cheap for shuffled reads.
-          writer = array_record_module.ArrayRecordWriter(temp_paths[-1],
-                                                         'group_size:1')
-        writer.write(record)
-        in_shard += 1
-        written += 1
-        if in_shard == shard_size:
-          writer.close()
-          writer, in_shard = None, 0
+        ready = ([(name, example)] if featurizer is None
+                 else featurizer.add(name, example))
+        for n, e in ready:
+          writer.write(sources.encode_record(e, n))
       now = time.time()
       if now - last_log >= _PROGRESS_SECONDS or done == len(items):
         last_log = now
@@ -110,15 +146,13 @@ def _write_split(split: str, items: list[tuple[str, str]], out: str,
                      '%d skipped', split, done, len(items),
                      100.0 * done / max(1, len(items)),
                      done / max(now - start, 1e-9), sum(skipped.values()))
+    if featurizer is not None:
+      for n, e in featurizer.finish():
+        writer.write(sources.encode_record(e, n))
   finally:
-    if writer is not None:
-      writer.close()
-  shards = []
-  for i, temp in enumerate(temp_paths):
-    shards.append(f'{split}-{i:05d}-of-{len(temp_paths):05d}.array_record')
-    os.replace(temp, os.path.join(out, shards[-1]))
-  return {'num_examples': written, 'num_files': len(items),
-          'skipped': dict(sorted(skipped.items())), 'shards': shards}
+    writer.close()
+  return {'num_examples': writer.written, 'num_files': len(items),
+          'skipped': dict(sorted(skipped.items())), 'shards': writer.finish()}
 
 
 def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -132,12 +166,18 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if data.prepare_shard_size <= 0:
     raise ValueError('config.data.prepare_shard_size must be positive, got '
                      f'{data.prepare_shard_size}')
+  cache = config.model.use_feature_cache
+  if cache:
+    feature_cache.check_model(config.model)
   files = sources.split_files(data)  # bad folders fail here, before any work
   roots = {'train': data.train_dir, 'val': data.val_dir or data.train_dir}
+  # ResNet weights load (or fail) before anything is written.
+  featurizer = feature_cache.Featurizer(config) if cache else None
   _claim_output_dir(out, data.prepare_overwrite)
   processes = data.prepare_processes or os.cpu_count() or 1
-  logging.info('prepare: %d train + %d val files -> %s (%d processes)',
-               len(files['train']), len(files['val']), out, processes)
+  logging.info('prepare: %d train + %d val files -> %s (%d processes%s)',
+               len(files['train']), len(files['val']), out, processes,
+               ', with ResNet features' if cache else '')
 
   pool = None
   if processes > 1:
@@ -149,7 +189,7 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
       items = [(p, os.path.relpath(p, roots[split]).replace(os.sep, '/'))
                for p in files[split]]
       splits[split] = _write_split(split, items, out, opts,
-                                   data.prepare_shard_size, pool)
+                                   data.prepare_shard_size, pool, featurizer)
   finally:
     if pool is not None:
       pool.close()
@@ -167,7 +207,11 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
       'arrays': {'rgb': ['uint8', [size, size, 3]],
                  'gray': ['uint8', [size, size, 1]],
                  'edge': ['uint8', [size, size, 1]],
-                 'saliency': ['uint8', [size, size, 1]]},
+                 'saliency': ['uint8', [size, size, 1]],
+                 **({feature_cache.KEY: [config.model.feature_cache_dtype,
+                                         feature_cache.shape(config.model)]}
+                    if cache else {})},
+      **({feature_cache.KEY: featurizer.metadata} if cache else {}),
       'source': {'train_dir': data.train_dir, 'val_dir': data.val_dir,
                  'val_fraction': data.val_fraction},
       'splits': splits,

@@ -13,8 +13,10 @@ Prepared shards (written by `jaxcolor.data.prepare`):
 Each record is a msgpack map (format version `FORMAT_VERSION`):
   {'version': 1, 'name': <relative path of the photo>,
    'arrays': {key: [numpy dtype str, shape list, raw C-order bytes]}}
-with keys 'rgb', 'gray', 'edge', 'saliency' (uint8, see preprocess.py);
-readers keep any further arrays (room for e.g. 'resnet_features' float16).
+with keys 'rgb', 'gray', 'edge', 'saliency' (uint8, see preprocess.py),
+and 'resnet_features' when prepared with the feature cache
+(`jaxcolor.feature_cache`). Dtypes are numpy dtype strings ('|u1', '<f2'),
+except bfloat16, stored as the name 'bfloat16' (numpy has no string for it).
 """
 
 import hashlib
@@ -22,6 +24,7 @@ import json
 import os
 from typing import Any, Sequence
 
+import ml_dtypes
 import msgpack
 import numpy as np
 
@@ -88,12 +91,25 @@ def split_files(data_config: Any) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------- records
+# Dtypes without a numpy dtype string, stored by name.
+_NAMED_DTYPES = {'bfloat16': np.dtype(ml_dtypes.bfloat16)}
+
+
+def _dtype_str(dtype: np.dtype) -> str:
+  return dtype.name if dtype.name in _NAMED_DTYPES else dtype.str
+
+
+def _dtype(text: str) -> np.dtype:
+  return _NAMED_DTYPES.get(text) or np.dtype(text)
+
+
 def encode_record(example: dict[str, np.ndarray], name: str = '') -> bytes:
   """Example dict of numpy arrays -> record bytes (format in module doc)."""
   arrays = {}
   for key, value in example.items():
     value = np.ascontiguousarray(value)
-    arrays[key] = [value.dtype.str, list(value.shape), value.tobytes()]
+    arrays[key] = [_dtype_str(value.dtype), list(value.shape),
+                   value.tobytes()]
   return msgpack.packb({'version': FORMAT_VERSION, 'name': name,
                         'arrays': arrays}, use_bin_type=True)
 
@@ -105,7 +121,7 @@ def decode_record(data: bytes) -> dict[str, np.ndarray]:
     raise ValueError(f'record format version {record.get("version")!r}; this '
                      f'jaxcolor reads version {FORMAT_VERSION}. Re-run '
                      '--mode=prepare')
-  return {key: np.frombuffer(raw, np.dtype(dtype)).reshape(shape)
+  return {key: np.frombuffer(raw, _dtype(dtype)).reshape(shape)
           for key, (dtype, shape, raw) in record['arrays'].items()}
 
 

@@ -1,0 +1,231 @@
+"""--mode=report: a training run's curves as PNG plots, from its own logs.
+
+Reads the scalars the trainer wrote to the TensorBoard event files in the
+workdir and draws, into <workdir>/report/:
+  losses.png      generator loss and its parts L1, GAN, saliency (the
+                  paper's Figures 1 and 7); CIC runs: the cross-entropy
+                  (Figure 3)
+  critic.png      critic loss and mean D(real), D(fake) (Figure 8; GAN runs)
+  validation.png  validation PSNR and SSIM of the model and of the gray copy
+Curves with many points are drawn raw (faint) and smoothed like
+TensorBoard's default (exponential moving average, weight 0.6).
+"""
+
+import dataclasses
+import glob
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+EVENT_GLOB = 'events.out.tfevents.*'
+SMOOTHING = 0.6
+SMOOTH_FROM = 20   # points; shorter curves are drawn as they are
+# The paper's colours: generator parts, then real/fake and model/gray.
+_COLOURS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple')
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+  """One scalar tag over training: steps (N,) int64, values (N,) float64."""
+  steps: np.ndarray
+  values: np.ndarray
+
+
+def event_files(workdir: str) -> list[str]:
+  """The run's event files (directly in `workdir`), oldest first.
+
+  Raises:
+    FileNotFoundError: `workdir` is missing or holds no event files.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdir={workdir!r} is not an existing folder')
+  files = sorted(glob.glob(os.path.join(workdir, EVENT_GLOB)))
+  if not files:
+    raise FileNotFoundError(
+        f'--workdir={workdir!r} holds no TensorBoard event files '
+        f'({EVENT_GLOB}); point it at a training run\'s workdir')
+  return files
+
+
+def _scalar(value) -> Optional[float]:
+  """A summary value as a float: simple_value or a 1-element numeric tensor."""
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  kind = value.WhichOneof('value')
+  if kind == 'simple_value':
+    return float(value.simple_value)
+  if kind == 'tensor':
+    if value.tensor.dtype == 7:  # DT_STRING: images, text
+      return None
+    array = tensor_util.make_ndarray(value.tensor)
+    if array.size == 1 and np.issubdtype(array.dtype, np.number):
+      return float(array.reshape(()))
+  return None
+
+
+def read_scalars(workdir: str) -> dict[str, Series]:
+  """Every scalar tag in the run's event files.
+
+  clu writes scalars as tensor summaries, older writers as simple values;
+  both are read. A step logged twice (a resumed run repeats the steps after
+  its last checkpoint) keeps the value written last.
+  """
+  # Imported here: it pulls in TensorFlow, which other modes do not need.
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  points = {}   # tag -> {step: (wall_time, order, value)}
+  order = 0
+  for path in event_files(workdir):
+    for event in event_file_loader.EventFileLoader(path).Load():
+      if not event.HasField('summary'):
+        continue
+      for value in event.summary.value:
+        if value.tag.startswith('_hparams_'):
+          continue
+        x = _scalar(value)
+        if x is None:
+          continue
+        order += 1
+        by_step = points.setdefault(value.tag, {})
+        key = (event.wall_time, order)
+        if event.step not in by_step or by_step[event.step][:2] < key:
+          by_step[event.step] = (event.wall_time, order, x)
+  out = {}
+  for tag, by_step in points.items():
+    steps = np.array(sorted(by_step), np.int64)
+    out[tag] = Series(steps, np.array([by_step[s][2] for s in steps],
+                                      np.float64))
+  return out
+
+
+def smooth(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
+  """TensorBoard's debiased exponential moving average (N,) -> (N,)."""
+  out = np.empty_like(values, np.float64)
+  last, debias = 0.0, 1.0
+  for i, v in enumerate(values):
+    last = last * weight + (1 - weight) * v
+    debias *= weight
+    out[i] = last / (1 - debias)
+  return out
+
+
+def _run_config(workdir: str) -> dict:
+  """The newest checkpoint's config (for titles), or {} when there is none."""
+  paths = glob.glob(os.path.join(workdir, 'checkpoints', '*', 'config',
+                                 'metadata'))
+  paths = [p for p in paths
+           if os.path.basename(os.path.dirname(os.path.dirname(p))).isdigit()]
+  if not paths:
+    return {}
+  newest = max(paths, key=lambda p: int(os.path.basename(
+      os.path.dirname(os.path.dirname(p)))))
+  try:
+    with open(newest) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _plot(ax, series: dict[str, Series], title: str, ylabel: str = ''):
+  """Draws labelled curves on one axis; a missing tag is left out."""
+  drawn = False
+  for i, (label, s) in enumerate(series.items()):
+    if s is None or not len(s.steps):
+      continue
+    colour = _COLOURS[i % len(_COLOURS)]
+    if len(s.steps) >= SMOOTH_FROM:
+      ax.plot(s.steps, s.values, color=colour, alpha=0.25, linewidth=1)
+      ax.plot(s.steps, smooth(s.values), color=colour, label=label)
+    else:
+      ax.plot(s.steps, s.values, color=colour, label=label,
+              marker='o' if len(s.steps) < 5 else None)
+    drawn = True
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_title(title)
+  ax.set_xlabel('step')
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  ax.grid(True, alpha=0.3)
+  if drawn:
+    ax.legend()
+  else:
+    ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
+            transform=ax.transAxes)
+
+
+def _figure(panels: list, path: str, suptitle: str) -> str:
+  """panels: [(series dict, title, ylabel)], drawn side by side (2 a row)."""
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  cols = min(2, len(panels))
+  rows = -(-len(panels) // cols)
+  fig = figure.Figure(figsize=(6 * cols, 4 * rows), layout='constrained')
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax, (series, title, ylabel) in zip(axes, panels):
+    _plot(ax, series, title, ylabel)
+  for ax in axes[len(panels):]:
+    ax.set_visible(False)
+  fig.suptitle(suptitle)
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def run(workdir: str) -> list[str]:
+  """Draws the run's curves into <workdir>/report/; returns the PNG paths.
+
+  Raises:
+    FileNotFoundError: no event files in `workdir`.
+    ValueError: the event files hold no training losses.
+  """
+  scalars = read_scalars(workdir)
+  get = scalars.get
+  config = _run_config(workdir)
+  model = config.get('model', {}).get('name', '')
+  name = f'{os.path.basename(os.path.normpath(workdir))}' + (
+      f' ({model})' if model else '')
+  out_dir = os.path.join(workdir, 'report')
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+
+  if 'train/g_loss' in scalars:
+    w = config.get('loss', {})
+    saliency_title = 'saliency L1(s·G(x), s·y)'
+    if not w.get('saliency_weight', 1):
+      saliency_title += ' (off: weight 0)'
+    critic_title = 'critic loss: E[D(fake)] − E[D(real)]'
+    if w.get('gradient_penalty_weight'):
+      critic_title += f' + {w["gradient_penalty_weight"]:g}·GP'
+    total = 'G = ' + ' + '.join(
+        f'{w[k]:g}·{label}' if k in w else label
+        for k, label in (('l1_weight', 'L1'), ('gan_weight', 'GAN'),
+                         ('saliency_weight', 'saliency')))
+    written.append(_figure([
+        ({'generator loss': get('train/g_loss')}, f'generator loss: {total}',
+         'loss'),
+        ({'L1': get('train/l1')}, 'L1(G(x), y)', ''),
+        ({'GAN': get('train/gan')}, 'GAN: −E[D(G(x))]', ''),
+        ({'saliency L1': get('train/saliency')}, saliency_title, ''),
+    ], os.path.join(out_dir, 'losses.png'), f'{name}: generator'))
+    written.append(_figure([
+        ({'critic loss': get('train/d_loss')}, critic_title, 'loss'),
+        ({'D(real)': get('train/d_real'), 'D(fake)': get('train/d_fake')},
+         'mean critic output', 'probability'),
+    ], os.path.join(out_dir, 'critic.png'), f'{name}: critic'))
+  elif 'train/loss' in scalars:
+    written.append(_figure([
+        ({'loss': get('train/loss')}, 'rebalanced cross-entropy', 'loss'),
+    ], os.path.join(out_dir, 'losses.png'), f'{name}: training loss'))
+  else:
+    raise ValueError(
+        f'the event files in {workdir!r} hold no training losses '
+        '(train/g_loss or train/loss); has the run logged a step yet? '
+        f'Tags found: {", ".join(sorted(scalars)) or "none"}')
+
+  if 'val/psnr' in scalars:
+    written.append(_figure([
+        ({'model': get('val/psnr'), 'gray copy': get('val/psnr_gray')},
+         'validation PSNR', 'dB'),
+        ({'model': get('val/ssim'), 'gray copy': get('val/ssim_gray')},
+         'validation SSIM', ''),
+    ], os.path.join(out_dir, 'validation.png'), f'{name}: validation'))
+  return written

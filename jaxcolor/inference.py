@@ -1,0 +1,392 @@
+"""A trained colorizer as a function: gray at model size -> RGB.
+
+`load(path)` reads a training workdir (its newest checkpoint) or an export
+bundle (`--mode=export`, see `write_bundle`) and returns a `Predictor`.
+Only the arrays inference needs are read: the generator (+ ResNet branch)
+of the GANs, or the CIC network's params and BatchNorm statistics; no
+optimiser state, critic or ResNet weights file. Both sources are checked
+against the parameter tree this code builds from the saved config, so a
+checkpoint of another code version fails with the keys that differ.
+
+Export bundle (a folder):
+  bundle.json     {"format": "jaxcolor-inference-bundle", "version": 1,
+                   "model": config.model.name, "step": int,
+                   "mean_chroma_cr_cb": [cr, cb] or null, "config": {...}}
+  params.msgpack  flax.serialization msgpack of the parameter tree (numpy).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable, Optional
+
+from absl import logging
+import cv2
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxcolor import chroma as chroma_lib
+
+BUNDLE_FORMAT = 'jaxcolor-inference-bundle'
+BUNDLE_VERSION = 1
+BUNDLE_FILE = 'bundle.json'
+PARAMS_FILE = 'params.msgpack'
+DEFAULT_BATCH_SIZE = 8
+GAN_MODELS = ('edge_saliency_gan', 'scgan')
+CIC_MODEL = 'cic'
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A loaded model: `predictor(gray)` colorizes a batch at model size.
+
+  Attributes:
+    config: the run's config.
+    mean_chroma: the training set's mean (Cr, Cb) in 8-bit units (see
+      `jaxcolor.chroma`), or None when unknown.
+    params: the model's arrays (on the device).
+    apply_fn: jitted (params, gray uint8 (b,S,S,1), edge uint8 (b,S,S,1))
+      -> RGB float32 (b,S,S,3) in [0, 1], for b = batch_size.
+    batch_size: the compiled batch; other sizes are split and padded.
+    step: the training step the parameters come from.
+    source: the workdir or bundle they were loaded from.
+  """
+  config: ml_collections.ConfigDict
+  mean_chroma: Optional[tuple[float, float]]
+  params: Any = dataclasses.field(repr=False)
+  apply_fn: Callable = dataclasses.field(repr=False)
+  batch_size: int = DEFAULT_BATCH_SIZE
+  step: int = 0
+  source: str = ''
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  @property
+  def model_name(self) -> str:
+    return self.config.model.name
+
+  def __call__(self, gray: np.ndarray) -> np.ndarray:
+    """gray uint8 (B, S, S, 1) -> RGB float32 (B, S, S, 3) in [0, 1]."""
+    gray = np.asarray(gray)
+    s = self.image_size
+    if gray.dtype != np.uint8 or gray.ndim != 4 or gray.shape[1:] != (s, s, 1):
+      raise ValueError(f'expected gray uint8 (B, {s}, {s}, 1); got '
+                       f'{gray.dtype} {gray.shape}')
+    edge = np.zeros_like(gray)
+    if self.model_name in GAN_MODELS and self.config.model.use_edge:
+      d = self.config.data
+      edge = np.stack([cv2.Canny(g[..., 0], d.canny_low, d.canny_high)
+                       for g in gray])[..., None] if len(gray) else edge
+    out = []
+    b = self.batch_size
+    for i in range(0, len(gray), b):
+      g, e = gray[i:i + b], edge[i:i + b]
+      n = len(g)
+      if n < b:  # a fixed batch shape: one compilation
+        pad = ((0, b - n), (0, 0), (0, 0), (0, 0))
+        g, e = np.pad(g, pad), np.pad(e, pad)
+      out.append(np.asarray(self.apply_fn(self.params, g, e))[:n])
+    if not out:
+      return np.zeros((0, s, s, 3), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+# ------------------------------------------------------------------ models
+def _gan_apply(config: ml_collections.ConfigDict) -> Callable:
+  # Imported here so that `jaxcolor.inference` alone stays light.
+  from jaxcolor import models as models_lib  # pylint: disable=g-import-not-at-top
+  from jaxcolor import train  # pylint: disable=g-import-not-at-top
+  from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
+  mc = config.model
+  models = models_lib.build_models(mc)
+
+  def apply(params, gray, edge):
+    g = preprocess.normalize(gray)
+    x = g
+    if mc.use_edge:
+      x = jnp.concatenate([g, preprocess.normalize(edge)], axis=-1)
+    out = train.generate(params['g_params'], params.get('resnet'),
+                         {'gray': g, 'x': x}, models=models, model_config=mc)
+    rgb, _ = train.split_output(out, mc)
+    return jnp.clip((rgb + 1.0) * 0.5, 0.0, 1.0)
+  return jax.jit(apply)
+
+
+def _cic_apply(config: ml_collections.ConfigDict) -> Callable:
+  from jaxcolor import quantization  # pylint: disable=g-import-not-at-top
+  from jaxcolor import train_cic  # pylint: disable=g-import-not-at-top
+  net = train_cic.build_network(config)
+  bins = quantization.load_bins()
+
+  def apply(params, gray, edge):
+    del edge
+    # The L of the gray photo (R = G = B), as training's L of the colour one.
+    lab, x = train_cic.lab_input({'rgb': jnp.repeat(gray, 3, axis=-1)})
+    logits = net.apply(params, x, train=False)
+    return quantization.decode_rgb(logits, lab[..., :1], bins,
+                                   config.model.cic_temperature)
+  return jax.jit(apply)
+
+
+def _abstract_params(config: ml_collections.ConfigDict) -> Any:
+  """Shapes/dtypes of the arrays inference needs, as this code builds them."""
+  name = config.model.name
+  key = jax.random.key(0, impl='rbg')
+  if name in GAN_MODELS:
+    from jaxcolor import models as models_lib  # pylint: disable=g-import-not-at-top
+    from jaxcolor import state as state_lib  # pylint: disable=g-import-not-at-top
+    resnet = None
+    if config.model.use_resnet:
+      x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+      resnet = jax.eval_shape(lambda r: dict(models_lib.ResNet18().init(
+          r, x, return_logits=True)), key)
+    state = jax.eval_shape(functools.partial(
+        state_lib.create_train_state,
+        models=models_lib.build_models(config.model), config=config),
+                           key, resnet)
+    return {'g_params': state.g_params, 'resnet': state.resnet}
+  if name == CIC_MODEL:
+    from jaxcolor import train_cic  # pylint: disable=g-import-not-at-top
+    state = jax.eval_shape(functools.partial(
+        train_cic.create_state, net=train_cic.build_network(config),
+        config=config), key, np.zeros(313, np.float32))
+    return {'params': state.params, 'batch_stats': state.batch_stats}
+  raise ValueError(f'config.model.name={name!r}: not a model this code '
+                   f'knows ({", ".join(GAN_MODELS + (CIC_MODEL,))})')
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {jax.tree_util.keystr(p, simple=True, separator='/'): v
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_params(params: Any, config: ml_collections.ConfigDict,
+                  path: str) -> Any:
+  """Raises ValueError naming keys/shapes that differ from what code builds."""
+  want = _flat(_abstract_params(config))
+  have = _flat(params)
+  diffs = [f'  {k}: missing' for k in sorted(set(want) - set(have))]
+  diffs += [f'  {k}: not in the model' for k in sorted(set(have) - set(want))]
+  diffs += [f'  {k}: saved {tuple(np.shape(have[k]))}, model '
+            f'{tuple(want[k].shape)}' for k in sorted(set(want) & set(have))
+            if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+  if diffs:
+    shown = diffs[:12] + ([f'  ... and {len(diffs) - 12} more']
+                          if len(diffs) > 12 else [])
+    raise ValueError(
+        f'{path}: the saved parameters do not match the '
+        f'{config.model.name!r} model this code builds from the saved '
+        'config:\n' + '\n'.join(shown))
+  return params
+
+
+def _config_from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A saved (JSON) config -> ConfigDict; JSON lists become tuples."""
+  def fix(v):
+    if isinstance(v, dict):
+      return {k: fix(x) for k, x in v.items()}
+    if isinstance(v, list):
+      return tuple(fix(x) for x in v)
+    return v
+  return ml_collections.ConfigDict(fix(d))
+
+
+def _predictor(config, params, mean_chroma, step, source, batch_size):
+  name = config.model.name
+  if name in GAN_MODELS:
+    apply_fn = _gan_apply(config)
+  elif name == CIC_MODEL:
+    apply_fn = _cic_apply(config)
+  else:
+    raise ValueError(f'{source}: config.model.name={name!r} is not a model '
+                     'this code knows')
+  params = jax.device_put(jax.tree.map(np.asarray, params))
+  return Predictor(config=config, mean_chroma=mean_chroma, params=params,
+                   apply_fn=apply_fn, batch_size=batch_size, step=int(step),
+                   source=source)
+
+
+# ------------------------------------------------------------------ workdirs
+def _checkpoint_dir(path: str) -> Optional[str]:
+  """The newest finished step folder under a workdir (or its checkpoints/)."""
+  if os.path.isdir(os.path.join(path, 'state')) and os.path.isdir(
+      os.path.join(path, 'config')):
+    return path  # a step folder itself
+  ckpts = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(ckpts):
+    if os.path.basename(os.path.normpath(path)) != 'checkpoints':
+      return None
+    ckpts = path
+  # Unfinished saves live in '<step>.orbax-checkpoint-tmp-*' folders.
+  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()
+           and os.path.isdir(os.path.join(ckpts, n, 'state'))]
+  if not steps:
+    raise ValueError(f'{path} holds no finished checkpoint (is the run '
+                     'still at its first steps?)')
+  return os.path.join(ckpts, str(max(steps)))
+
+
+def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
+                                                Any, int]:
+  """(config, inference params as numpy, step) of one checkpoint folder."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  config = _config_from_dict(
+      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+          os.path.join(step_dir, 'config')))
+  state_dir = os.path.abspath(os.path.join(step_dir, 'state'))
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  name = config.model.name
+  keys = ('params', 'batch_stats') if name == CIC_MODEL else (
+      'g_params', 'resnet')
+  missing = [k for k in keys if k not in meta]
+  if missing:
+    raise ValueError(f'{step_dir}: checkpoint has no {missing} for model '
+                     f'{name!r}; it was written by other code')
+  item = {k: meta[k] for k in keys if meta[k]}
+  restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      state_dir, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
+  if name in GAN_MODELS:
+    params.setdefault('resnet', None)
+  return config, params, int(os.path.basename(os.path.normpath(step_dir)))
+
+
+def _workdir_chroma(workdir: str, config) -> Optional[tuple[float, float]]:
+  """chroma.json of the run; for older runs computed from its data."""
+  mean = chroma_lib.read(workdir)
+  if mean is not None:
+    return mean
+  try:
+    mean, images = chroma_lib.training_mean(config)
+  except (ValueError, OSError) as e:
+    logging.warning('%s has no %s and its training data is not readable '
+                    '(%s): mean_chroma is unknown.', workdir, chroma_lib.FILE,
+                    e)
+    return None
+  if mean is not None:
+    try:
+      chroma_lib.write(workdir, mean, images)
+    except OSError:
+      pass  # a read-only workdir: computed again next time
+  return mean
+
+
+# ------------------------------------------------------------------ bundles
+def is_bundle(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, BUNDLE_FILE))
+
+
+def _read_bundle(path: str) -> tuple[dict, Any]:
+  """(bundle.json contents, params) of an export bundle folder."""
+  with open(os.path.join(path, BUNDLE_FILE)) as f:
+    try:
+      meta = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}/{BUNDLE_FILE} is not JSON ({e})') from e
+  if not isinstance(meta, dict) or meta.get('format') != BUNDLE_FORMAT:
+    raise ValueError(f'{path}/{BUNDLE_FILE} is not a jaxcolor inference '
+                     f'bundle (format {meta.get("format")!r} if any; '
+                     f'expected {BUNDLE_FORMAT!r})')
+  if meta.get('version') != BUNDLE_VERSION:
+    raise ValueError(f'{path}: bundle version {meta.get("version")!r}; this '
+                     f'code reads version {BUNDLE_VERSION}')
+  params_path = os.path.join(path, PARAMS_FILE)
+  if not os.path.isfile(params_path):
+    raise FileNotFoundError(f'{path}: bundle has no {PARAMS_FILE}')
+  with open(params_path, 'rb') as f:
+    params = flax.serialization.msgpack_restore(f.read())
+  return meta, params
+
+
+def write_bundle(predictor: Predictor, out_dir: str) -> str:
+  """Writes `predictor`'s params, config and chroma as a bundle; its path.
+
+  Refuses a non-empty `out_dir` that is not a bundle; replaces a bundle.
+  """
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_bundle(out_dir):
+    raise ValueError(f'--output={out_dir!r} is a non-empty folder that is not '
+                     'an export bundle; choose a new or empty folder')
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f'--output={out_dir!r} exists and is not a folder')
+  os.makedirs(out_dir, exist_ok=True)
+  params = jax.tree.map(np.asarray, predictor.params)
+  if predictor.model_name in GAN_MODELS and params.get('resnet') is None:
+    params = {k: v for k, v in params.items() if k != 'resnet'}
+  meta = {
+      'format': BUNDLE_FORMAT, 'version': BUNDLE_VERSION,
+      'model': predictor.model_name, 'step': predictor.step,
+      'mean_chroma_cr_cb': (list(predictor.mean_chroma)
+                            if predictor.mean_chroma else None),
+      'config': predictor.config.to_dict(),
+  }
+  # Params first, bundle.json last: a folder with bundle.json is complete.
+  for name, data, mode in (
+      (PARAMS_FILE, flax.serialization.msgpack_serialize(params), 'wb'),
+      (BUNDLE_FILE, json.dumps(meta, indent=1), 'w')):
+    tmp = os.path.join(out_dir, name + '.tmp')
+    with open(tmp, mode) as f:
+      f.write(data)
+    os.replace(tmp, os.path.join(out_dir, name))
+  return out_dir
+
+
+# ------------------------------------------------------------------ loading
+def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+  """A training workdir (its newest checkpoint) or a bundle -> Predictor.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: it is neither a workdir with a finished checkpoint nor a
+      bundle, a bundle of another format, or its arrays do not match the
+      model the code builds from its config.
+  """
+  if not path:
+    raise ValueError('no model given: pass --workdir=RUN (a training workdir '
+                     'or an export bundle)')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path!r} does not exist (expected a training '
+                            'workdir or an export bundle folder)')
+  if not os.path.isdir(path):
+    raise ValueError(f'{path!r} is a file; expected a training workdir or an '
+                     'export bundle folder')
+  if is_bundle(path):
+    meta, params = _read_bundle(path)
+    config = _config_from_dict(meta['config'])
+    if config.model.name in GAN_MODELS:
+      params.setdefault('resnet', None)
+    mean = meta.get('mean_chroma_cr_cb')
+    mean = tuple(float(v) for v in mean) if mean else None
+    step = meta.get('step', 0)
+  else:
+    step_dir = _checkpoint_dir(path)
+    if step_dir is None:
+      raise ValueError(f'{path!r} is neither a training workdir (no '
+                       f'checkpoints/) nor an export bundle (no {BUNDLE_FILE})')
+    config, params, step = _restore_checkpoint(step_dir)
+    workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
+    mean = _workdir_chroma(workdir, config)
+  _check_params(params, config, path)
+  if mean is None:
+    logging.warning('%s: the mean training chroma is unknown (no %s).', path,
+                    chroma_lib.FILE)
+  return _predictor(config, params, mean, step, path, batch_size)
+
+
+def export(path: str, out_dir: str) -> str:
+  """`--mode=export`: the model at `path` -> an inference bundle at `out_dir`."""
+  if not out_dir:
+    raise ValueError('--output=DIR is required for --mode=export')
+  predictor = load(path)
+  write_bundle(predictor, out_dir)
+  logging.info('Exported %s (%s, step %d) to %s', path, predictor.model_name,
+               predictor.step, out_dir)
+  return out_dir

@@ -71,20 +71,23 @@ class Parallel:
 
   # ------------------------------------------------------------ compile
   def compile(self, per_device_fn: Callable, *, donate_state: bool = True,
-              batch_output: bool = False) -> Callable:
+              batch_output: bool = False, stacked: bool = False) -> Callable:
     """Compiles `per_device_fn(state, batch) -> (state, output)`.
 
-    `state` is replicated (step layout) and `batch` sharded on its leading
-    axis. `output` is replicated (it must be `pmean`/`psum`-ed inside), or,
-    with `batch_output`, per-example and sharded like the batch.
+    `state` is replicated (step layout) and `batch` sharded on its example
+    axis: the leading one, or, with `stacked`, the one after a leading
+    axis of k stacked batches (see `put_batch`). `output` is replicated (it
+    must be `pmean`/`psum`-ed inside), or, with `batch_output`, per-example
+    and sharded like an unstacked batch.
     """
     donate = (0,) if donate_state else ()
     if self.kind == 'pmap':
       return jax.pmap(per_device_fn, axis_name=AXIS, donate_argnums=donate)
     out_spec = P(AXIS) if batch_output else P()
+    batch_spec = P(None, AXIS) if stacked else P(AXIS)
     mapped = jax.shard_map(per_device_fn, mesh=self.mesh,
-                           in_specs=(P(), P(AXIS)), out_specs=(P(), out_spec),
-                           check_vma=False)
+                           in_specs=(P(), batch_spec),
+                           out_specs=(P(), out_spec), check_vma=False)
     return jax.jit(mapped, donate_argnums=donate)
 
   # ------------------------------------------------------------ state layout
@@ -114,25 +117,36 @@ class Parallel:
     return jax.tree.map(squeeze, tree)
 
   # ------------------------------------------------------------ batches
-  def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+  def put_batch(self, local_batch: dict[str, np.ndarray], *,
+                stacked: bool = False) -> dict[str, Any]:
     """This process's batch (numpy, leading axis = per-process batch) -> device.
 
-    The result is the global batch, sharded over all devices of all processes.
+    The result is the global batch, sharded over all devices of all
+    processes. With `stacked`, leaves are (k, per-process batch, ...): k
+    batches for one call that runs k steps (`compile(..., stacked=True)`).
     """
     n_local = jax.local_device_count()
+    axis = 1 if stacked else 0
     for k, v in local_batch.items():
-      if v.shape[0] % n_local:
+      if v.shape[axis] % n_local:
         raise ValueError(
-            f'batch["{k}"] has {v.shape[0]} examples, not divisible by the '
+            f'batch["{k}"] has {v.shape[axis]} examples, not divisible by the '
             f'{n_local} local devices; choose config.data.batch_size accordingly')
     if self.kind == 'pmap':
       sharding = NamedSharding(self.mesh, P(AXIS))
+
+      def per_device(v):  # device axis first: (n_local, [k,] B / n_local, ...)
+        if not stacked:
+          return v.reshape((n_local, -1) + v.shape[1:])
+        v = v.reshape((v.shape[0], n_local, -1) + v.shape[2:])
+        return np.swapaxes(v, 0, 1)
       return jax.tree.map(
           lambda v: jax.make_array_from_process_local_data(
-              sharding, v.reshape((n_local, -1) + v.shape[1:])),
-          local_batch)
+              sharding, per_device(v)), local_batch)
+    sharding = (NamedSharding(self.mesh, P(None, AXIS)) if stacked
+                else self.batch_sharding)
     return jax.tree.map(
-        lambda v: jax.make_array_from_process_local_data(self.batch_sharding, v),
+        lambda v: jax.make_array_from_process_local_data(sharding, v),
         local_batch)
 
   def fetch(self, tree: Any) -> Any:

@@ -20,6 +20,8 @@ import numpy as np
 import optax
 
 from jaxcolor import checkpoint
+from jaxcolor import chroma
+from jaxcolor import feature_cache
 from jaxcolor import losses
 from jaxcolor import models as models_lib
 from jaxcolor import parallel
@@ -37,23 +39,30 @@ def model_inputs(batch: dict[str, jnp.ndarray], model_config) -> dict:
   """uint8 batch -> float32 in [-1, 1]: gray, the generator's input, targets.
 
   Returns dict with 'gray' (B,H,W,1), 'x' (B,H,W,1|2: gray [+ edge]),
-  'rgb' (B,H,W,3), 'saliency' (B,H,W,1).
+  'rgb' (B,H,W,3), 'saliency' (B,H,W,1), and the batch's cached
+  'resnet_features' (B,f,f,512) as float32 if it has them.
   """
   gray = preprocess.normalize(batch['gray'])
   x = gray
   if model_config.use_edge:
     x = jnp.concatenate([gray, preprocess.normalize(batch['edge'])], axis=-1)
-  return {'gray': gray, 'x': x, 'rgb': preprocess.normalize(batch['rgb']),
-          'saliency': preprocess.normalize(batch['saliency'])}
+  inputs = {'gray': gray, 'x': x, 'rgb': preprocess.normalize(batch['rgb']),
+            'saliency': preprocess.normalize(batch['saliency'])}
+  if feature_cache.KEY in batch:
+    inputs[feature_cache.KEY] = batch[feature_cache.KEY].astype(jnp.float32)
+  return inputs
 
 
 def generate(g_params, resnet_variables, inputs, *, models, model_config):
   """G(gray ⊕ edge, ResNet features) -> (B, H, W, 3 [+1]) in [-1, 1].
 
-  A frozen ResNet (its params outside g_params) gets no gradient.
+  A frozen ResNet (its params outside g_params) gets no gradient; cached
+  features in `inputs` (feature_cache.KEY) replace it.
   """
   feats = None
-  if model_config.use_resnet:
+  if model_config.use_resnet and feature_cache.KEY in inputs:
+    feats = inputs[feature_cache.KEY]
+  elif model_config.use_resnet:
     if 'resnet' in g_params:
       resnet_variables = {**resnet_variables, 'params': g_params['resnet']}
     else:
@@ -88,10 +97,15 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
   inputs = model_inputs(batch, mc)
   gray, real_rgb, real_sal = inputs['gray'], inputs['rgb'], inputs['saliency']
 
-  # The generator runs once; its VJP serves the generator update below.
-  fake, generator_vjp = jax.vjp(
-      lambda p: generate(p, state.resnet_variables(), inputs, models=models,
-                         model_config=mc), state.g_params)
+  def generate_from(g_params):
+    return generate(g_params, state.resnet_variables(), inputs, models=models,
+                    model_config=mc)
+
+  if config.reuse_generator_forward:
+    # The generator runs once; its VJP serves the generator update below.
+    fake, generator_vjp = jax.vjp(generate_from, state.g_params)
+  else:
+    fake = generate_from(state.g_params)
   fake_rgb, _ = split_output(fake, mc)
 
   # 1. Critic: D = E[D(fake)] - E[D(real)], with the generator held fixed.
@@ -123,9 +137,14 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
         l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
         saliency_weight=lw.saliency_weight)
 
-  (g_loss, parts), d_out = jax.value_and_grad(
-      generator_objective, has_aux=True)(fake)
-  (g_grads,) = generator_vjp(d_out)
+  if config.reuse_generator_forward:
+    (g_loss, parts), d_out = jax.value_and_grad(
+        generator_objective, has_aux=True)(fake)
+    (g_grads,) = generator_vjp(d_out)
+  else:
+    (g_loss, parts), g_grads = jax.value_and_grad(
+        lambda p: generator_objective(generate_from(p)), has_aux=True)(
+            state.g_params)
   g_grads = jax.lax.pmean(g_grads, AXIS)
   g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
                                        state.g_params)
@@ -205,23 +224,78 @@ class Family:
   colorize: Callable
 
 
+DTYPES = ('float32', 'bfloat16')
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """config.dtype -> the networks' activation dtype (params stay float32)."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f'config.dtype={config.dtype!r}; expected one of {DTYPES}')
+  return jnp.dtype(config.dtype)
+
+
+def gan_init_args(config: ml_collections.ConfigDict, key: jax.Array):
+  """(state init key, ResNet variables or None) from `init_key(seed)`.
+
+  Also how `prepare` gets the ResNet of its feature cache.
+  """
+  init_rng, resnet_rng = jax.random.split(key)
+  resnet = None
+  if config.model.use_resnet:
+    resnet = models_lib.init_resnet_variables(config.model, resnet_rng)
+  return init_rng, resnet
+
+
 def gan_family(config: ml_collections.ConfigDict) -> Family:
   """The proposed model and the SCGAN baseline."""
-  models = models_lib.build_models(config.model)
-
-  def init_args(config, key):
-    init_rng, resnet_rng = jax.random.split(key)
-    resnet = None
-    if config.model.use_resnet:
-      resnet = models_lib.init_resnet_variables(config.model, resnet_rng)
-    return init_rng, resnet
+  models = models_lib.build_models(config.model, dtype=compute_dtype(config))
 
   return Family(
-      init_args=init_args,
+      init_args=gan_init_args,
       create_state=functools.partial(state_lib.create_train_state,
                                      models=models, config=config),
       train_step=functools.partial(train_step, models=models, config=config),
       colorize=functools.partial(colorize_batch, models=models, config=config))
+
+
+# ------------------------------------------------------------------ compiling
+def make_train_fn(family: Family, par: parallel.Parallel,
+                  config: ml_collections.ConfigDict) -> Callable:
+  """The compiled training call: (step_state, device batch) -> (state, metrics).
+
+  With `config.steps_per_call = k > 1` one call runs k steps (`lax.scan`)
+  on k stacked batches from `put_train_batches`, and each metric comes
+  back as a (k,) array, one entry per step; with k = 1, as a scalar.
+  """
+  k = config.steps_per_call
+  if k < 1:
+    raise ValueError(f'config.steps_per_call must be >= 1, got {k}')
+  if k == 1:
+    return par.compile(family.train_step, donate_state=config.donate_state)
+
+  def k_steps(state, batches):
+    return jax.lax.scan(family.train_step, state, batches)
+  return par.compile(k_steps, donate_state=config.donate_state, stacked=True)
+
+
+def put_train_batches(par: parallel.Parallel, host_batches: list[dict],
+                      config: ml_collections.ConfigDict) -> dict:
+  """`config.steps_per_call` host batches -> the device batch of one call."""
+  if len(host_batches) != config.steps_per_call:
+    raise ValueError(f'{len(host_batches)} batches for a call of '
+                     f'{config.steps_per_call} steps')
+  if config.steps_per_call == 1:
+    return par.put_batch(host_batches[0])
+  stacked = {key: np.stack([b[key] for b in host_batches])
+             for key in host_batches[0]}
+  return par.put_batch(stacked, stacked=True)
+
+
+def split_metrics(metrics: dict, steps: int) -> list[dict]:
+  """Host metrics of one call -> one dict per step (scalars)."""
+  if steps == 1:
+    return [metrics]
+  return [{key: v[i] for key, v in metrics.items()} for i in range(steps)]
 
 
 # ------------------------------------------------------------------ the loop
@@ -250,10 +324,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if eb % jax.device_count():
     raise ValueError(f'config.data.eval_batch_size={eb} must be a multiple of '
                      f'the {jax.device_count()} devices')
+  k = config.steps_per_call
+  if k < 1:
+    raise ValueError(f'config.steps_per_call must be >= 1, got {k}')
   for key in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
               'image_every_steps'):
     if config[key] <= 0:
       raise ValueError(f'config.{key} must be positive, got {config[key]}')
+    if config[key] % k:
+      raise ValueError(f'config.{key}={config[key]} must be a multiple of '
+                       f'config.steps_per_call={k}')
+  compute_dtype(config)
 
 
 class NonFiniteError(FloatingPointError):
@@ -347,9 +428,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   validate_config(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   total_steps = num_train_steps(config)
+  k = config.steps_per_call
+  if total_steps % k:
+    raise ValueError(f'{total_steps} training steps are not a multiple of '
+                     f'config.steps_per_call={k}')
   family = make_family(config)
   par = parallel.Parallel.create(config.parallel)
   os.makedirs(workdir, exist_ok=True)
+  if process_index == 0:
+    chroma.ensure_written(config, workdir)  # once per run, for colorize
 
   train_iter = iter(pipeline.build_train_dataset(
       config, process_index=process_index, process_count=process_count))
@@ -368,14 +455,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     start_step = 0
   else:
     start_step, state = restored
+    if start_step % k:
+      raise ValueError(
+          f'The checkpoint is at step {start_step}, not a multiple of '
+          f'config.steps_per_call={k}; resume with a steps_per_call that '
+          'divides it')
   del init_args
+  if config.model.use_feature_cache:
+    feature_cache.check_resnet_variables(config, state.resnet_variables())
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0, asynchronous=True)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in
                           checkpoint.flatten_dict(config.to_dict()).items()})
-  step_fn = par.compile(family.train_step)
+  step_fn = make_train_fn(family, par, config)
   eval_fn = par.compile(
       functools.partial(eval_step, colorize=family.colorize),
       donate_state=False)
@@ -397,7 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
   sample_batch = next(_eval_batches(config, process_index, process_count), None)
   train_metrics = []   # host copies, merged at each log step
-  pending = None       # (step, device metrics) fetched one step late
+  pending = None       # (step, device metrics) fetched one call late
   step_state = par.to_step_layout(state)
   del state
   images_per_step = config.data.batch_size
@@ -412,10 +506,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     pending = None
     m = par.fetch(m)
     _check_finite(s, m)
-    train_metrics.append(m)
+    train_metrics.extend(split_metrics(m, k))
     if s % config.log_every_steps == 0 or s == total_steps:
-      summary = {f'train/{k}': float(np.mean([x[k] for x in train_metrics]))
-                 for k in m}
+      summary = {f'train/{key}':
+                 float(np.mean([x[key] for x in train_metrics])) for key in m}
       now = time.time()
       summary['train/images_per_sec_per_device'] = (
           len(train_metrics) * images_per_step / (now - t_log) /
@@ -426,12 +520,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   logging.info('Training steps %d..%d on %d device(s), %d process(es).',
                start_step + 1, total_steps, jax.device_count(), process_count)
   try:
-    for step in range(start_step + 1, total_steps + 1):
+    # Each call runs k steps; every *_every_steps is a multiple of k, so the
+    # step after a call is where logs, evals and checkpoints fall due.
+    for step in range(start_step + k, total_steps + 1, k):
       with report_progress.timed('data'):
-        batch = par.put_batch(next(train_iter))
+        batch = put_train_batches(
+            par, [next(train_iter) for _ in range(k)], config)
       with report_progress.timed('step', wait_jax_async_dispatch=False):
         step_state, metrics = step_fn(step_state, batch)
-      flush()  # the previous step's, while the device runs this one
+      flush()  # the previous call's, while the device runs this one
       pending = (step, metrics)
       for h in hooks:
         h(step)

@@ -49,7 +49,8 @@ def make_optimizer(config: ml_collections.ConfigDict):
 def build_network(config: ml_collections.ConfigDict) -> cic.CICNet:
   mc = config.model
   return cic.CICNet(widths=tuple(mc.cic_widths),
-                    num_convs=tuple(mc.cic_num_convs), axis_name=AXIS)
+                    num_convs=tuple(mc.cic_num_convs), axis_name=AXIS,
+                    dtype=jnp.dtype(config.dtype))
 
 
 def lab_input(batch: dict) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -1,0 +1,105 @@
+"""Speed-up switches give the training result of the plain step."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcolor import parallel
+from jaxcolor import train
+import test_train
+from test_train import host
+from test_train import max_abs_diff
+from test_train import tiny_config
+
+
+@pytest.fixture(scope='module')
+def batches():
+  return test_train.train_batches(3)
+
+
+def run_calls(config, kind, batches):
+  """Trains through `make_train_fn`; returns (host state, host metrics)."""
+  par = parallel.Parallel.create(kind)
+  family = train.make_family(config)
+  init_args = family.init_args(config, train.init_key(config.seed))
+  abstract = jax.eval_shape(family.create_state, *init_args)
+  shardings = jax.tree.map(lambda _: par.replicated, abstract)
+  state = jax.jit(family.create_state, out_shardings=shardings)(*init_args)
+  fn = train.make_train_fn(family, par, config)
+  s = par.to_step_layout(state)
+  k = config.steps_per_call
+  metrics = []
+  for i in range(0, len(batches), k):
+    s, m = fn(s, train.put_train_batches(par, batches[i:i + k], config))
+    metrics.extend(train.split_metrics(par.fetch(m), k))
+  return host(par.from_step_layout(s)), metrics
+
+
+@pytest.mark.parametrize('kind', ['pmap', 'shard_map'])
+def test_steps_per_call_equals_single_steps(batches, kind):
+  single, m1 = run_calls(tiny_config(), kind, batches[:2])
+  scanned, m2 = run_calls(tiny_config(steps_per_call=2), kind, batches[:2])
+  assert int(scanned.step) == 2
+  assert max_abs_diff(single.g_params, scanned.g_params) < 1e-6
+  assert max_abs_diff(single.d_params, scanned.d_params) < 1e-6
+  assert len(m2) == 2
+  for a, b in zip(m1, m2):
+    np.testing.assert_allclose(a['g_loss'], b['g_loss'], rtol=1e-5)
+    np.testing.assert_allclose(a['d_loss'], b['d_loss'], rtol=1e-5, atol=1e-7)
+
+
+def test_recomputing_the_generator_forward_gives_the_same_step(batches):
+  reuse, m1 = run_calls(tiny_config(), 'shard_map', batches[:2])
+  again, m2 = run_calls(tiny_config(reuse_generator_forward=False),
+                        'shard_map', batches[:2])
+  assert max_abs_diff(reuse.g_params, again.g_params) < 1e-6
+  assert max_abs_diff(reuse.d_params, again.d_params) < 1e-6
+  np.testing.assert_allclose(m1[-1]['g_loss'], m2[-1]['g_loss'], rtol=1e-5)
+
+
+def test_without_donation_the_result_is_the_same(batches):
+  donated, _ = run_calls(tiny_config(), 'pmap', batches[:1])
+  kept, _ = run_calls(tiny_config(donate_state=False), 'pmap', batches[:1])
+  assert max_abs_diff(donated.g_params, kept.g_params) == 0
+
+
+@pytest.mark.parametrize('make', ['gan', 'cic'])
+def test_bfloat16_step_runs_with_finite_losses_near_float32(batches, make):
+  if make == 'gan':
+    config = lambda **o: tiny_config(**o)  # noqa: E731
+  else:
+    import test_cic_train  # pylint: disable=g-import-not-at-top
+    config = test_cic_train.tiny_cic
+  f32, m32 = run_calls(config(), 'shard_map', batches[:2])
+  bf16, m16 = run_calls(config(dtype='bfloat16'), 'shard_map', batches[:2])
+  # Parameters and optimiser state stay float32.
+  assert {x.dtype for x in jax.tree.leaves(bf16)} <= {
+      np.dtype('float32'), np.dtype('int32'), np.dtype('uint32')}
+  loss = 'g_loss' if make == 'gan' else 'loss'
+  for a, b in zip(m32, m16):
+    assert all(np.isfinite(v) for v in b.values())
+    np.testing.assert_allclose(b[loss], a[loss], rtol=0.05)
+
+
+def test_unknown_dtype_is_refused():
+  with pytest.raises(ValueError, match='config.dtype'):
+    train.validate_config(tiny_config(dtype='float16'))
+
+
+def test_schedule_must_be_multiple_of_steps_per_call():
+  with pytest.raises(ValueError, match='multiple of config.steps_per_call=4'):
+    train.validate_config(tiny_config(steps_per_call=4))
+
+
+def test_training_loop_with_steps_per_call_checkpoints_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+
+  def make(**o):
+    return tiny_config(steps_per_call=2, **o)
+  state = test_train.train_then_resume(make, workdir)
+  # Same data order and maths as 4 single steps from scratch.
+  single, _ = run_calls(tiny_config(), 'pmap', test_train.train_batches(4))
+  assert max_abs_diff(host(state).g_params, single.g_params) < 1e-5
+  assert os.path.isdir(os.path.join(workdir, 'samples'))

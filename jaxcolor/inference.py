@@ -197,15 +197,22 @@ def _config_from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fix(d))
 
 
+@functools.lru_cache(maxsize=8)
+def _apply_fn(config_json: str) -> Callable:
+  """The jitted model function of a config; shared by equal configs, so a
+  model loaded twice (e.g. a workdir and its bundle) compiles once."""
+  config = _config_from_dict(json.loads(config_json))
+  if config.model.name in GAN_MODELS:
+    return _gan_apply(config)
+  return _cic_apply(config)
+
+
 def _predictor(config, params, mean_chroma, step, source, batch_size):
   name = config.model.name
-  if name in GAN_MODELS:
-    apply_fn = _gan_apply(config)
-  elif name == CIC_MODEL:
-    apply_fn = _cic_apply(config)
-  else:
+  if name not in GAN_MODELS + (CIC_MODEL,):
     raise ValueError(f'{source}: config.model.name={name!r} is not a model '
                      'this code knows')
+  apply_fn = _apply_fn(json.dumps(config.to_dict(), sort_keys=True))
   params = jax.device_put(jax.tree.map(np.asarray, params))
   return Predictor(config=config, mean_chroma=mean_chroma, params=params,
                    apply_fn=apply_fn, batch_size=batch_size, step=int(step),
@@ -282,7 +289,16 @@ def _workdir_chroma(workdir: str, config) -> Optional[tuple[float, float]]:
 
 # ------------------------------------------------------------------ bundles
 def is_bundle(path: str) -> bool:
+  """True for a folder with a bundle.json (of any format)."""
   return os.path.isfile(os.path.join(path, BUNDLE_FILE))
+
+
+def _is_our_bundle(path: str) -> bool:
+  try:
+    with open(os.path.join(path, BUNDLE_FILE)) as f:
+      return json.load(f).get('format') == BUNDLE_FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 def _read_bundle(path: str) -> tuple[dict, Any]:
@@ -312,7 +328,8 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
 
   Refuses a non-empty `out_dir` that is not a bundle; replaces a bundle.
   """
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_bundle(out_dir):
+  if (os.path.isdir(out_dir) and os.listdir(out_dir) and
+      not _is_our_bundle(out_dir)):
     raise ValueError(f'--output={out_dir!r} is a non-empty folder that is not '
                      'an export bundle; choose a new or empty folder')
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):

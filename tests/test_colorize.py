@@ -1,0 +1,292 @@
+"""Inference: load a workdir or bundle, export, colorize photos at full size."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import numpy as np
+import pytest
+
+from jaxcolor import checkpoint
+from jaxcolor import chroma
+from jaxcolor import colorize
+from jaxcolor import inference
+from jaxcolor import train
+from jaxcolor.data import pipeline
+from jaxcolor.data import preprocess
+import imagefactory
+import test_cic_train
+import test_scgan
+import test_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {'gan': test_train.tiny_config, 'scgan': test_scgan.tiny_scgan,
+           'cic': test_cic_train.tiny_cic}
+
+
+def _fill(path, leaf, rng):
+  """A value for one abstract state leaf: BatchNorm-safe random weights."""
+  name = str(path[-1]) if path else ''
+  if not np.issubdtype(leaf.dtype, np.floating):
+    return np.zeros(leaf.shape, leaf.dtype)
+  if 'var' in name or 'scale' in name:
+    return np.ones(leaf.shape, leaf.dtype)
+  return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+
+def write_run(config, workdir, step=2):
+  """A workdir whose checkpoint holds the full train state of `config`.
+
+  The state has the exact tree that training saves (from the family's
+  create_state, traced, not run) with random weights, saved by the
+  trainer's `checkpoint.save`: building it takes no compilation.
+  """
+  family = train.make_family(config)
+  key = train.init_key(config.seed)
+  if config.model.name == 'cic':
+    args = family.init_args(config, key)  # the ImageNet prior: numpy only
+  else:
+    args = jax.eval_shape(lambda k: family.init_args(config, k), key)
+  abstract = jax.eval_shape(family.create_state, *args)
+  rng = np.random.default_rng(0)
+  state = jax.tree_util.tree_map_with_path(
+      lambda p, x: _fill(p, x, rng), abstract)
+  manager = checkpoint.create_manager(workdir, config)
+  data = iter(pipeline.build_train_dataset(config, process_index=0,
+                                           process_count=1))
+  checkpoint.save(manager, step, state, data, config)
+  manager.wait_until_finished()
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """{'gan' | 'scgan' | 'cic': workdir}; the GAN's has its chroma.json."""
+  root = tmp_path_factory.mktemp('runs')
+  out = {name: write_run(make(), str(root / name))
+         for name, make in CONFIGS.items()}
+  chroma.ensure_written(CONFIGS['gan'](), out['gan'])  # as training does
+  return out
+
+
+def photo(h, w, i=0):
+  """A real colour photo (a bundled sample) resized to h x w, RGB uint8."""
+  return cv2.resize(imagefactory.sample_rgb(i), (w, h),
+                    interpolation=cv2.INTER_AREA)
+
+
+def assert_same_luminance(out, gray):
+  assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
+  diff = np.abs(colorize.to_gray(out).astype(int) - gray)
+  assert diff.max() <= 1, diff.max()
+
+
+def has_colour(rgb):
+  return float(np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean())
+
+
+# ------------------------------------------------------------------ pixels
+def test_combine_keeps_size_and_luminance_and_takes_model_chroma():
+  gray = colorize.to_gray(photo(333, 517))
+  model_rgb = photo(64, 64, 3).astype(np.float32) / 255.0
+  # Saturated model colours on a photo with black and white areas: chroma
+  # must give way rather than the luminance.
+  model_rgb[:8] = (1.0, 0.0, 0.0)
+  gray[:40] = 255
+  gray[-40:] = 3
+  for g in (gray, gray.T.copy()):  # landscape and portrait
+    out = colorize.combine(g, model_rgb)
+    assert_same_luminance(out, g)
+    assert has_colour(out) > 5
+  # The chroma is the model's: combining its own gray returns about it.
+  model_u8 = np.round(model_rgb[8:] * 255).astype(np.uint8)
+  back = colorize.combine(colorize.to_gray(model_u8), model_rgb[8:])
+  assert np.abs(back.astype(int) - model_u8).mean() < 1.0
+
+
+def test_tint_is_constant_chroma_on_own_luminance():
+  gray = colorize.to_gray(photo(101, 77))
+  out = colorize.tint(gray, (140.0, 110.0))
+  assert_same_luminance(out, gray)
+  _, c = chroma.split(out)
+  mid = (gray > 60) & (gray < 190)  # away from gamut limits
+  np.testing.assert_allclose(np.median(c[mid], 0), (12.0, -18.0), atol=1.0)
+
+
+def test_to_gray_is_trainings_gray():
+  rgb = photo(50, 70)
+  np.testing.assert_array_equal(
+      colorize.to_gray(rgb), preprocess.compute_maps(
+          rgb, preprocess.Options())['gray'][..., 0])
+  g = colorize.to_gray(rgb)
+  np.testing.assert_array_equal(colorize.to_gray(np.stack([g] * 3, -1)), g)
+  rgba = np.concatenate([rgb, np.full((50, 70, 1), 128, np.uint8)], -1)
+  decoded = preprocess.decode_image(imagefactory.png_bytes(rgba))
+  assert np.abs(colorize.to_gray(rgba).astype(int) -
+                colorize.to_gray(decoded)).max() <= 1
+
+
+def test_model_gray_is_the_whole_picture_resized():
+  gray = colorize.to_gray(photo(333, 517))
+  small = colorize.model_gray(gray, 64)
+  assert small.shape == (64, 64, 1) and small.dtype == np.uint8
+  # Left and right halves of the photo land in the model input's halves.
+  assert abs(small[:, :32].mean() - gray[:, :258].mean()) < 2
+  assert abs(small[:, 32:].mean() - gray[:, 259:].mean()) < 2
+
+
+# ------------------------------------------------------------------ models
+@pytest.mark.parametrize('name', ['gan', 'scgan', 'cic'])
+def test_export_then_colorize_any_size(runs, tmp_path, name):
+  p = inference.load(runs[name], batch_size=2)
+  assert p.model_name == CONFIGS[name]().model.name
+  assert p.image_size == 64 and p.step == 2
+  bundle = inference.export(runs[name], str(tmp_path / 'bundle'))
+  assert sorted(os.listdir(bundle)) == [inference.BUNDLE_FILE,
+                                        inference.PARAMS_FILE]
+  q = inference.load(bundle, batch_size=2)
+  assert q.config.to_dict() == p.config.to_dict()
+  assert q.mean_chroma == p.mean_chroma and q.step == 2
+
+  gray = np.stack([colorize.model_gray(colorize.to_gray(photo(80, 90, i)), 64)
+                   for i in range(3)])
+  rgb = p(gray)  # 3 photos in batches of 2: the last one padded
+  assert rgb.shape == (3, 64, 64, 3) and rgb.dtype == np.float32
+  assert 0 <= rgb.min() and rgb.max() <= 1
+  np.testing.assert_array_equal(q(gray), rgb)
+  np.testing.assert_allclose(p(gray[2:]), rgb[2:], atol=1e-6)
+
+  images = [photo(333, 517), colorize.to_gray(photo(517, 333, 1)),
+            photo(31, 45, 2)]
+  outs = colorize.colorize_images(q, images, batch_size=2)
+  for image, out in zip(images, outs):
+    assert_same_luminance(out, colorize.to_gray(image))
+  assert has_colour(outs[0]) > 0.5
+
+
+def test_colorize_folder_mirrors_skips_and_keeps_inputs(runs, tmp_path):
+  src = tmp_path / 'photos'
+  good, bad = imagefactory.make_mixed_folder(str(src / 'sub'), n_good=1)
+  imagefactory.write(str(src / 'odd.jpg'),
+                     imagefactory.jpeg_bytes(photo(333, 517)))
+  imagefactory.write(str(src / 'odd.png'),  # the same stem as odd.jpg
+                     imagefactory.gray_png(photo(517, 333)))
+  imagefactory.write(str(src / 'notes.txt'), b'not a photo')
+  before = {p: hashlib.md5(p.read_bytes()).hexdigest()
+            for p in src.rglob('*') if p.is_file() and os.access(p, os.R_OK)}
+  out = tmp_path / 'out'
+
+  counts = colorize.run(runs['gan'], str(src), str(out), batch_size=2)
+
+  assert counts == {'written': len(good) + 2, 'skipped': len(bad)}
+  written = sorted(str(p.relative_to(out)) for p in out.rglob('*.png'))
+  names = {'odd.jpg': 'odd.png', 'odd.png': 'odd.png.png',
+           'sub/photo.BMP': 'sub/photo.png',
+           'sub/photo.webp': 'sub/photo.webp.png'}  # stems shared in a folder
+  for n in good:
+    names.setdefault(f'sub/{n}', f'sub/{os.path.splitext(n)[0]}.png')
+  assert written == sorted(names.values())
+  for rel in ('odd.jpg', 'odd.png', 'sub/gray.png', 'sub/deep16.png',
+              'sub/rgba.png'):
+    image = preprocess.decode_image((src / rel).read_bytes())
+    result = cv2.imread(str(out / names[rel]), cv2.IMREAD_COLOR)
+    assert_same_luminance(cv2.cvtColor(result, cv2.COLOR_BGR2RGB),
+                          colorize.to_gray(image))
+  assert {p: hashlib.md5(p.read_bytes()).hexdigest()
+          for p in before} == before
+
+  # Side by side, into a folder inside the input one (left out of inputs).
+  inner = src / 'colour'
+  counts = colorize.run(runs['gan'], str(src / 'odd.jpg'), str(inner),
+                        side_by_side_output=True, batch_size=2)
+  assert counts == {'written': 1, 'skipped': 0}
+  pair = cv2.imread(str(inner / 'odd.png'))
+  assert pair.shape == (333, 2 * 517, 3)
+  assert len(colorize.plan(str(src), str(inner))) == len(good) + len(bad) + 2
+
+
+def test_never_overwrites_inputs(tmp_path):
+  imagefactory.copy_samples(str(tmp_path), 1)
+  name = os.listdir(tmp_path)[0]
+  png = imagefactory.write(str(tmp_path / 'a.png'),
+                           imagefactory.gray_png(photo(20, 30)))
+  with pytest.raises(ValueError, match='is the input folder'):
+    colorize.plan(str(tmp_path), str(tmp_path))
+  with pytest.raises(ValueError, match='would overwrite the input'):
+    colorize.plan(png, str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    colorize.plan(str(tmp_path / 'nope'), str(tmp_path / 'out'))
+  assert colorize.plan(str(tmp_path / name), str(tmp_path / 'out')) == [
+      (str(tmp_path / name),
+       str(tmp_path / 'out' / (os.path.splitext(name)[0] + '.png')))]
+
+
+# ------------------------------------------------------------------ loading
+def test_load_gives_clear_errors(runs, tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    inference.load(str(tmp_path / 'nope'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='neither a training workdir'):
+    inference.load(str(tmp_path / 'empty'))
+  (tmp_path / 'fresh' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(ValueError, match='no finished checkpoint'):
+    inference.load(str(tmp_path / 'fresh'))
+  imagefactory.write(str(tmp_path / 'empty' / 'bundle.json'),
+                     b'{"format": "something-else"}')
+  with pytest.raises(ValueError, match='not a jaxcolor inference bundle'):
+    inference.load(str(tmp_path / 'empty'))
+  for target in (tmp_path, tmp_path / 'empty'):  # not (our) bundles
+    with pytest.raises(ValueError, match='not an export bundle'):
+      inference.export(runs['scgan'], str(target))
+
+  # A bundle whose config builds another model: the differing keys named.
+  bundle = inference.export(runs['scgan'], str(tmp_path / 'b'))
+  meta_path = os.path.join(bundle, inference.BUNDLE_FILE)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  meta['config']['model']['g_features'][-1] = 32
+  with open(meta_path, 'w') as f:
+    json.dump(meta, f)
+  with pytest.raises(ValueError, match=r'g_params/generator/\w+/kernel: '
+                     r'saved \(.*\), model'):
+    inference.load(bundle)
+
+
+def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
+  mean = chroma.read(runs['gan'])
+  assert mean is not None
+  # The bundled photos are warm on average: Cb (blue) below neutral.
+  assert mean[1] < chroma.NEUTRAL - 2 and abs(mean[0] - chroma.NEUTRAL) < 20
+  assert inference.load(runs['gan']).mean_chroma == mean
+  # A run without chroma.json (older code): computed from its config's data.
+  old = write_run(test_cic_train.tiny_cic(), str(tmp_path / 'old'))
+  assert chroma.read(old) is None
+  np.testing.assert_allclose(inference.load(old).mean_chroma, mean)
+  assert chroma.read(old) == inference.load(old).mean_chroma
+
+
+def test_colorize_command_does_not_import_tensorflow(runs, tmp_path):
+  bundle = inference.export(runs['scgan'], str(tmp_path / 'bundle'))
+  photo_path = imagefactory.write(str(tmp_path / 'in.jpg'),
+                                  imagefactory.jpeg_bytes(photo(45, 61)))
+  check = ('import runpy, sys\n'
+           "sys.argv = ['main.py'] + sys.argv[1:]\n"
+           'try:\n'
+           "  runpy.run_path('main.py', run_name='__main__')\n"
+           'except SystemExit as e:\n'
+           '  assert not e.code, e.code\n'
+           "print('TF_MODULES', sorted(m for m in sys.modules\n"
+           "                           if m.startswith('tensorflow')))\n")
+  result = subprocess.run(
+      [sys.executable, '-c', check, '--mode=colorize', f'--workdir={bundle}',
+       f'--input={photo_path}', f'--output={tmp_path / "out"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  assert 'TF_MODULES []' in result.stdout, result.stdout
+  assert '1 written, 0 skipped' in result.stdout
+  assert cv2.imread(str(tmp_path / 'out' / 'in.png')).shape == (45, 61, 3)

@@ -1,10 +1,12 @@
-"""jaxcolor command line: train, prepare records, benchmark.
+"""jaxcolor command line: train, prepare records, benchmark, colorize, export.
 
   python main.py --mode=train --config=configs/quickstart.py --workdir=runs/qs
   python main.py --mode=prepare --config=configs/default.py \
       --config.data.train_dir=DIR --config.data.prepared_dir=OUT
   python main.py --mode=benchmark --config=configs/default.py \
       --config.benchmark.what=input --config.data.train_dir=DIR
+  python main.py --mode=colorize --workdir=RUN --input=PHOTOS --output=OUT
+  python main.py --mode=export --workdir=RUN --output=BUNDLE
 
 Each mode's module is imported only when chosen, so light modes start fast.
 """
@@ -16,14 +18,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-MODES = ('train', 'prepare', 'benchmark')
+MODES = ('train', 'prepare', 'benchmark', 'colorize', 'export')
+# Modes that read the run's config from --workdir (a workdir or a bundle).
+NO_CONFIG_MODES = ('colorize', 'export')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
-flags.mark_flags_as_required(['config'])
+flags.DEFINE_string('input', None, 'colorize: a photo or a folder (recursive).')
+flags.DEFINE_string('output', None,
+                    'colorize: folder for the results; export: bundle folder.')
+flags.DEFINE_bool('side_by_side', False, 'colorize: write gray | colour.')
 
 
 def parse_flags(argv):
@@ -44,7 +51,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   workdir = FLAGS.workdir
-  if FLAGS.mode in ('train',) and not workdir:
+  if FLAGS.mode not in NO_CONFIG_MODES and config is None:
+    raise app.UsageError(f'--config is required for --mode={FLAGS.mode}')
+  if FLAGS.mode in ('train',) + NO_CONFIG_MODES and not workdir:
     raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}')
 
   try:
@@ -57,6 +66,13 @@ def main(argv):
     elif FLAGS.mode == 'benchmark':
       from jaxcolor import benchmark  # pylint: disable=g-import-not-at-top
       benchmark.run(config, workdir)
+    elif FLAGS.mode == 'colorize':
+      from jaxcolor import colorize  # pylint: disable=g-import-not-at-top
+      colorize.run(workdir, FLAGS.input, FLAGS.output,
+                   side_by_side_output=FLAGS.side_by_side)
+    elif FLAGS.mode == 'export':
+      from jaxcolor import inference  # pylint: disable=g-import-not-at-top
+      inference.export(workdir, FLAGS.output)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Bad paths, configs, data or checkpoints, and diverged training: the
     # message says what to do; a traceback would only bury it.

@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.prepare_overwrite = False  # let --mode=prepare replace records in prepared_dir
   data.prepare_processes = 0   # --mode=prepare worker processes (0: one per CPU core)
   data.eval_batch_size = 64
+  # Training photos whose mean chroma (the constant-tint baseline, used by
+  # colorize/evaluate) is written once to <workdir>/chroma.json; 0: none.
+  data.chroma_stats_images = 2000
 
   # ---------------------------------------------------------------- model
   model = config.model = ml_collections.ConfigDict()

@@ -1,28 +1,351 @@
-"""--mode=benchmark: throughput measurements.
+"""--mode=benchmark: compile time, step time, throughput, FLOPs and MFU.
 
-`config.benchmark.what == 'input'`: images/s of the training input pipeline,
-decoding the image folder on the fly and reading prepared ArrayRecord
-shards, each with 0 and `config.data.num_workers` Grain workers, in one run.
+`config.benchmark.what` picks the measurement; each runs alone:
+
+- 'step' (default): the trainer's compiled step on synthetic batches that
+  stay on the devices (compute-bound). Compile time (ahead of time,
+  `lower().compile()`), then `warmup_steps` untimed and `num_steps` timed
+  calls, each blocking on the new state and metrics.
+- 'e2e': the same step fed by the real Grain pipeline, from the image folder
+  (`config.data.train_dir`) and from prepared ArrayRecord shards; a timed
+  call includes fetching the host batches and putting them on the devices.
+- 'input': images/s of the input pipeline alone, from the folder and the
+  records, each with 0 and `config.data.num_workers` Grain workers
+  (`num_batches` timed after `warmup_batches`).
+- 'all': the three above in turn, in one JSON, plus input images/s over the
+  synthetic step's images/s (>= 1: the pipeline keeps up).
+
 Without `config.data.prepared_dir` the records are first prepared into a
-temporary folder (deleted afterwards). Prints a table and writes JSON to
-`config.benchmark.output_json` (default `<workdir>/benchmark_input.json`,
-the current folder without a workdir). Does not import TensorFlow.
+temporary folder (deleted afterwards). One timed call runs
+`config.steps_per_call` train steps. FLOPs come from XLA's cost analysis of
+the compiled step (per device, times the device count); MFU divides the
+achieved FLOP/s by the peak of all devices: `config.benchmark.peak_tflops`
+per device, or else the table below keyed by the device kind and dtype.
+
+Prints a table and writes JSON to `config.benchmark.output_json` (default
+`<workdir>/benchmark_<what>.json`, the current folder without a workdir).
+Does not import TensorFlow.
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from absl import logging
+import jax
+import jax.numpy as jnp
+import jaxlib
 import ml_collections
+import numpy as np
 
+from jaxcolor import feature_cache
+from jaxcolor import parallel
+from jaxcolor import train
 from jaxcolor.data import pipeline
 from jaxcolor.data import prepare as prepare_lib
 
+WHATS = ('step', 'e2e', 'input', 'all')
 
+# Dense peak TFLOP/s per chip: (device_kind pattern, bfloat16, TensorFloat-32,
+# float32). Matched in order against `jax.devices()[0].device_kind`. XLA runs
+# float32 matmuls and convolutions at the default precision as TF32 on
+# NVIDIA GPUs since Ampere and as one bfloat16 pass on TPUs, so float32
+# configs are measured against the TF32 column unless
+# `jax_default_matmul_precision` asks for full float32.
+PEAK_TFLOPS = (
+    (r'H200', 989.0, 495.0, 67.0),
+    (r'H100.*PCIe', 756.0, 378.0, 51.0),
+    (r'H100', 989.0, 495.0, 67.0),
+    (r'A100', 312.0, 156.0, 19.5),
+    (r'\bL4\b', 121.0, 60.0, 30.0),
+    (r'TPU v4', 275.0, 275.0, None),
+    (r'TPU v5 ?lite|TPU v5e', 197.0, 197.0, None),
+    (r'TPU v5', 459.0, 459.0, None),
+    (r'TPU v6', 918.0, 918.0, None),
+)
+_FULL_FP32 = ('highest', 'float32', 'f32_f32_f32')
+
+# Top-level copies of the headline section's figures.
+HEADLINE_KEYS = (
+    'compile_s', 'step_s_median', 'step_s_min', 'step_s_max', 'step_s_p10',
+    'step_s_p90', 'step_s_std', 'train_step_s', 'images_per_s',
+    'images_per_s_per_device', 'flops_per_call', 'flops_per_step',
+    'flops_per_image', 'achieved_tflops', 'mfu')
+
+
+# ------------------------------------------------------------------ helpers
+def peak_tflops(device_kind: str, dtype: str,
+                matmul_precision: Optional[str] = None
+                ) -> tuple[Optional[float], str]:
+  """(Dense peak TFLOP/s of one chip or None, what it is) from the table."""
+  full = str(matmul_precision or '').lower() in _FULL_FP32
+  column, name = ((1, 'bfloat16') if dtype == 'bfloat16' else
+                  (3, 'float32') if full else
+                  (2, 'float32 at default matmul precision'))
+  for row in PEAK_TFLOPS:
+    if re.search(row[0], device_kind):
+      if row[column] is None:
+        break
+      return row[column], f'table: {device_kind}, {name}'
+  return None, (f'no table entry for {device_kind!r} ({name}); set '
+                'config.benchmark.peak_tflops for MFU')
+
+
+def synthetic_batch(config: ml_collections.ConfigDict,
+                    rng: np.random.Generator,
+                    batch_size: int) -> dict[str, np.ndarray]:
+  """Random host batch with the pipeline's keys, shapes and dtypes.
+
+  uint8 'rgb' (B,S,S,3), 'gray', 'edge' (0 or 255), 'saliency' (B,S,S,1);
+  with `config.model.use_feature_cache` also 'resnet_features'
+  (B,f,f,512), f = fusion_size, in `config.model.feature_cache_dtype`.
+  """
+  s = config.data.image_size
+  batch = {
+      'rgb': rng.integers(0, 256, (batch_size, s, s, 3), np.uint8),
+      'gray': rng.integers(0, 256, (batch_size, s, s, 1), np.uint8),
+      'edge': (rng.random((batch_size, s, s, 1)) < 0.1).astype(np.uint8) * 255,
+      'saliency': rng.integers(0, 256, (batch_size, s, s, 1), np.uint8),
+  }
+  mc = config.model
+  if mc.use_feature_cache:
+    shape = (batch_size, *feature_cache.shape(mc))
+    feats = np.abs(rng.standard_normal(shape))
+    batch[feature_cache.KEY] = feats.astype(jnp.dtype(mc.feature_cache_dtype))
+  return batch
+
+
+def time_stats(seconds: list[float], prefix: str = 'step_s') -> dict:
+  """Median, min, max, 10th/90th percentiles and std of call times (s)."""
+  t = np.asarray(seconds, np.float64)
+  return {f'{prefix}_median': float(np.median(t)),
+          f'{prefix}_min': float(t.min()), f'{prefix}_max': float(t.max()),
+          f'{prefix}_p10': float(np.percentile(t, 10)),
+          f'{prefix}_p90': float(np.percentile(t, 90)),
+          f'{prefix}_std': float(t.std())}
+
+
+def xla_cost(compiled: Any, steps_per_call: int = 1) -> dict[str, float]:
+  """XLA's 'flops' and 'bytes accessed' of one device's call (or {}).
+
+  XLA's cost analysis counts a loop body once, whatever its trip count: when
+  the module runs its `steps_per_call` steps in a while loop of that known
+  trip count, the figures are multiplied by it.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('cost_analysis failed: %s', e)
+    return {}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  cost = dict(cost or {})
+  loops = 1
+  if steps_per_call > 1:
+    try:
+      text = compiled.as_text() or ''
+    except Exception:  # pylint: disable=broad-except
+      text = ''
+    counts = re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', text)
+    loops = steps_per_call if str(steps_per_call) in counts else 1
+  return {k: float(cost[k]) * loops for k in ('flops', 'bytes accessed')
+          if cost.get(k)}
+
+
+def _device_memory(compiled: Any) -> Optional[int]:
+  """Bytes of arguments + outputs + temporaries - aliased, per device."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes +
+               m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+# ------------------------------------------------------------------ the step
+class _Trainer:
+  """The trainer's state on the devices and its compiled step."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.k = config.steps_per_call
+    t = time.perf_counter()
+    self.family = train.make_family(config)
+    self.par = parallel.Parallel.create(config.parallel)
+    init_args = self.family.init_args(config, train.init_key(config.seed))
+    abstract = jax.eval_shape(self.family.create_state, *init_args)
+    shardings = jax.tree.map(lambda _: self.par.replicated, abstract)
+    state = jax.jit(self.family.create_state,
+                    out_shardings=shardings)(*init_args)
+    self.state = self.par.to_step_layout(state)
+    jax.block_until_ready(self.state)
+    self.init_s = time.perf_counter() - t
+    self.fn = train.make_train_fn(self.family, self.par, config)
+    self._compiled = {}
+    self.metrics = None
+
+  def compile(self, batch) -> tuple[Callable, dict, bool]:
+    """(compiled step for batch's shapes, its facts, newly compiled)."""
+    leaves, tree = jax.tree.flatten(batch)
+    key = (tree, tuple((x.shape, str(x.dtype)) for x in leaves))
+    if key in self._compiled:
+      return (*self._compiled[key], False)
+    info = {}
+    if hasattr(self.fn, 'lower'):
+      t = time.perf_counter()
+      lowered = self.fn.lower(self.state, batch)
+      compiled = lowered.compile()
+      info['compile_s'] = time.perf_counter() - t
+      cost = xla_cost(compiled, self.k)
+      n = jax.device_count()  # the cost is one device's
+      info['flops_per_call'] = cost.get('flops', 0.0) * n or None
+      info['bytes_accessed_per_call'] = (
+          cost.get('bytes accessed', 0.0) * n or None)
+      info['device_memory_bytes'] = _device_memory(compiled)
+    else:
+      # No AOT interface: the first call compiles (and runs once).
+      t = time.perf_counter()
+      self.state, metrics = self.fn(self.state, batch)
+      jax.block_until_ready((self.state, metrics))
+      info['compile_s'] = time.perf_counter() - t
+      info['compile_note'] = 'first call (compile + one call); no FLOPs'
+      compiled = self.fn
+    self._compiled[key] = (compiled, info)
+    return compiled, info, True
+
+  def put(self, host_batches: list[dict]) -> Any:
+    """steps_per_call host batches -> the compiled step's device batch."""
+    return train.put_train_batches(self.par, host_batches, self.config)
+
+  def call(self, batch) -> dict:
+    """One compiled call on a device batch, blocking on state and metrics.
+
+    Returns the compiled step's facts (compile_s, flops_per_call, ...).
+    """
+    compiled, info, _ = self.compile(batch)
+    self.state, self.metrics = compiled(self.state, batch)
+    jax.block_until_ready((self.state, self.metrics))
+    return info
+
+  def metrics_finite(self) -> bool:
+    m = self.par.fetch(self.metrics)
+    return bool(all(np.all(np.isfinite(v)) for v in jax.tree.leaves(m)))
+
+
+def _throughput(info: dict, seconds: list[float], config,
+                peak: Optional[float]) -> dict:
+  """Times, images/s, FLOPs per call/step/image, TFLOP/s and MFU."""
+  k = config.steps_per_call
+  images = config.data.batch_size * k
+  stats = time_stats(seconds)
+  med = stats['step_s_median']
+  devices = jax.device_count()
+  row = {**stats, 'train_step_s': med / k, 'images_per_s': images / med,
+         'images_per_s_per_device': images / med / devices}
+  flops = info.get('flops_per_call')
+  row['flops_per_call'] = flops
+  row['flops_per_step'] = flops / k if flops else None
+  row['flops_per_image'] = flops / images if flops else None
+  row['achieved_tflops'] = flops / med / 1e12 if flops else None
+  row['mfu'] = (row['achieved_tflops'] / (peak * devices)
+                if flops and peak else None)
+  return row
+
+
+def _time_calls(n: int, call: Callable[[], Any]) -> list[float]:
+  seconds = []
+  for _ in range(n):
+    t = time.perf_counter()
+    call()
+    seconds.append(time.perf_counter() - t)
+  return seconds
+
+
+def _step_section(trainer: _Trainer, config, peak) -> dict:
+  """The compiled step on synthetic, device-resident batches."""
+  bench = config.benchmark
+  per_process = config.data.batch_size // jax.process_count()
+  rng = np.random.default_rng(config.seed + jax.process_index())
+  batch = trainer.put([synthetic_batch(config, rng, per_process)
+                       for _ in range(trainer.k)])
+  _, info, _ = trainer.compile(batch)
+  t = time.perf_counter()
+  for _ in range(bench.warmup_steps):
+    trainer.call(batch)
+  warmup_s = time.perf_counter() - t
+  seconds = _time_calls(bench.num_steps, lambda: trainer.call(batch))
+  return {'data': 'synthetic, on the devices', **info, 'warmup_s': warmup_s,
+          **_throughput(info, seconds, config, peak),
+          'metrics_finite': trainer.metrics_finite()}
+
+
+def _e2e_path(trainer: _Trainer, config, peak) -> dict:
+  """The compiled step fed by the Grain pipeline configured in `config`.
+
+  The first call (pipeline start-up, and a compile when the real batch
+  differs from the synthetic one) counts as warm-up.
+  """
+  bench = config.benchmark
+  it = iter(pipeline.build_train_dataset(
+      config, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+  fetch_s = []
+
+  def fetch():
+    t = time.perf_counter()
+    host = [next(it) for _ in range(trainer.k)]
+    fetch_s.append(time.perf_counter() - t)
+    return trainer.put(host)
+
+  try:
+    t = time.perf_counter()
+    batch = fetch()
+    first_batch_s = time.perf_counter() - t
+    _, info, fresh = trainer.compile(batch)
+    t = time.perf_counter()
+    trainer.call(batch)
+    for _ in range(bench.warmup_steps - 1):
+      trainer.call(fetch())
+    warmup_s = time.perf_counter() - t
+    fetch_s.clear()
+    seconds = _time_calls(bench.num_steps, lambda: trainer.call(fetch()))
+  finally:
+    if hasattr(it, 'close'):
+      it.close()
+  return {'num_workers': config.data.num_workers,
+          'first_batch_s': first_batch_s, 'compiled_for_this_data': fresh,
+          **info, 'warmup_s': warmup_s,
+          **_throughput(info, seconds, config, peak),
+          **time_stats(fetch_s, 'fetch_s'),
+          'metrics_finite': trainer.metrics_finite()}
+
+
+def _e2e_section(trainer: _Trainer, config, records_dir: str, peak,
+                 notes: list[str]) -> dict:
+  """End to end from the folder (when set) and from the records."""
+  section = {}
+  paths = [('records', records_dir)]
+  if not config.data.train_dir:
+    notes.append('e2e: no config.data.train_dir, folder path not measured')
+  elif config.model.use_feature_cache:
+    notes.append('e2e: the feature cache needs records, folder path not '
+                 'measured')
+  else:
+    paths.insert(0, ('folder', ''))
+  for name, records in paths:
+    cfg = config.copy_and_resolve_references()
+    cfg.data.prepared_dir = records
+    logging.info('benchmark: e2e from %s', name)
+    section[name] = _e2e_path(trainer, cfg, peak)
+  return section
+
+
+# ------------------------------------------------------------------ input
 def _measure(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Times `num_batches` train batches after `warmup_batches`."""
   bench = config.benchmark
@@ -45,88 +368,232 @@ def _measure(config: ml_collections.ConfigDict) -> dict[str, Any]:
           'warmup_s': warm - start, 'images': images}
 
 
-def run_input(config: ml_collections.ConfigDict,
-              workdir: Optional[str]) -> dict[str, Any]:
-  """Measures the input pipeline; prints a table and writes the JSON."""
-  config = config.copy_and_resolve_references()
-  bench = config.benchmark
-  if bench.num_batches <= 0 or bench.warmup_batches < 0:
-    raise ValueError('config.benchmark.num_batches must be positive and '
-                     'warmup_batches non-negative')
-  data = config.data
-  if not data.train_dir and not data.prepared_dir:
-    raise ValueError('set config.data.train_dir (and/or prepared_dir) to the '
-                     'photos to read')
-  worker_counts = sorted({0, int(data.num_workers)})
-  temp_dir, notes, prepare_s = None, [], None
-  prepared_dir = data.prepared_dir
-  if not prepared_dir:
-    temp_dir = tempfile.mkdtemp(prefix='jaxcolor-bench-')
+def _input_section(config: ml_collections.ConfigDict, records_dir: str,
+                   notes: list[str]) -> dict[str, Any]:
+  """Input images/s: folder and records, with 0 and num_workers workers."""
+  data, bench = config.data, config.benchmark
+  results = []
+  paths = [('records', records_dir)]
+  if data.train_dir:
+    paths.insert(0, ('folder', ''))
+  else:
+    notes.append('input: no config.data.train_dir, folder path not measured')
+  for name, records in paths:
+    for workers in sorted({0, int(data.num_workers)}):
+      cfg = config.copy_and_resolve_references()
+      cfg.data.prepared_dir = records
+      cfg.data.num_workers = workers
+      logging.info('benchmark: input from %s, %d workers', name, workers)
+      results.append({'path': name, 'num_workers': workers, **_measure(cfg)})
+  return {'num_batches': bench.num_batches,
+          'warmup_batches': bench.warmup_batches,
+          'train_dir': data.train_dir, 'results': results}
+
+
+@contextlib.contextmanager
+def _records_dir(config: ml_collections.ConfigDict, notes: list[str],
+                 facts: dict) -> Iterator[str]:
+  """config.data.prepared_dir, or records prepared into a temporary folder."""
+  if config.data.prepared_dir:
+    yield config.data.prepared_dir
+    return
+  temp_dir = tempfile.mkdtemp(prefix='jaxcolor-bench-')
+  try:
     prepared_dir = os.path.join(temp_dir, 'records')
-    msg = ('config.data.prepared_dir is not set: preparing records from '
-           f'{data.train_dir} into a temporary folder first ({prepared_dir})')
-    print(msg, flush=True)
+    print('config.data.prepared_dir is not set: preparing records from '
+          f'{config.data.train_dir} into a temporary folder first '
+          f'({prepared_dir})', flush=True)
     notes.append('records prepared into a temporary folder for this run')
     prep = config.copy_and_resolve_references()
     prep.data.prepared_dir = prepared_dir
     t = time.perf_counter()
     prepare_lib.prepare(prep)
-    prepare_s = time.perf_counter() - t
-
-  results = []
-  try:
-    paths = [('records', prepared_dir)]
-    if data.train_dir:
-      paths.insert(0, ('folder', ''))
-    else:
-      notes.append('no config.data.train_dir: folder path not measured')
-    for name, records in paths:
-      for workers in worker_counts:
-        cfg = config.copy_and_resolve_references()
-        cfg.data.prepared_dir = records
-        cfg.data.num_workers = workers
-        logging.info('benchmark: %s, %d workers', name, workers)
-        row = {'path': name, 'num_workers': workers, **_measure(cfg)}
-        results.append(row)
+    facts['prepare_s'] = time.perf_counter() - t
+    yield prepared_dir
   finally:
-    if temp_dir:
-      shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
-  report = {
-      'what': 'input',
-      'image_size': data.image_size,
-      'batch_size': data.batch_size,
-      'num_batches': bench.num_batches,
-      'warmup_batches': bench.warmup_batches,
-      'train_dir': data.train_dir,
-      'cpu_count': os.cpu_count(),
-      'prepare_s': prepare_s,
-      'notes': notes,
-      'results': results,
+
+# ------------------------------------------------------------------ report
+def _validate(config: ml_collections.ConfigDict) -> None:
+  bench, what = config.benchmark, config.benchmark.what
+  if what not in WHATS:
+    raise ValueError(f'config.benchmark.what={what!r}; supported: '
+                     + ', '.join(repr(w) for w in WHATS))
+  if what != 'input' and (bench.num_steps <= 0 or bench.warmup_steps < 0):
+    raise ValueError('config.benchmark.num_steps must be positive and '
+                     'warmup_steps non-negative')
+  if what in ('input', 'all') and (bench.num_batches <= 0 or
+                                   bench.warmup_batches < 0):
+    raise ValueError('config.benchmark.num_batches must be positive and '
+                     'warmup_batches non-negative')
+  if bench.peak_tflops < 0:
+    raise ValueError('config.benchmark.peak_tflops must be >= 0 (0: from '
+                     'the table of known accelerators)')
+  if what != 'step' and not (config.data.train_dir or
+                             config.data.prepared_dir):
+    raise ValueError('set config.data.train_dir (and/or prepared_dir) to the '
+                     'photos to read')
+
+
+def _header(config: ml_collections.ConfigDict,
+            config_name: Optional[str]) -> dict[str, Any]:
+  """What ran where: software, devices, model and the speed switches."""
+  bench = config.benchmark
+  device_kind = jax.devices()[0].device_kind
+  precision = jax.config.jax_default_matmul_precision
+  if bench.peak_tflops > 0:
+    peak, basis = float(bench.peak_tflops), 'config.benchmark.peak_tflops'
+  else:
+    peak, basis = peak_tflops(device_kind, config.dtype, precision)
+  return {
+      'what': bench.what, 'model': config.model.name, 'config': config_name,
+      'jax_version': jax.__version__,
+      'jaxlib_version': jaxlib.__version__,
+      'backend': jax.default_backend(), 'device_kind': device_kind,
+      'device_count': jax.device_count(),
+      'local_device_count': jax.local_device_count(),
+      'process_count': jax.process_count(), 'cpu_count': os.cpu_count(),
+      'parallel': config.parallel, 'dtype': config.dtype,
+      'matmul_precision': precision,
+      'batch_size': config.data.batch_size,
+      'per_device_batch': config.data.batch_size // jax.device_count(),
+      'steps_per_call': config.steps_per_call,
+      'donate_state': config.donate_state,
+      'reuse_generator_forward': config.reuse_generator_forward,
+      'use_feature_cache': config.model.use_feature_cache,
+      'image_size': config.data.image_size,
+      'num_steps': bench.num_steps, 'warmup_steps': bench.warmup_steps,
+      'peak_tflops': peak, 'peak_basis': basis,
   }
-  header = (f'{"path":<8} {"workers":>7} {"images/s":>10} {"ms/batch":>9} '
-            f'{"warm-up s":>9}')
-  lines = [f'Input pipeline, {data.image_size} px, batch {data.batch_size}, '
-           f'{bench.num_batches} batches after {bench.warmup_batches} warm-up',
-           header, '-' * len(header)]
-  for r in results:
-    lines.append(f'{r["path"]:<8} {r["num_workers"]:>7d} '
-                 f'{r["images_per_s"]:>10.1f} {r["ms_per_batch"]:>9.1f} '
-                 f'{r["warmup_s"]:>9.2f}')
-  print('\n'.join(lines), flush=True)
-  out = bench.output_json or os.path.join(workdir or os.getcwd(),
-                                          'benchmark_input.json')
-  if os.path.dirname(out):
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(report, f, indent=2)
-  print(f'Wrote {out}', flush=True)
+
+
+def _fmt(value, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def _table(report: dict) -> str:
+  """The report as lines of text."""
+  r = report
+  lines = [
+      f'jaxcolor benchmark ({r["what"]}): {r["model"]}'
+      + (f' ({r["config"]})' if r.get('config') else '')
+      + f', {r["parallel"]}, {r["dtype"]}',
+      f'{r["device_count"]} x {r["device_kind"]} ({r["backend"]}), '
+      f'{r["process_count"]} process(es), JAX {r["jax_version"]}; batch '
+      f'{r["batch_size"]} ({r["per_device_batch"]}/device), '
+      f'{r["steps_per_call"]} step(s)/call, {r["image_size"]} px']
+  rows = []
+  if 'step' in r:
+    rows.append(('step (synthetic)', r['step']))
+  for name, row in r.get('e2e', {}).items():
+    rows.append((f'e2e {name}', row))
+  if rows:
+    header = (f'{"measurement":<17} {"compile s":>9} {"ms/call":>9} '
+              f'{"p10-p90 ms":>15} {"images/s":>9} {"img/s/dev":>9} '
+              f'{"TFLOP/s":>8} {"MFU":>6}')
+    lines += [header, '-' * len(header)]
+    for name, row in rows:
+      spread = (f'{1e3 * row["step_s_p10"]:.1f}-'
+                f'{1e3 * row["step_s_p90"]:.1f}')
+      lines.append(
+          f'{name:<17} {_fmt(row.get("compile_s"), ".1f"):>9} '
+          f'{1e3 * row["step_s_median"]:>9.1f} {spread:>15} '
+          f'{row["images_per_s"]:>9.1f} {row["images_per_s_per_device"]:>9.1f}'
+          f' {_fmt(row["achieved_tflops"], ".3f"):>8} '
+          f'{_fmt(row["mfu"] and 100 * row["mfu"], ".1f"):>5}%')
+    flops_row = r.get('step') or next(iter(r.get('e2e', {}).values()), {})
+    if flops_row.get('flops_per_image'):
+      lines.append(
+          f'XLA FLOPs: {flops_row["flops_per_call"] / 1e9:.2f} G/call, '
+          f'{flops_row["flops_per_step"] / 1e9:.2f} G/train step, '
+          f'{flops_row["flops_per_image"] / 1e9:.3f} G/image; peak '
+          f'{_fmt(r["peak_tflops"], "g")} TFLOP/s per device '
+          f'({r["peak_basis"]})')
+  if 'input' in r:
+    inp = r['input']
+    header = (f'{"input path":<10} {"workers":>7} {"images/s":>10} '
+              f'{"ms/batch":>9} {"warm-up s":>9}')
+    lines += [f'Input pipeline: {inp["num_batches"]} batches after '
+              f'{inp["warmup_batches"]} warm-up', header, '-' * len(header)]
+    for row in inp['results']:
+      lines.append(f'{row["path"]:<10} {row["num_workers"]:>7d} '
+                   f'{row["images_per_s"]:>10.1f} {row["ms_per_batch"]:>9.1f} '
+                   f'{row["warmup_s"]:>9.2f}')
+  for name, ratio in r.get('input_vs_step', {}).items():
+    lines.append(f'input/step images/s, {name}: {ratio:.2f}')
+  for note in r.get('notes', []):
+    lines.append(f'note: {note}')
+  return '\n'.join(lines)
+
+
+def _headline(report: dict) -> Optional[str]:
+  """The section whose figures are copied to the report's top level."""
+  if 'step' in report:
+    return 'step'
+  if 'e2e' in report:
+    return 'e2e.records' if 'records' in report['e2e'] else 'e2e.folder'
+  return 'input' if 'input' in report else None
+
+
+# ------------------------------------------------------------------ entry
+def run(config: ml_collections.ConfigDict, workdir: Optional[str],
+        config_name: Optional[str] = None) -> dict[str, Any]:
+  """Runs `config.benchmark.what`; prints a table, writes and returns JSON."""
+  config = config.copy_and_resolve_references()
+  _validate(config)
+  what = config.benchmark.what
+  if what != 'input':
+    parallel.maybe_initialize_distributed(config.distributed)
+    train.validate_config(config)
+  report = _header(config, config_name)
+  peak = report['peak_tflops']
+  notes, facts = [], {}
+  trainer = None
+  if what != 'input':
+    trainer = _Trainer(config)
+    report['init_s'] = trainer.init_s
+  if what in ('step', 'all'):
+    logging.info('benchmark: step on synthetic data')
+    report['step'] = _step_section(trainer, config, peak)
+  if what != 'step':
+    with _records_dir(config, notes, facts) as records:
+      if what in ('e2e', 'all'):
+        report['e2e'] = _e2e_section(trainer, config, records, peak, notes)
+      if what in ('input', 'all'):
+        report['input'] = _input_section(config, records, notes)
+  report['prepare_s'] = facts.get('prepare_s')
+  if what == 'all':
+    step_ips = report['step']['images_per_s']
+    report['input_vs_step'] = {
+        f'{row["path"]}, {row["num_workers"]} workers':
+            row['images_per_s'] / step_ips
+        for row in report['input']['results']}
+  report['notes'] = notes
+  report['headline'] = _headline(report)
+  section = report
+  for part in (report['headline'] or '').split('.'):
+    section = section.get(part, {}) if part else {}
+  if report['headline'] == 'input':
+    report.update(section)
+  else:
+    report.update({k: section.get(k) for k in HEADLINE_KEYS})
+
+  print(_table(report), flush=True)
+  if jax.process_index() == 0:
+    out = config.benchmark.output_json or os.path.join(
+        workdir or os.getcwd(), f'benchmark_{what}.json')
+    if os.path.dirname(out):
+      os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump(report, f, indent=2)
+    print(f'Wrote {out}', flush=True)
   return report
 
 
-def run(config: ml_collections.ConfigDict, workdir: Optional[str]) -> Any:
-  """Runs the benchmark named by `config.benchmark.what`."""
-  what = config.benchmark.what
-  if what == 'input':
-    return run_input(config, workdir)
-  raise ValueError(f"config.benchmark.what={what!r}; supported: 'input'")
+def run_input(config: ml_collections.ConfigDict,
+              workdir: Optional[str]) -> dict[str, Any]:
+  """The input pipeline alone (`what='input'`)."""
+  config = config.copy_and_resolve_references()
+  config.benchmark.what = 'input'
+  return run(config, workdir)

@@ -49,17 +49,26 @@ def merge(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
   Out-of-gamut colours are desaturated (chroma scaled towards 0) until they
   fit, so Y is kept rather than clipped.
   """
-  y = np.asarray(y, np.float32)[..., None]
+  y = np.asarray(y, np.float32)
   chroma = np.asarray(chroma, np.float32)
-  dr = chroma[..., 0] / _CR
-  db = chroma[..., 1] / _CB
-  dg = -(_W[0] * dr + _W[2] * db) / _W[1]
-  d = np.stack([dr, dg, db], -1)  # RGB = Y + s * d keeps Y for every s
-  with np.errstate(divide='ignore', invalid='ignore'):
-    limit = np.where(d > 0, (255.0 - y) / d, np.where(d < 0, -y / d, np.inf))
-  s = np.clip(np.min(limit, axis=-1, keepdims=True), 0.0, 1.0)
-  rgb = y + s * d
-  return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+  # RGB = Y + s * d keeps Y for every s; d per channel:
+  dr = chroma[..., 0] * np.float32(1.0 / _CR)
+  db = chroma[..., 1] * np.float32(1.0 / _CB)
+  dg = (dr * -_W[0] - db * _W[2]) / _W[1]
+  # The weighted mean of d is 0, so max(d) >= 0 >= min(d): the largest s
+  # with 0 <= Y + s * d <= 255 is min((255 - Y) / max(d), Y / -min(d)).
+  # (The floor of 1e-6 avoids 0 / 0 where d == 0.)
+  up = np.maximum(np.maximum(np.maximum(dr, dg), db), 1e-6)
+  down = np.maximum(-np.minimum(np.minimum(dr, dg), db), 1e-6)
+  s = np.minimum((255.0 - y) / up, y / down)
+  np.minimum(s, 1.0, out=s)
+  out = np.empty(y.shape + (3,), np.uint8)
+  for i, d in enumerate((dr, dg, db)):
+    d *= s
+    d += y
+    np.rint(d, out=d)
+    out[..., i] = np.clip(d, 0.0, 255.0)
+  return out
 
 
 # ---------------------------------------------------------------- statistics

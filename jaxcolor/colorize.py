@@ -173,8 +173,11 @@ class Progress:
 
   def update(self, done: int, skipped: int, final: bool = False) -> None:
     now = time.time()
-    if (not final and now - self.last < self.every_s) or (
-        final and self.shown == (done, skipped)):
+    if final and self.shown == (done, skipped):
+      if self.tty:
+        self.stream.write('\n')  # keep the last '\r' line
+      return
+    if not final and now - self.last < self.every_s:
       return
     self.last, self.shown = now, (done, skipped)
     rate = done / max(now - self.start, 1e-9)

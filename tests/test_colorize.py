@@ -269,10 +269,8 @@ def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
   assert chroma.read(old) == inference.load(old).mean_chroma
 
 
-def test_colorize_command_does_not_import_tensorflow(runs, tmp_path):
-  bundle = inference.export(runs['scgan'], str(tmp_path / 'bundle'))
-  photo_path = imagefactory.write(str(tmp_path / 'in.jpg'),
-                                  imagefactory.jpeg_bytes(photo(45, 61)))
+def run_main(*args):
+  """main.py with `args` in a subprocess; (stdout, TensorFlow modules loaded)."""
   check = ('import runpy, sys\n'
            "sys.argv = ['main.py'] + sys.argv[1:]\n"
            'try:\n'
@@ -282,11 +280,23 @@ def test_colorize_command_does_not_import_tensorflow(runs, tmp_path):
            "print('TF_MODULES', sorted(m for m in sys.modules\n"
            "                           if m.startswith('tensorflow')))\n")
   result = subprocess.run(
-      [sys.executable, '-c', check, '--mode=colorize', f'--workdir={bundle}',
-       f'--input={photo_path}', f'--output={tmp_path / "out"}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+      [sys.executable, '-c', check, *args], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode == 0, result.stderr
-  assert 'TF_MODULES []' in result.stdout, result.stdout
-  assert '1 written, 0 skipped' in result.stdout
+  return result.stdout
+
+
+def test_export_and_colorize_commands_do_not_import_tensorflow(runs,
+                                                               tmp_path):
+  bundle = str(tmp_path / 'bundle')
+  out = run_main('--mode=export', f'--workdir={runs["scgan"]}',
+                 f'--output={bundle}')
+  assert 'TF_MODULES []' in out, out
+  assert inference.load(bundle).model_name == 'scgan'
+  photo_path = imagefactory.write(str(tmp_path / 'in.jpg'),
+                                  imagefactory.jpeg_bytes(photo(45, 61)))
+  out = run_main('--mode=colorize', f'--workdir={bundle}',
+                 f'--input={photo_path}', f'--output={tmp_path / "out"}')
+  assert 'TF_MODULES []' in out, out
+  assert '1 written, 0 skipped' in out
   assert cv2.imread(str(tmp_path / 'out' / 'in.png')).shape == (45, 61, 3)

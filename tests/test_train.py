@@ -235,6 +235,7 @@ def test_train_writes_tensorboard_samples_and_checkpoints(tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
   pngs = sorted(os.listdir(os.path.join(workdir, 'samples')))
   assert pngs == ['step_0000002.png', 'step_0000004.png']
+  assert os.path.isfile(os.path.join(workdir, 'chroma.json'))  # for colorize
 
 
 def test_non_finite_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):

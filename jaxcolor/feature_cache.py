@@ -17,6 +17,7 @@ fingerprint of the ResNet variables; `check_config` and
 `check_resnet_variables` refuse a config or a state that does not match.
 """
 
+import functools
 import hashlib
 from typing import Any, Optional
 
@@ -153,6 +154,24 @@ def resnet_variables(config: ml_collections.ConfigDict) -> Any:
   return train.gan_init_args(config, train.init_key(config.seed))[1]
 
 
+@functools.lru_cache(maxsize=None)
+def _features_fn(input_size: int, fusion_size: int):
+  """Jitted (ResNet variables, uint8 gray (B,S,S,1)) -> float32 features."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jaxcolor.models import resnet18
+  # pylint: enable=g-import-not-at-top
+  # The live branch's module in float32 training (and its features are
+  # float32 whatever the compute dtype).
+  resnet = resnet18.ResNet18()
+
+  def features(variables, gray):
+    return resnet18.fusion_features(
+        resnet, variables, preprocess.normalize(gray), input_size=input_size,
+        fusion_size=fusion_size)
+  return jax.jit(features)
+
+
 class Featurizer:
   """Adds cached features to examples, in batches, one batch in flight.
 
@@ -162,27 +181,11 @@ class Featurizer:
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
-    # pylint: disable=g-import-not-at-top
-    import jax
-    import jax.numpy as jnp
-    from jaxcolor import models as models_lib
-    from jaxcolor.models import resnet18
-    # pylint: enable=g-import-not-at-top
     mc = config.model
     check_model(mc)
-    cache_dtype = jnp.dtype(_check_dtype(mc))
+    self._dtype = np.dtype(sources.decode_dtype(_check_dtype(mc)))
     self.variables = resnet_variables(config)
-    # The module training builds, in float32 (the live branch's precision
-    # in float32 training; its features are float32 in any case).
-    resnet = models_lib.build_models(mc).resnet
-
-    def features(variables, gray):
-      feats = resnet18.fusion_features(
-          resnet, variables, preprocess.normalize(gray),
-          input_size=mc.resnet_input_size, fusion_size=mc.fusion_size)
-      return feats.astype(cache_dtype)
-
-    self._features = jax.jit(features)
+    self._features = _features_fn(mc.resnet_input_size, mc.fusion_size)
     self.metadata = {
         'dtype': mc.feature_cache_dtype, 'shape': shape(mc),
         'resnet_input_size': mc.resnet_input_size,
@@ -221,6 +224,7 @@ class Featurizer:
       return []
     batch, feats = self._in_flight
     self._in_flight = None
-    feats = np.asarray(feats)
+    # numpy rounds to nearest even, as XLA's convert does.
+    feats = np.asarray(feats).astype(self._dtype)
     return [(name, {**example, KEY: feats[i]})
             for i, (name, example) in enumerate(batch)]

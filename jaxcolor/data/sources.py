@@ -99,7 +99,8 @@ def _dtype_str(dtype: np.dtype) -> str:
   return dtype.name if dtype.name in _NAMED_DTYPES else dtype.str
 
 
-def _dtype(text: str) -> np.dtype:
+def decode_dtype(text: str) -> np.dtype:
+  """A record's dtype string (or a name such as 'bfloat16') -> numpy dtype."""
   return _NAMED_DTYPES.get(text) or np.dtype(text)
 
 
@@ -121,7 +122,7 @@ def decode_record(data: bytes) -> dict[str, np.ndarray]:
     raise ValueError(f'record format version {record.get("version")!r}; this '
                      f'jaxcolor reads version {FORMAT_VERSION}. Re-run '
                      '--mode=prepare')
-  return {key: np.frombuffer(raw, _dtype(dtype)).reshape(shape)
+  return {key: np.frombuffer(raw, decode_dtype(dtype)).reshape(shape)
           for key, (dtype, shape, raw) in record['arrays'].items()}
 
 

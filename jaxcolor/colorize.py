@@ -208,6 +208,8 @@ def run(model_path: str, input_path: str, output_dir: str, *,
         batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, int]:
   """The --mode=colorize command; returns {'written': n, 'skipped': m}.
 
+  Raises ValueError (after the count) when no photo could be written.
+
   Args:
     model_path: a training workdir or an export bundle.
     input_path: a photo, or a folder searched recursively.
@@ -246,4 +248,7 @@ def run(model_path: str, input_path: str, output_dir: str, *,
     progress.update(written + skipped, skipped)
   progress.update(written + skipped, skipped, final=True)
   print(f'colorize: {written} written, {skipped} skipped -> {output_dir}')
+  if not written:
+    raise ValueError(f'no photo written: all {skipped} input(s) were '
+                     'unreadable (see the warnings above)')
   return {'written': written, 'skipped': skipped}

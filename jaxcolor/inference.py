@@ -23,13 +23,21 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import cv2
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxcolor import chroma as chroma_lib
+from jaxcolor import models as models_lib
+from jaxcolor import quantization
+from jaxcolor import state as state_lib
+from jaxcolor import train
+from jaxcolor import train_cic
+from jaxcolor.data import preprocess
 
 BUNDLE_FORMAT = 'jaxcolor-inference-bundle'
 BUNDLE_VERSION = 1
@@ -80,9 +88,9 @@ class Predictor:
                        f'{gray.dtype} {gray.shape}')
     edge = np.zeros_like(gray)
     if self.model_name in GAN_MODELS and self.config.model.use_edge:
-      d = self.config.data
-      edge = np.stack([cv2.Canny(g[..., 0], d.canny_low, d.canny_high)
-                       for g in gray])[..., None] if len(gray) else edge
+      d = self.config.data  # Canny at model size, as in training
+      for g, e in zip(gray, edge):
+        e[..., 0] = cv2.Canny(g[..., 0], d.canny_low, d.canny_high)
     out = []
     b = self.batch_size
     for i in range(0, len(gray), b):
@@ -99,10 +107,6 @@ class Predictor:
 
 # ------------------------------------------------------------------ models
 def _gan_apply(config: ml_collections.ConfigDict) -> Callable:
-  # Imported here so that `jaxcolor.inference` alone stays light.
-  from jaxcolor import models as models_lib  # pylint: disable=g-import-not-at-top
-  from jaxcolor import train  # pylint: disable=g-import-not-at-top
-  from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
   mc = config.model
   models = models_lib.build_models(mc)
 
@@ -119,14 +123,13 @@ def _gan_apply(config: ml_collections.ConfigDict) -> Callable:
 
 
 def _cic_apply(config: ml_collections.ConfigDict) -> Callable:
-  from jaxcolor import quantization  # pylint: disable=g-import-not-at-top
-  from jaxcolor import train_cic  # pylint: disable=g-import-not-at-top
   net = train_cic.build_network(config)
   bins = quantization.load_bins()
 
   def apply(params, gray, edge):
     del edge
-    # The L of the gray photo (R = G = B), as training's L of the colour one.
+    # L of the gray photo as RGB (R = G = B). Training saw the colour
+    # photo's L, which differs slightly from the L of its BT.601 gray.
     lab, x = train_cic.lab_input({'rgb': jnp.repeat(gray, 3, axis=-1)})
     logits = net.apply(params, x, train=False)
     return quantization.decode_rgb(logits, lab[..., :1], bins,
@@ -139,23 +142,21 @@ def _abstract_params(config: ml_collections.ConfigDict) -> Any:
   name = config.model.name
   key = jax.random.key(0, impl='rbg')
   if name in GAN_MODELS:
-    from jaxcolor import models as models_lib  # pylint: disable=g-import-not-at-top
-    from jaxcolor import state as state_lib  # pylint: disable=g-import-not-at-top
     resnet = None
     if config.model.use_resnet:
       x = jnp.zeros((1, 32, 32, 3), jnp.float32)
       resnet = jax.eval_shape(lambda r: dict(models_lib.ResNet18().init(
           r, x, return_logits=True)), key)
-    state = jax.eval_shape(functools.partial(
+    create = functools.partial(
         state_lib.create_train_state,
-        models=models_lib.build_models(config.model), config=config),
-                           key, resnet)
+        models=models_lib.build_models(config.model), config=config)
+    state = jax.eval_shape(create, key, resnet)
     return {'g_params': state.g_params, 'resnet': state.resnet}
   if name == CIC_MODEL:
-    from jaxcolor import train_cic  # pylint: disable=g-import-not-at-top
-    state = jax.eval_shape(functools.partial(
+    create = functools.partial(
         train_cic.create_state, net=train_cic.build_network(config),
-        config=config), key, np.zeros(313, np.float32))
+        config=config)
+    state = jax.eval_shape(create, key, np.zeros(313, np.float32))
     return {'params': state.params, 'batch_stats': state.batch_stats}
   raise ValueError(f'config.model.name={name!r}: not a model this code '
                    f'knows ({", ".join(GAN_MODELS + (CIC_MODEL,))})')
@@ -242,8 +243,6 @@ def _checkpoint_dir(path: str) -> Optional[str]:
 def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
                                                 Any, int]:
   """(config, inference params as numpy, step) of one checkpoint folder."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
   config = _config_from_dict(
       ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
           os.path.join(step_dir, 'config')))
@@ -399,7 +398,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
 
 
 def export(path: str, out_dir: str) -> str:
-  """`--mode=export`: the model at `path` -> an inference bundle at `out_dir`."""
+  """`--mode=export`: the model at `path` -> a bundle at `out_dir`; its path."""
   if not out_dir:
     raise ValueError('--output=DIR is required for --mode=export')
   predictor = load(path)

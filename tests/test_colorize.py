@@ -207,6 +207,8 @@ def test_colorize_folder_mirrors_skips_and_keeps_inputs(runs, tmp_path):
   pair = cv2.imread(str(inner / 'odd.png'))
   assert pair.shape == (333, 2 * 517, 3)
   assert len(colorize.plan(str(src), str(inner))) == len(good) + len(bad) + 2
+  with pytest.raises(ValueError, match='no photo written: all 1 input'):
+    colorize.run(runs['gan'], str(src / 'sub' / bad[0]), str(out))
 
 
 def test_never_overwrites_inputs(tmp_path):
@@ -270,7 +272,7 @@ def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
 
 
 def run_main(*args):
-  """main.py with `args` in a subprocess; (stdout, TensorFlow modules loaded)."""
+  """Runs main.py with `args` in a subprocess; its stdout (+ TF_MODULES)."""
   check = ('import runpy, sys\n'
            "sys.argv = ['main.py'] + sys.argv[1:]\n"
            'try:\n'

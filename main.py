@@ -7,6 +7,8 @@
       --config.benchmark.what=input --config.data.train_dir=DIR
   python main.py --mode=colorize --workdir=RUN --input=PHOTOS --output=OUT
   python main.py --mode=export --workdir=RUN --output=BUNDLE
+  python main.py --mode=evaluate --workdir=RUN --input=COLOUR_PHOTOS
+  python main.py --mode=report --workdir=RUN
 
 Each mode's module is imported only when chosen, so light modes start fast.
 """
@@ -18,18 +20,22 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-MODES = ('train', 'prepare', 'benchmark', 'colorize', 'export')
+MODES = ('train', 'prepare', 'benchmark', 'colorize', 'export', 'evaluate',
+         'report')
 # Modes that read the run's config from --workdir (a workdir or a bundle).
-NO_CONFIG_MODES = ('colorize', 'export')
+NO_CONFIG_MODES = ('colorize', 'export', 'evaluate', 'report')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
-flags.DEFINE_string('input', None, 'colorize: a photo or a folder (recursive).')
+flags.DEFINE_string('input', None,
+                    'colorize: a photo or a folder (recursive); evaluate: a '
+                    'folder of colour photos.')
 flags.DEFINE_string('output', None,
-                    'colorize: folder for the results; export: bundle folder.')
+                    'colorize: folder for the results; export: bundle folder; '
+                    'evaluate: results folder (default RUN/evaluation/NAME).')
 flags.DEFINE_bool('side_by_side', False, 'colorize: write gray | colour.')
 
 
@@ -55,6 +61,9 @@ def main(argv):
     raise app.UsageError(f'--config is required for --mode={FLAGS.mode}')
   if FLAGS.mode in ('train',) + NO_CONFIG_MODES and not workdir:
     raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}')
+  if FLAGS.mode == 'evaluate' and not FLAGS.input:
+    raise app.UsageError('--input=DIR (colour photos) is required for '
+                         '--mode=evaluate')
 
   try:
     if FLAGS.mode == 'train':
@@ -74,6 +83,13 @@ def main(argv):
       from jaxcolor import inference  # pylint: disable=g-import-not-at-top
       inference.export(workdir, FLAGS.output)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    elif FLAGS.mode == 'evaluate':
+      from jaxcolor import evaluate  # pylint: disable=g-import-not-at-top
+      evaluate.run(workdir, FLAGS.input, FLAGS.output)
+    elif FLAGS.mode == 'report':
+      from jaxcolor import report  # pylint: disable=g-import-not-at-top
+      for path in report.run(workdir):
+        print(path)
     # Bad paths, configs, data or checkpoints, and diverged training: the
     # message says what to do; a traceback would only bury it.
     logging.error('%s: %s', type(e).__name__, e)

@@ -82,7 +82,6 @@ def main(argv):
     elif FLAGS.mode == 'export':
       from jaxcolor import inference  # pylint: disable=g-import-not-at-top
       inference.export(workdir, FLAGS.output)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     elif FLAGS.mode == 'evaluate':
       from jaxcolor import evaluate  # pylint: disable=g-import-not-at-top
       evaluate.run(workdir, FLAGS.input, FLAGS.output)
@@ -90,6 +89,7 @@ def main(argv):
       from jaxcolor import report  # pylint: disable=g-import-not-at-top
       for path in report.run(workdir):
         print(path)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Bad paths, configs, data or checkpoints, and diverged training: the
     # message says what to do; a traceback would only bury it.
     logging.error('%s: %s', type(e).__name__, e)

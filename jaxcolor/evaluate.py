@@ -9,9 +9,10 @@ the photo, next to two trivial baselines that any colorizer must beat:
   constant tint  the training set's mean chroma on the input's own
                  luminance (`Predictor.mean_chroma`).
 
-On real photos the constant tint beats the gray copy by about a dB of PSNR
-while having almost no colour, so a model is judged on PSNR and
-colourfulness together. The same is measured at the model's resolution
+On real photos the constant tint beats the gray copy on PSNR (with the
+bundled photos' mean chroma: +0.4 dB on CBSD68, +1.5 dB on Set5) while
+having almost no colour, so a model is judged on PSNR and colourfulness
+together. The same is measured at the model's resolution
 (S x S, default 64 px): the model's raw output against the photo resized as
 the model's input is (the whole picture, squashed to a square).
 

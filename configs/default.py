@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.d_kernel_sizes = (4, 4, 3, 3, 4, 4)
   model.d_strides = (2, 2, 1, 1, 1, 1)
   model.d_paddings = (1, 1, 1, 1, 1, 1)
+  # How G's and D's convolutions are computed: 'fast' (per-layer forms that
+  # suit XLA CPU, jaxcolor/models/conv_impl.py), 'phase' (flax convs, phase
+  # transposed convs) or 'xla' (flax Conv/ConvTranspose). Same function and
+  # parameters either way.
+  model.conv_impl = 'fast'
 
   # ---------------------------------------------------------------- losses
   loss = config.loss = ml_collections.ConfigDict()

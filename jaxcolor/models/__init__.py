@@ -53,14 +53,16 @@ def build_models(model_config: ml_collections.ConfigDict,
       fusion_layer=mc.fusion_layer,
       use_features=bool(mc.use_resnet),
       negative_slope=mc.negative_slope,
-      dtype=dtype)
+      dtype=dtype,
+      conv_impl=mc.get('conv_impl', 'fast'))
   critic = PatchGAN(
       features=tuple(mc.d_features),
       kernel_sizes=tuple(mc.d_kernel_sizes),
       strides=tuple(mc.d_strides),
       paddings=tuple(mc.d_paddings),
       negative_slope=mc.negative_slope,
-      dtype=dtype)
+      dtype=dtype,
+      conv_impl=mc.get('conv_impl', 'fast'))
   resnet = ResNet18(dtype=dtype) if mc.use_resnet else None
   return Models(generator=gen, critic=critic, resnet=resnet)
 

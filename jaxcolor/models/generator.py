@@ -30,6 +30,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 
 xavier_uniform = nn.initializers.xavier_uniform()
@@ -62,6 +63,8 @@ class Generator(nn.Module):
     use_features: whether __call__ takes ResNet features.
     negative_slope: LeakyReLU slope.
     dtype: compute dtype; parameters stay float32, the output is float32.
+    conv_impl: how convolutions are computed (`conv_impl.IMPLS`); every
+      choice has the same parameters and gives the same function.
   """
   widths: Sequence[int] = (64, 128, 256, 512, 512, 512, 512)
   out_channels: int = 4
@@ -71,6 +74,7 @@ class Generator(nn.Module):
   use_features: bool = True
   negative_slope: float = 0.2
   dtype: Any = jnp.float32
+  conv_impl: str = 'fast'
 
   def strides(self) -> list[int]:
     n = len(self.widths)
@@ -98,9 +102,10 @@ class Generator(nn.Module):
       raise ValueError(f'Generator input must be (B,H,W,C) with H and W '
                        f'divisible by {total}; got {x.shape}')
     act = lambda y: nn.leaky_relu(y, self.negative_slope)  # noqa: E731
-    conv = lambda f, s, name: nn.Conv(  # noqa: E731
-        f, (k, k), strides=(s, s), padding=same_padding(k, s), dtype=self.dtype,
-        kernel_init=xavier_uniform, bias_init=nn.initializers.zeros, name=name)
+    conv = lambda f, s, name: conv_impl.Conv(  # noqa: E731
+        f, k, s, padding=same_padding(k, s), impl=self.conv_impl,
+        dtype=self.dtype, kernel_init=xavier_uniform,
+        bias_init=nn.initializers.zeros, name=name)
 
     h = x.astype(self.dtype)
     skips = []
@@ -122,9 +127,10 @@ class Generator(nn.Module):
       if strides[m] == 1:
         h = conv(width, 1, name)(h)
       else:
-        h = conv_transpose.ConvTranspose(
-            width, k, strides[m], padding=conv_transpose.transpose_padding(k, strides[m]),
-            dtype=self.dtype, kernel_init=xavier_uniform,
+        h = conv_impl.ConvTranspose(
+            width, k, strides[m],
+            padding=conv_transpose.transpose_padding(k, strides[m]),
+            impl=self.conv_impl, dtype=self.dtype, kernel_init=xavier_uniform,
             bias_init=nn.initializers.zeros, name=name)(h)
       if j == n - 1:
         return jnp.tanh(h).astype(jnp.float32)

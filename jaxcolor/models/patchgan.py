@@ -19,6 +19,8 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcolor.models import conv_impl
+
 
 class PatchGAN(nn.Module):
   """(B,H,W,4) gray ⊕ RGB in [-1,1] -> (B,h,w,1) in (0,1), float32.
@@ -28,6 +30,7 @@ class PatchGAN(nn.Module):
       pads p pixels on every side (PyTorch Conv2d(padding=p)).
     negative_slope: LeakyReLU slope after every conv but the last.
     dtype: compute dtype; parameters stay float32.
+    conv_impl: how convolutions are computed (`conv_impl.IMPLS`).
   """
   features: Sequence[int] = (64, 128, 256, 512, 512, 1)
   kernel_sizes: Sequence[int] = (4, 4, 3, 3, 4, 4)
@@ -35,6 +38,7 @@ class PatchGAN(nn.Module):
   paddings: Sequence[int] = (1, 1, 1, 1, 1, 1)
   negative_slope: float = 0.2
   dtype: Any = jnp.float32
+  conv_impl: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,10 +50,11 @@ class PatchGAN(nn.Module):
     n = len(self.features)
     h = x.astype(self.dtype)
     for i, (f, k, s, p) in enumerate(zip(*table)):
-      h = nn.Conv(f, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-                  dtype=self.dtype,
-                  kernel_init=nn.initializers.xavier_uniform(),
-                  bias_init=nn.initializers.zeros, name=f'conv{i + 1}')(h)
+      h = conv_impl.Conv(f, k, s, padding=((p, p), (p, p)),
+                         impl=self.conv_impl, dtype=self.dtype,
+                         kernel_init=nn.initializers.xavier_uniform(),
+                         bias_init=nn.initializers.zeros,
+                         name=f'conv{i + 1}')(h)
       if i < n - 1:
         h = nn.leaky_relu(h, self.negative_slope)
     return nn.sigmoid(h.astype(jnp.float32))

@@ -1,0 +1,347 @@
+"""Convolution implementations selected by `config.model.conv_impl`."""
+
+import functools
+from typing import Any, Callable
+
+from flax import linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from jaxcolor.models import conv_transpose as conv_transpose_lib
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _out_size(n, k, s, pad):
+  return (n + pad[0] + pad[1] - k) // s + 1
+
+
+def _pad(x, padding):
+  zero = jnp.zeros((), x.dtype)
+  return lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0),
+                           (0, 0, 0)))
+
+
+def patches(x, k, s, padding):
+  """(B,H,W,C) -> (B,Ho,Wo,k*k*C), taps ordered (row, col, channel)."""
+  b, h, w, c = x.shape
+  ho, wo = _out_size(h, k, s, padding[0]), _out_size(w, k, s, padding[1])
+  xp = _pad(x, padding)
+  cols = []
+  for i in range(k):
+    for j in range(k):
+      cols.append(lax.slice(xp, (0, i, j, 0),
+                            (b, i + (ho - 1) * s + 1, j + (wo - 1) * s + 1, c),
+                            (1, s, s, 1)))
+  return jnp.concatenate(cols, axis=-1)
+
+
+def conv_xla(x, kernel, s, padding):
+  return lax.conv_general_dilated(x, kernel.astype(x.dtype), (s, s), padding,
+                                  dimension_numbers=DN)
+
+
+def conv_mm(x, kernel, s, padding):
+  k = kernel.shape[0]
+  p = patches(x, k, s, padding)
+  w = kernel.reshape(-1, kernel.shape[-1]).astype(x.dtype)
+  return lax.dot_general(p, w, (((3,), (0,)), ((), ())))
+
+
+def conv_s2d(x, kernel, s, padding):
+  """Stride-s conv as a stride-1 conv over the space-to-depth input."""
+  if s == 1:
+    return conv_xla(x, kernel, s, padding)
+  b, h, w, c = x.shape
+  k, o = kernel.shape[0], kernel.shape[-1]
+  ho, wo = _out_size(h, k, s, padding[0]), _out_size(w, k, s, padding[1])
+  kq = -(-k // s)  # taps per phase
+  kernel = jnp.pad(kernel, ((0, kq * s - k), (0, kq * s - k), (0, 0), (0, 0)))
+  # Padded input with exactly (ho + kq - 1) * s rows/cols.
+  hp, wp = (ho + kq - 1) * s, (wo + kq - 1) * s
+  pad = ((padding[0][0], hp - h - padding[0][0]),
+         (padding[1][0], wp - w - padding[1][0]))
+  xp = _pad(x, pad)
+  xs = xp.reshape(b, hp // s, s, wp // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+  xs = xs.reshape(b, hp // s, wp // s, s * s * c)
+  ks = kernel.reshape(kq, s, kq, s, c, o).transpose(0, 2, 1, 3, 4, 5)
+  ks = ks.reshape(kq, kq, s * s * c, o)
+  return conv_xla(xs, ks, 1, ((0, 0), (0, 0)))
+
+
+FORMS = {'xla': conv_xla, 'mm': conv_mm, 's2d': conv_s2d,
+         'gmm': conv_xla}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_mixed(x, kernel, s, padding, forms):
+  return FORMS[forms[0]](x, kernel, s, padding)
+
+
+def _mixed_fwd(x, kernel, s, padding, forms):
+  return conv_mixed(x, kernel, s, padding, forms), (x, kernel)
+
+
+def conv_dx(form, x, kernel, g, s, padding):
+  return jax.linear_transpose(
+      lambda x: FORMS[form](x, kernel, s, padding), x)(g)[0]
+
+
+def conv_dw_gmm(x, kernel, g, padding):
+  """Stride-1 weight grad from taps of the output grad (few out channels).
+
+  dw[t,u,ci,co] = sum_{b,i,j} xp[b,i+t,j+u,ci] g[b,i,j,co]: a matmul of the
+  padded input against g's k*k*C_out shifted copies, so the matmul's sides
+  are C_in and k*k*C_out instead of k*k*C_in and C_out.
+  """
+  k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  xp = _pad(x, padding)
+  b, hp, wp, _ = xp.shape
+  _, ho, wo, _ = g.shape
+  # Channel-major taps (long contiguous rows): (k*k*C_out, B*Hp*Wp).
+  gt = jnp.transpose(g, (3, 0, 1, 2))
+  zero = jnp.zeros((), g.dtype)
+  gt = lax.pad(gt, zero, ((0, 0, 0), (0, 0, 0), (k - 1, hp - ho, 0),
+                          (k - 1, wp - wo, 0)))
+  cols = []
+  for t in range(k):
+    for u in range(k):
+      cols.append(lax.slice(gt, (0, 0, k - 1 - t, k - 1 - u),
+                            (cout, b, k - 1 - t + hp, k - 1 - u + wp)))
+  gq = jnp.stack(cols, axis=0).reshape(k * k * cout, b * hp * wp)
+  dw = lax.dot_general(gq, xp.reshape(b * hp * wp, cin),
+                       (((1,), (0,)), ((), ())))
+  return jnp.transpose(dw.reshape(k, k, cout, cin), (0, 1, 3, 2))
+
+
+def conv_dw(form, x, kernel, g, s, padding):
+  if form == 'gmm':
+    if s != 1:
+      raise ValueError('gmm weight grads need stride 1')
+    return conv_dw_gmm(x, kernel, g.astype(x.dtype), padding)
+  w = kernel.astype(x.dtype)
+  return jax.linear_transpose(
+      lambda w: FORMS[form](x, w, s, padding), w)(g)[0]
+
+
+def _mixed_bwd(s, padding, forms, res, g):
+  x, kernel = res
+  gx = conv_dx(forms[1], x, kernel, g, s, padding)
+  gw = conv_dw(forms[2], x, kernel, g, s, padding)
+  return gx, gw.astype(kernel.dtype)
+
+
+conv_mixed.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+def conv_transpose_scatter(x, kernel, s, padding):
+  """lax.conv_transpose as one matmul and an overlap-add of k*k taps."""
+  b, h, w, _ = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  wk = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
+  z = lax.dot_general(x, wk.astype(x.dtype), (((3,), (0,)), ((), ())))
+  z = z.reshape(b, h, w, k, k, cout)
+  ho, wo = s * h, s * w
+  zero = jnp.zeros((), x.dtype)
+  y = None
+  for t in range(k):
+    lo_r = padding[0][0] - t
+    for u in range(k):
+      lo_c = padding[1][0] - u
+      part = lax.pad(z[:, :, :, t, u, :], zero, (
+          (0, 0, 0), (lo_r, ho - lo_r - (s * (h - 1) + 1), s - 1),
+          (lo_c, wo - lo_c - (s * (w - 1) + 1), s - 1), (0, 0, 0)))
+      y = part if y is None else y + part
+  return y
+
+
+def conv_transpose_xla(x, kernel, s, padding):
+  return lax.conv_transpose(x, kernel.astype(x.dtype), (s, s), padding,
+                            dimension_numbers=DN)
+
+
+def conv_transpose_phase(x, kernel, s, padding):
+  return conv_transpose_lib.conv_transpose(x, kernel, s, padding)
+
+
+TFORMS = {'xla': conv_transpose_xla, 'phase': conv_transpose_phase,
+          'mm': conv_transpose_scatter}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_transpose_mixed(x, kernel, s, padding, forms):
+  return TFORMS[forms[0]](x, kernel, s, padding)
+
+
+def _tmixed_fwd(x, kernel, s, padding, forms):
+  return conv_transpose_mixed(x, kernel, s, padding, forms), (x, kernel)
+
+
+def _tpatches(g, k, s, padding, h, w):
+  """Output-grad taps of a transposed conv: (B,H,W,k*k*C), order (t,u,c).
+
+  Tap (t, u) of input pixel (i, j) is g[s*i + lo - t, s*j + lo - u].
+  """
+  b, ho, wo, c = g.shape
+  pads, offs = [], []
+  for lo, n, nout in ((padding[0][0], h, ho), (padding[1][0], w, wo)):
+    before = max(0, k - 1 - lo)
+    after = max(0, s * (n - 1) + lo - (nout - 1))
+    pads.append((before, after))
+    offs.append(before + lo)
+  gp = _pad(g, pads)
+  cols = []
+  for t in range(k):
+    for u in range(k):
+      r0, c0 = offs[0] - t, offs[1] - u
+      cols.append(lax.slice(gp, (0, r0, c0, 0),
+                            (b, r0 + s * (h - 1) + 1, c0 + s * (w - 1) + 1, c),
+                            (1, s, s, 1)))
+  return jnp.concatenate(cols, axis=-1)
+
+
+def conv_transpose_dx(form, x, kernel, g, s, padding):
+  if form == 'mm':
+    k = kernel.shape[0]
+    gp = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
+    # kernel (t,u,ci,co) -> (t,u,co,ci) -> (k*k*co, ci)
+    wk = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(-1, kernel.shape[2])
+    return lax.dot_general(gp, wk.astype(g.dtype), (((3,), (0,)), ((), ())))
+  return jax.linear_transpose(
+      lambda x: TFORMS[form](x, kernel, s, padding), x)(g)[0]
+
+
+def conv_transpose_dw(form, x, kernel, g, s, padding):
+  if form == 'mm':
+    k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    gp = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
+    dw = lax.dot_general(x, gp, (((0, 1, 2), (0, 1, 2)), ((), ())))
+    return jnp.transpose(dw.reshape(cin, k, k, cout), (1, 2, 0, 3))
+  w = kernel.astype(x.dtype)
+  return jax.linear_transpose(
+      lambda w: TFORMS[form](x, w, s, padding), w)(g)[0]
+
+
+def _tmixed_bwd(s, padding, forms, res, g):
+  x, kernel = res
+  gx = conv_transpose_dx(forms[1], x, kernel, g, s, padding)
+  gw = conv_transpose_dw(forms[2], x, kernel, g, s, padding)
+  return gx, gw.astype(kernel.dtype)
+
+
+conv_transpose_mixed.defvjp(_tmixed_fwd, _tmixed_bwd)
+
+
+IMPLS = ('fast', 'phase', 'xla')
+
+
+def conv_forms(x_shape, kernel_shape, stride, padding):
+  """(forward, input-grad, weight-grad) forms for one conv on XLA CPU.
+
+  Chosen from per-layer timings (benchmarks/conv_layers.py): XLA's conv
+  handles most shapes well, but it is 10-100x slow where the output has
+  only a few pixels (matmul over patches instead), on input grads of
+  strided convs (stride-1 conv over the space-to-depth input) and on weight
+  grads with few output channels (matmul over shifted output grads).
+  """
+  k, cout = kernel_shape[0], kernel_shape[-1]
+  ho = _out_size(x_shape[1], k, stride, padding[0])
+  wo = _out_size(x_shape[2], k, stride, padding[1])
+  if ho * wo <= 4:
+    return ('mm', 'mm', 'mm')
+  if stride == 1:
+    return ('xla', 'xla', 'gmm' if cout <= 8 else 'xla')
+  if ho * wo <= 64:
+    return ('mm', 'mm', 'xla')
+  return ('xla', 's2d', 'xla')
+
+
+def conv_transpose_forms(x_shape):
+  """(forward, input-grad, weight-grad) forms for one transposed conv."""
+  hw = x_shape[1] * x_shape[2]
+  if hw <= 4:
+    return ('mm', 'mm', 'mm')
+  if hw <= 16:
+    return ('phase', 'mm', 'mm')
+  return ('phase', 'phase', 'mm')
+
+
+def conv(x, kernel, stride, padding, impl='fast'):
+  """NHWC x HWIO convolution, square stride, explicit ((lo, hi), (lo, hi))."""
+  padding = tuple(tuple(p) for p in padding)
+  if impl in ('xla', 'phase'):
+    return conv_xla(x, kernel, stride, padding)
+  if impl == 'fast':
+    impl = conv_forms(x.shape, kernel.shape, stride, padding)
+  if isinstance(impl, tuple):
+    return conv_mixed(x, kernel, stride, padding, impl)
+  if impl in FORMS:
+    return FORMS[impl](x, kernel, stride, padding)
+  raise ValueError(f'conv_impl={impl!r}; expected one of {IMPLS}')
+
+
+def conv_transpose(x, kernel, stride, padding, impl='fast'):
+  """Equals lax.conv_transpose(x, kernel, (s, s), padding) in NHWC/HWIO."""
+  padding = tuple(tuple(p) for p in padding)
+  if impl == 'fast':
+    impl = conv_transpose_forms(x.shape)
+  if isinstance(impl, tuple):
+    return conv_transpose_mixed(x, kernel, stride, padding, impl)
+  if impl in TFORMS:
+    return TFORMS[impl](x, kernel, stride, padding)
+  raise ValueError(f'conv_impl={impl!r}; expected one of {IMPLS}')
+
+
+class Conv(nn.Module):
+  """`nn.Conv` (square kernel and stride, explicit padding) with `impl`.
+
+  Same parameters as `flax.linen.Conv`: kernel (k, k, C_in, C_out), bias.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: Any
+  impl: str = 'fast'
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    y = conv(x.astype(self.dtype), kernel, self.stride, self.padding,
+             self.impl)
+    if self.use_bias:
+      bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose` (square kernel and stride, explicit lax padding).
+
+  Same parameters as `flax.linen.ConvTranspose`: kernel (k, k, C_in, C_out),
+  bias; no kernel flip.
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: Any
+  impl: str = 'fast'
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    y = conv_transpose(x.astype(self.dtype), kernel, self.stride,
+                       self.padding, self.impl)
+    return y + bias.astype(self.dtype)

@@ -78,21 +78,21 @@ def _claim_output_dir(out: str, overwrite: bool) -> None:
 
 
 class _ShardWriter:
-  """Writes records into temporary shards of `shard_size`; renames at the end."""
+  """Writes a split's records into temporary shards; `finish` renames them."""
 
   def __init__(self, out: str, split: str, shard_size: int):
+    # pylint: disable-next=g-import-not-at-top
+    from array_record.python import array_record_module
+    self._writer_class = array_record_module.ArrayRecordWriter
     self.out, self.split, self.shard_size = out, split, shard_size
     self.temp_paths, self.writer, self.in_shard, self.written = [], None, 0, 0
 
   def write(self, record: bytes) -> None:
-    # pylint: disable-next=g-import-not-at-top
-    from array_record.python import array_record_module
     if self.writer is None:
       self.temp_paths.append(os.path.join(
           self.out, f'.{self.split}-{len(self.temp_paths):05d}.tmp'))
       # group_size:1 keeps random access cheap for shuffled reads.
-      self.writer = array_record_module.ArrayRecordWriter(
-          self.temp_paths[-1], 'group_size:1')
+      self.writer = self._writer_class(self.temp_paths[-1], 'group_size:1')
     self.writer.write(record)
     self.in_shard += 1
     self.written += 1

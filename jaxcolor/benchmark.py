@@ -195,26 +195,15 @@ class _Trainer:
     key = (tree, tuple((x.shape, str(x.dtype)) for x in leaves))
     if key in self._compiled:
       return (*self._compiled[key], False)
-    info = {}
-    if hasattr(self.fn, 'lower'):
-      t = time.perf_counter()
-      lowered = self.fn.lower(self.state, batch)
-      compiled = lowered.compile()
-      info['compile_s'] = time.perf_counter() - t
-      cost = xla_cost(compiled, self.k)
-      n = jax.device_count()  # the cost is one device's
-      info['flops_per_call'] = cost.get('flops', 0.0) * n or None
-      info['bytes_accessed_per_call'] = (
-          cost.get('bytes accessed', 0.0) * n or None)
-      info['device_memory_bytes'] = _device_memory(compiled)
-    else:
-      # No AOT interface: the first call compiles (and runs once).
-      t = time.perf_counter()
-      self.state, metrics = self.fn(self.state, batch)
-      jax.block_until_ready((self.state, metrics))
-      info['compile_s'] = time.perf_counter() - t
-      info['compile_note'] = 'first call (compile + one call); no FLOPs'
-      compiled = self.fn
+    t = time.perf_counter()
+    compiled = self.fn.lower(self.state, batch).compile()
+    info = {'compile_s': time.perf_counter() - t}
+    cost = xla_cost(compiled, self.k)
+    n = jax.device_count()  # the cost is one device's
+    info['flops_per_call'] = cost.get('flops', 0.0) * n or None
+    info['bytes_accessed_per_call'] = (
+        cost.get('bytes accessed', 0.0) * n or None)
+    info['device_memory_bytes'] = _device_memory(compiled)
     self._compiled[key] = (compiled, info)
     return compiled, info, True
 
@@ -222,17 +211,14 @@ class _Trainer:
     """steps_per_call host batches -> the compiled step's device batch."""
     return train.put_train_batches(self.par, host_batches, self.config)
 
-  def call(self, batch) -> dict:
-    """One compiled call on a device batch, blocking on state and metrics.
-
-    Returns the compiled step's facts (compile_s, flops_per_call, ...).
-    """
-    compiled, info, _ = self.compile(batch)
+  def call(self, batch) -> None:
+    """One compiled call on a device batch, blocking on state and metrics."""
+    compiled, _, _ = self.compile(batch)
     self.state, self.metrics = compiled(self.state, batch)
     jax.block_until_ready((self.state, self.metrics))
-    return info
 
   def metrics_finite(self) -> bool:
+    """Whether the last call's losses and norms are all finite."""
     m = self.par.fetch(self.metrics)
     return bool(all(np.all(np.isfinite(v)) for v in jax.tree.leaves(m)))
 
@@ -258,6 +244,7 @@ def _throughput(info: dict, seconds: list[float], config,
 
 
 def _time_calls(n: int, call: Callable[[], Any]) -> list[float]:
+  """Seconds of each of n calls (each call blocks on its results)."""
   seconds = []
   for _ in range(n):
     t = time.perf_counter()

@@ -4,7 +4,7 @@
   python main.py --mode=prepare --config=configs/default.py \
       --config.data.train_dir=DIR --config.data.prepared_dir=OUT
   python main.py --mode=benchmark --config=configs/default.py \
-      --config.benchmark.what=input --config.data.train_dir=DIR
+      --config.benchmark.what=all --config.data.train_dir=DIR
   python main.py --mode=colorize --workdir=RUN --input=PHOTOS --output=OUT
   python main.py --mode=export --workdir=RUN --output=BUNDLE
   python main.py --mode=evaluate --workdir=RUN --input=COLOUR_PHOTOS
@@ -74,7 +74,8 @@ def main(argv):
       prepare.prepare(config)
     elif FLAGS.mode == 'benchmark':
       from jaxcolor import benchmark  # pylint: disable=g-import-not-at-top
-      benchmark.run(config, workdir)
+      benchmark.run(config, workdir, config_flags.get_config_filename(
+          FLAGS['config']))
     elif FLAGS.mode == 'colorize':
       from jaxcolor import colorize  # pylint: disable=g-import-not-at-top
       colorize.run(workdir, FLAGS.input, FLAGS.output,

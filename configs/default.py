@@ -121,8 +121,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- benchmark
   bench = config.benchmark = ml_collections.ConfigDict()
-  bench.what = 'input'         # see jaxcolor/benchmark.py
-  bench.num_batches = 20
-  bench.warmup_batches = 3
+  bench.what = 'step'          # or 'e2e', 'input', 'all' (jaxcolor/benchmark.py)
+  bench.num_steps = 20         # step/e2e: timed calls of the compiled step
+  bench.warmup_steps = 3       # step/e2e: untimed calls after compiling
+  bench.num_batches = 20       # input: timed batches
+  bench.warmup_batches = 3     # input: untimed batches first
+  bench.peak_tflops = 0.0      # peak per device for MFU; 0: table of known chips
   bench.output_json = ''       # default: <workdir>/benchmark_<what>.json
   return config

@@ -176,6 +176,7 @@ def test_input_benchmark_writes_table_and_json(tmp_path, capsys):
   folder = str(tmp_path / 'photos')
   imagefactory.copy_samples(folder, 8)
   config = _config(folder, val_fraction=0.0)
+  config.benchmark.what = 'input'
   config.benchmark.num_batches = 2
   config.benchmark.warmup_batches = 1
   report = benchmark.run(config, str(tmp_path / 'work'))

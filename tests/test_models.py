@@ -12,6 +12,7 @@ import pytest
 from configs import default
 from configs import tiny
 from jaxcolor import models
+from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures',
@@ -65,11 +66,13 @@ def _conv_flops(module, params, *args):
   def count(next_fun, call_args, kwargs, context):
     out = next_fun(*call_args, **kwargs)
     m = context.module
-    if isinstance(m, (nn.Conv, conv_transpose.ConvTranspose)):
+    transposed_types = (conv_transpose.ConvTranspose, conv_impl.ConvTranspose)
+    if isinstance(m, (nn.Conv, conv_impl.Conv) + transposed_types):
       x = call_args[0]
-      transposed = isinstance(m, conv_transpose.ConvTranspose)
+      transposed = isinstance(m, transposed_types)
       where = x if transposed else out
-      taps = m.kernel_size ** 2 if transposed else int(np.prod(m.kernel_size))
+      k = m.kernel_size
+      taps = k ** 2 if isinstance(k, int) else int(np.prod(k))
       macs = (taps * x.shape[-1] * m.features *
               int(np.prod(where.shape[:-1])))
       flops.append(2 * macs)
@@ -160,8 +163,11 @@ def test_parameter_counts_match_the_peer():
 
 
 def test_forward_flops():
-  """Analytic FLOPs equal the peer's; XLA's cost analysis skips padded taps."""
-  mc = _model_config()
+  """Analytic FLOPs equal the peer's; XLA's cost analysis skips padded taps.
+
+  (conv_impl='xla': the 'fast' forms' patch matmuls count padded taps too.)
+  """
+  mc = _model_config(conv_impl='xla')
   m = models.build_models(mc)
   x, feats = _g_inputs(mc, 64)
   d_in = jnp.zeros((1, 64, 64, 4))

@@ -1,0 +1,136 @@
+"""conv_impl: every convolution form equals flax's conv in value and grads."""
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from jaxcolor import models
+from jaxcolor.models import conv_impl
+from jaxcolor.models import conv_transpose
+
+KEY = jax.random.key(0, impl='rbg')
+RTOL = 1e-5
+
+# (side, C_in, C_out, kernel, stride, padding) as the model uses them.
+CONVS = [
+    (8, 3, 2, 4, 1, ((1, 2), (1, 2))),   # G d1 / u7: SAME, stride 1
+    (8, 3, 5, 4, 2, ((1, 1), (1, 1))),   # G d2..d7, D conv1-2
+    (4, 3, 5, 4, 2, ((1, 1), (1, 1))),   # 2x2 output (d6)
+    (2, 6, 5, 4, 2, ((1, 1), (1, 1))),   # 1x1 output (d7)
+    (6, 3, 1, 4, 1, ((1, 1), (1, 1))),   # D conv5-6 (shrinks by one)
+    (9, 3, 4, 3, 2, ((1, 1), (1, 1))),   # odd side, odd kernel, stride 2
+]
+FORMS = ('xla', 'mm', 's2d')
+TFORMS = ('phase', 'mm', 'xla')
+
+
+def _rotations(forms):
+  """(forward, input-grad, weight-grad) triples: each form in each pass."""
+  return [tuple(forms[(i + j) % 3] for j in range(3)) for i in range(3)]
+
+
+def _rel(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+
+
+def _value_and_grads(fn, x, w, cot):
+  y, vjp = jax.vjp(fn, x, w)
+  return (y, *vjp(cot))
+
+
+def _check(fn, ref, x, w):
+  cot = jax.random.normal(jax.random.key(2), jax.eval_shape(ref, x, w).shape)
+  want = _value_and_grads(ref, x, w, cot)
+  got = _value_and_grads(fn, x, w, cot)
+  for name, a, b in zip(('value', 'input grad', 'weight grad'), got, want):
+    assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert _rel(a, b) < RTOL, (name, _rel(a, b))
+
+
+@pytest.mark.parametrize('shape', CONVS, ids=str)
+def test_conv_forms_match_flax(shape):
+  h, cin, cout, k, s, pad = shape
+  x = jax.random.normal(jax.random.key(0), (2, h, h, cin))
+  w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+  ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
+      {'params': {'kernel': w}}, x)
+  impls = _rotations(FORMS) + ['fast']
+  if s == 1:
+    impls.append(('xla', 'xla', 'gmm'))
+  for impl in impls:
+    _check(jax.jit(lambda x, w: conv_impl.conv(x, w, s, pad, impl)), ref,
+           x, w)
+
+
+@pytest.mark.parametrize('side', [1, 2, 4, 5])
+def test_conv_transpose_forms_match_flax(side):
+  pad = conv_transpose.transpose_padding(4, 2)
+  x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
+  w = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+  ref = lambda x, w: nn.ConvTranspose(5, (4, 4), (2, 2), pad,
+                                      use_bias=False).apply(
+                                          {'params': {'kernel': w}}, x)
+  impls = _rotations(TFORMS) + ['fast']
+  for impl in impls:
+    _check(jax.jit(lambda x, w: conv_impl.conv_transpose(x, w, 2, pad, impl)),
+           ref, x, w)
+
+
+def test_fast_forms_for_the_model_shapes():
+  """The 'fast' choices the default model gets (documented per layer)."""
+  forms = conv_impl.conv_forms
+  p1, same = ((1, 1), (1, 1)), ((1, 2), (1, 2))
+  assert forms((1, 64, 64, 64), (4, 4, 64, 128), 2, p1) == ('xla', 's2d', 'xla')
+  assert forms((1, 8, 8, 512), (4, 4, 512, 512), 2, p1) == ('mm', 'mm', 'xla')
+  assert forms((1, 4, 4, 512), (4, 4, 512, 512), 2, p1) == ('mm',) * 3
+  assert forms((1, 64, 64, 128), (4, 4, 128, 4), 1, same) == (
+      'xla', 'xla', 'gmm')
+  assert forms((1, 16, 16, 512), (4, 4, 512, 512), 1, p1) == ('xla',) * 3
+  assert conv_impl.conv_transpose_forms((1, 2, 2, 9)) == ('mm',) * 3
+  assert conv_impl.conv_transpose_forms((1, 32, 32, 9)) == (
+      'phase', 'phase', 'mm')
+
+
+def test_bad_impl_is_named():
+  x, w = jnp.zeros((1, 4, 4, 1)), jnp.zeros((4, 4, 1, 1))
+  with pytest.raises(ValueError, match='conv_impl'):
+    conv_impl.conv(x, w, 2, ((1, 1), (1, 1)), 'nope')
+
+
+def _gan_outputs(impl):
+  mc = tiny.get_config().model
+  mc.conv_impl = impl
+  m = models.build_models(mc)
+  x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 2), minval=-1.)
+  feats = jax.random.normal(jax.random.key(4), (2, 2, 2, 512))
+  g_vars = m.generator.init(KEY, x, feats)
+  d_vars = m.critic.init(KEY, jnp.zeros((2, 64, 64, 4)))
+
+  def loss(g_params, d_params, x, feats):
+    out = m.generator.apply({'params': g_params}, x, feats)
+    d = m.critic.apply({'params': d_params},
+                       jnp.concatenate([x[..., :1], out[..., :3]], -1))
+    return jnp.mean(out ** 2) + jnp.mean(d), (out, d)
+
+  grads, (out, d) = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3),
+                                     has_aux=True))(
+                                         g_vars['params'], d_vars['params'],
+                                         x, feats)
+  return g_vars, d_vars, out, d, grads
+
+
+def test_whole_models_equal_across_impls():
+  ref = _gan_outputs('xla')
+  for impl in ('fast',):
+    got = _gan_outputs(impl)
+    # Same parameter names, shapes and initial values.
+    for a, b in zip(got[:2], ref[:2]):
+      assert jax.tree.structure(a) == jax.tree.structure(b)
+      jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert _rel(got[2], ref[2]) < RTOL and _rel(got[3], ref[3]) < RTOL
+    for a, b in zip(jax.tree.leaves(got[4]), jax.tree.leaves(ref[4])):
+      assert a.shape == b.shape and _rel(a, b) < 1e-4, impl

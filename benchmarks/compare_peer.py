@@ -1,0 +1,241 @@
+"""Training-step throughput of jaxcolor vs the PyTorch peer, in one run.
+
+  python benchmarks/compare_peer.py --peer_dir PATH/torch_ref \
+      --peer_python PATH/bin/python [--batch 64] [--threads 2] [--repeats 2]
+
+Runs, alternating (peer, jaxcolor variants, peer, ...) `--repeats` times on
+this machine with the same batch and thread count:
+
+- the peer's `bench.py --channels_last` (its best CPU configuration; add
+  `--peer_nchw` to also run its NCHW eager mode);
+- jaxcolor's `python main.py --mode=benchmark --config.benchmark.what=step`
+  (the trainer's compiled step on synthetic data) for each variant below.
+
+Variants: 'same' is the peer's computation in float32 (G forward reused for
+the G update, ResNet run every step); 'phase' the same with the previous
+convolution forms; the others add the speed-ups (ResNet feature cache,
+bfloat16, several steps per compiled call). Also prints FLOPs per image of
+both sides (the peer's flops.py; jaxcolor: the same analytic count over its
+own modules) and checks they agree within 1 %. Writes everything as JSON.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ['--config.model.require_resnet18_weights=False',
+        '--config.reuse_generator_forward=True']
+VARIANTS = {
+    'same': ['--config.model.conv_impl=fast'],
+    'phase': ['--config.model.conv_impl=phase'],
+    'cache': ['--config.model.conv_impl=fast',
+              '--config.model.use_feature_cache=True'],
+    'cache_bf16': ['--config.model.conv_impl=fast',
+                   '--config.model.use_feature_cache=True',
+                   '--config.dtype=bfloat16'],
+    'cache_k4': ['--config.model.conv_impl=fast',
+                 '--config.model.use_feature_cache=True',
+                 '--config.steps_per_call=4'],
+}
+SPEEDUPS = ('cache', 'cache_bf16', 'cache_k4')
+
+
+def _pin(cmd, threads):
+  """Runs on `threads` cores where the machine has more (XLA uses them all)."""
+  if (os.cpu_count() or 1) > threads and shutil.which('taskset'):
+    return ['taskset', '-c', f'0-{threads - 1}'] + cmd
+  return cmd
+
+
+def _env(threads):
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env['OMP_NUM_THREADS'] = str(threads)
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def _last_json(text):
+  for line in reversed(text.strip().splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  raise ValueError(f'no JSON line in output:\n{text[-2000:]}')
+
+
+def run_peer(a, extra):
+  cmd = [a.peer_python, os.path.join(a.peer_dir, 'bench.py'), '--batch',
+         str(a.batch), '--threads', str(a.threads), '--steps',
+         str(a.peer_steps), '--warmup', '2', *extra]
+  p = subprocess.run(_pin(cmd, a.threads), capture_output=True, text=True,
+                     env=_env(a.threads), check=True)
+  return _last_json(p.stdout)
+
+
+def run_jax(a, variant, tmp):
+  out = os.path.join(tmp, f'{variant}.json')
+  cmd = [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=benchmark',
+         '--config=' + os.path.join(ROOT, 'configs', 'default.py'),
+         '--config.benchmark.what=step',
+         f'--config.data.batch_size={a.batch}',
+         f'--config.data.eval_batch_size={a.batch}',
+         f'--config.benchmark.num_steps={a.jax_steps}',
+         '--config.benchmark.warmup_steps=1',
+         f'--config.benchmark.output_json={out}', *BASE, *VARIANTS[variant]]
+  p = subprocess.run(_pin(cmd, a.threads), capture_output=True, text=True,
+                     env=_env(a.threads), cwd=tmp)
+  if p.returncode:
+    return {'error': p.stderr.strip().splitlines()[-1:] or ['failed']}
+  with open(out) as f:
+    report = json.load(f)
+  step = report.get('step', report)
+  return {'images_per_sec': step['images_per_s'],
+          'step_s_median': step['train_step_s'],
+          'compile_s': step.get('compile_s', report.get('compile_s')),
+          'xla_flops_per_image': step.get('flops_per_image')}
+
+
+def jax_flops(batch):
+  """Analytic GFLOP per image (2 x MACs, padded taps counted, as the peer)."""
+  sys.path.insert(0, ROOT)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from jaxcolor import models  # pylint: disable=g-import-not-at-top
+  from jaxcolor.models import conv_impl  # pylint: disable=g-import-not-at-top
+  from jaxcolor.models import resnet18  # pylint: disable=g-import-not-at-top
+
+  mc = default.get_config().model
+  m = models.build_models(mc)
+  key = jax.random.key(0, impl='rbg')
+
+  def convs(module, *args):
+    rows = []
+
+    def count(next_fun, call_args, kwargs, context):
+      out = next_fun(*call_args, **kwargs)
+      mod = context.module
+      if isinstance(mod, (nn.Conv, conv_impl.Conv, conv_impl.ConvTranspose)):
+        k = mod.kernel_size
+        taps = k * k if isinstance(k, int) else int(np.prod(k))
+        where = (call_args[0] if isinstance(mod, conv_impl.ConvTranspose)
+                 else out)
+        rows.append(2 * taps * call_args[0].shape[-1] * mod.features *
+                    int(np.prod(where.shape[1:-1])))
+      return out
+
+    params = jax.eval_shape(module.init, key, *args)
+    with nn.intercept_methods(count):
+      jax.eval_shape(module.apply, params, *args)
+    return rows
+
+  x = jnp.zeros((1, 64, 64, 2))
+  feats = jnp.zeros((1, mc.fusion_size, mc.fusion_size, 512))
+  g = convs(m.generator, x, feats)
+  d = convs(m.critic, jnp.zeros((1, 64, 64, 4)))
+  r = convs(m.resnet, jnp.zeros((1, mc.resnet_input_size,
+                                 mc.resnet_input_size, 3)))
+  gf, df, rf = sum(g), sum(d), sum(r)
+  # The peer's step (flops.py, reuse): R + G + (2G - g1) + 2D + 2(2D - d1)
+  # + D + D.
+  step = rf + gf + (2 * gf - g[0]) + 2 * df + 2 * (2 * df - d[0]) + 2 * df
+  del batch, resnet18
+  return {'G_fwd_gflop_per_image': gf / 1e9, 'D_fwd_gflop_per_image': df / 1e9,
+          'resnet18_fwd_gflop_per_image': rf / 1e9,
+          'step_gflop_per_image': step / 1e9,
+          'step_gflop_per_image_cached': (step - rf) / 1e9}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--peer_dir', required=True)
+  p.add_argument('--peer_python', required=True)
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--threads', type=int, default=2)
+  p.add_argument('--repeats', type=int, default=2)
+  p.add_argument('--variants', default='same,' + ','.join(SPEEDUPS))
+  p.add_argument('--peer_nchw', action='store_true')
+  p.add_argument('--peer_steps', type=int, default=5)
+  p.add_argument('--jax_steps', type=int, default=5)
+  p.add_argument('--json', default='compare_peer.json')
+  a = p.parse_args()
+  variants = a.variants.split(',')
+  for v in variants:
+    if v not in VARIANTS:
+      p.error(f'unknown variant {v!r}; known: {", ".join(VARIANTS)}')
+
+  peer_flops = _last_json(subprocess.run(
+      [a.peer_python, os.path.join(a.peer_dir, 'flops.py'), '--quiet',
+       '--batch', str(a.batch)], capture_output=True, text=True, check=True,
+      env=_env(a.threads)).stdout)
+  ours = jax_flops(a.batch)
+  flops_rows = []
+  for key in ('G_fwd_gflop_per_image', 'D_fwd_gflop_per_image',
+              'resnet18_fwd_gflop_per_image', 'step_gflop_per_image'):
+    rel = ours[key] / peer_flops[key] - 1
+    flops_rows.append((key, peer_flops[key], ours[key], rel))
+
+  peers = {'peer_channels_last': ['--channels_last']}
+  if a.peer_nchw:
+    peers['peer_nchw'] = []
+  results = {name: [] for name in [*peers, *variants]}
+  with tempfile.TemporaryDirectory(prefix='compare_peer_') as tmp:
+    for r in range(a.repeats):
+      for name, extra in peers.items():
+        results[name].append(run_peer(a, extra))
+        print(f'[{r}] {name}: {results[name][-1]["images_per_sec"]:.2f} img/s',
+              flush=True)
+      for v in variants:
+        results[v].append(run_jax(a, v, tmp))
+        print(f'[{r}] {v}: {results[v][-1]}', flush=True)
+
+  def median_ips(rows):
+    vals = [x['images_per_sec'] for x in rows if 'images_per_sec' in x]
+    return statistics.median(vals) if vals else float('nan')
+
+  ref = median_ips(results['peer_channels_last'])
+  table = {}
+  for name, rows in results.items():
+    ips = median_ips(rows)
+    table[name] = {'images_per_sec': ips, 'ratio_vs_peer_best': ips / ref,
+                   'runs': rows}
+  speedups = [v for v in variants if v in SPEEDUPS]
+  best = max(speedups, key=lambda v: table[v]['images_per_sec'],
+             default=None)
+
+  print(f'\nBatch {a.batch}, {a.threads} threads, {a.repeats} alternating '
+        f'runs each (median); peer best = eager channels_last')
+  print(f'{"run":22s} {"images/s":>9s} {"x peer":>7s}')
+  for name, row in table.items():
+    mark = '  <- best with speed-ups' if name == best else ''
+    print(f'{name:22s} {row["images_per_sec"]:9.2f} '
+          f'{row["ratio_vs_peer_best"]:7.2f}{mark}')
+  print(f'\n{"GFLOP per image":30s} {"peer":>8s} {"jaxcolor":>9s} {"diff":>7s}')
+  ok = True
+  for key, pv, ov, rel in flops_rows:
+    ok &= abs(rel) <= 0.01
+    print(f'{key:30s} {pv:8.3f} {ov:9.3f} {100 * rel:6.2f}%')
+  print(f'FLOPs agree within 1 %: {ok}')
+  with open('/proc/loadavg') as f:
+    load = f.read().split()[:3]
+  report = {'batch': a.batch, 'threads': a.threads, 'repeats': a.repeats,
+            'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'loadavg_end': load,
+            'peer_flops': peer_flops, 'jaxcolor_flops': ours,
+            'flops_agree_1pct': ok, 'best_speedup_variant': best,
+            'results': table}
+  with open(a.json, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(f'Wrote {a.json}')
+
+
+if __name__ == '__main__':
+  main()

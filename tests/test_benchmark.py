@@ -25,7 +25,8 @@ HEADER_FIELDS = (
     'device_kind', 'device_count', 'local_device_count', 'process_count',
     'cpu_count', 'parallel', 'dtype', 'matmul_precision', 'batch_size',
     'per_device_batch', 'steps_per_call', 'donate_state',
-    'reuse_generator_forward', 'use_feature_cache', 'image_size', 'num_steps',
+    'reuse_generator_forward', 'use_feature_cache', 'conv_impl', 'image_size',
+    'num_steps',
     'warmup_steps', 'peak_tflops', 'peak_basis', 'init_s', 'prepare_s',
     'notes', 'headline')
 TIMING_FIELDS = (

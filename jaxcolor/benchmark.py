@@ -489,7 +489,7 @@ def _table(report: dict) -> str:
           f'{1e3 * row["step_s_median"]:>9.1f} {spread:>15} '
           f'{row["images_per_s"]:>9.1f} {row["images_per_s_per_device"]:>9.1f}'
           f' {_fmt(row["achieved_tflops"], ".3f"):>8} '
-          f'{_fmt(row["mfu"] and 100 * row["mfu"], ".1f"):>5}%')
+          f'{_fmt(row["mfu"], ".1%"):>6}')
     flops_row = r.get('step') or next(iter(r.get('e2e', {}).values()), {})
     if flops_row.get('flops_per_image'):
       lines.append(

@@ -42,7 +42,8 @@ VARIANTS = {
                    '--config.dtype=bfloat16'],
     'cache_k4': ['--config.model.conv_impl=fast',
                  '--config.model.use_feature_cache=True',
-                 '--config.steps_per_call=4'],
+                 '--config.steps_per_call=4',
+                 '--config.log_every_steps=100'],
 }
 SPEEDUPS = ('cache', 'cache_bf16', 'cache_k4')
 

@@ -72,10 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.d_strides = (2, 2, 1, 1, 1, 1)
   model.d_paddings = (1, 1, 1, 1, 1, 1)
   # How G's and D's convolutions are computed: 'fast' (per-layer forms that
-  # suit XLA CPU, jaxcolor/models/conv_impl.py), 'phase' (flax convs, phase
-  # transposed convs) or 'xla' (flax Conv/ConvTranspose). Same function and
-  # parameters either way.
-  model.conv_impl = 'fast'
+  # suit XLA CPU, jaxcolor/models/conv_impl.py), 'phase' (XLA convs, phase
+  # transposed convs), 'xla' (XLA's conv and conv_transpose), or 'auto'
+  # ('fast' on CPU, 'xla' elsewhere). Same function and parameters each way.
+  model.conv_impl = 'auto'
 
   # ---------------------------------------------------------------- losses
   loss = config.loss = ml_collections.ConfigDict()

@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from jaxcolor import feature_cache
+from jaxcolor import models as models_lib
 from jaxcolor import parallel
 from jaxcolor import train
 from jaxcolor.data import pipeline
@@ -449,7 +450,7 @@ def _header(config: ml_collections.ConfigDict,
       'donate_state': config.donate_state,
       'reuse_generator_forward': config.reuse_generator_forward,
       'use_feature_cache': config.model.use_feature_cache,
-      'conv_impl': config.model.get('conv_impl'),
+      'conv_impl': models_lib.resolve_conv_impl(config.model.conv_impl),
       'image_size': config.data.image_size,
       'num_steps': bench.num_steps, 'warmup_steps': bench.warmup_steps,
       'peak_tflops': peak, 'peak_basis': basis,

@@ -17,6 +17,10 @@ import orbax.checkpoint as ocp
 # resumes it: they decide the shapes and meaning of the saved arrays.
 _MUST_MATCH = ('model',)
 _MUST_MATCH_DATA = ('image_size', 'batch_size')
+# Model keys that change how the step computes, not what the arrays mean.
+_MAY_DIFFER = ('model.conv_impl', 'model.use_feature_cache',
+               'model.feature_cache_dtype', 'model.resnet18_weights',
+               'model.require_resnet18_weights')
 
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict
@@ -61,6 +65,8 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict,
   wanted = {}
   for section in _MUST_MATCH:
     wanted.update(flatten_dict({section: now[section]}))
+  for key in _MAY_DIFFER:
+    wanted.pop(key, None)
   for key in _MUST_MATCH_DATA:
     wanted[f'data.{key}'] = now['data'][key]
   have = flatten_dict(saved)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from jaxcolor import checkpoint
 from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
@@ -134,3 +135,20 @@ def test_whole_models_equal_across_impls():
     assert _rel(got[2], ref[2]) < RTOL and _rel(got[3], ref[3]) < RTOL
     for a, b in zip(jax.tree.leaves(got[4]), jax.tree.leaves(ref[4])):
       assert a.shape == b.shape and _rel(a, b) < 1e-4, impl
+
+
+def test_auto_is_fast_on_cpu_and_names_are_checked():
+  assert models.resolve_conv_impl('auto') == 'fast'   # tests run on CPU
+  assert models.resolve_conv_impl('phase') == 'phase'
+  with pytest.raises(ValueError, match='conv_impl'):
+    models.resolve_conv_impl('cudnn')
+
+
+def test_a_checkpoint_resumes_under_another_conv_impl():
+  config = tiny.get_config()
+  saved = config.to_dict()
+  saved['model']['conv_impl'] = 'fast'
+  checkpoint.check_compatible(saved, config, 'ckpt')  # no error
+  saved['model']['g_features'] = [4] * 7
+  with pytest.raises(ValueError, match='g_features'):
+    checkpoint.check_compatible(saved, config, 'ckpt')

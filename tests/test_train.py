@@ -39,11 +39,13 @@ SCHEDULE_KEYS = ('num_train_steps', 'log_every_steps', 'image_every_steps',
 
 
 def on_tiny_data(config, **overrides):
-  """`config` with the tiny config's data and schedule, then `overrides`."""
+  """`config` with the tiny config's data, schedule and conv_impl (fast
+  compiles), then `overrides`."""
   tiny_ = tiny_config()
   config.data = tiny_.data
   for key in SCHEDULE_KEYS:
     config[key] = tiny_[key]
+  config.model.conv_impl = tiny_.model.conv_impl
   return override(config, **overrides)
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxcolor.models import conv_impl
 from jaxcolor.models import generator as generator_lib
 from jaxcolor.models import patchgan
 from jaxcolor.models import resnet18
@@ -40,11 +41,26 @@ class Models:
   resnet: Optional[nn.Module]
 
 
+def resolve_conv_impl(name: str) -> str:
+  """config.model.conv_impl -> an implementation of `conv_impl.IMPLS`.
+
+  'auto' is 'fast' on CPUs, whose forms were chosen from XLA CPU timings,
+  and XLA's own convolutions on GPUs and TPUs.
+  """
+  if name == 'auto':
+    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+  if name not in conv_impl.IMPLS:
+    raise ValueError(f'config.model.conv_impl={name!r}; expected auto or one '
+                     f'of {conv_impl.IMPLS}')
+  return name
+
+
 def build_models(model_config: ml_collections.ConfigDict,
                  dtype: Any = jnp.float32) -> Models:
   """config.model -> Models; `dtype` is the compute dtype (params: float32)."""
   mc = model_config
   dtype = jnp.dtype(dtype)
+  impl = resolve_conv_impl(mc.get('conv_impl', 'auto'))
   gen = Generator(
       widths=tuple(mc.g_features),
       out_channels=3 + int(mc.saliency_head),
@@ -54,7 +70,7 @@ def build_models(model_config: ml_collections.ConfigDict,
       use_features=bool(mc.use_resnet),
       negative_slope=mc.negative_slope,
       dtype=dtype,
-      conv_impl=mc.get('conv_impl', 'fast'))
+      conv_impl=impl)
   critic = PatchGAN(
       features=tuple(mc.d_features),
       kernel_sizes=tuple(mc.d_kernel_sizes),
@@ -62,7 +78,7 @@ def build_models(model_config: ml_collections.ConfigDict,
       paddings=tuple(mc.d_paddings),
       negative_slope=mc.negative_slope,
       dtype=dtype,
-      conv_impl=mc.get('conv_impl', 'fast'))
+      conv_impl=impl)
   resnet = ResNet18(dtype=dtype) if mc.use_resnet else None
   return Models(generator=gen, critic=critic, resnet=resnet)
 

@@ -66,7 +66,7 @@ def _conv_flops(module, params, *args):
   def count(next_fun, call_args, kwargs, context):
     out = next_fun(*call_args, **kwargs)
     m = context.module
-    transposed_types = (conv_transpose.ConvTranspose, conv_impl.ConvTranspose)
+    transposed_types = (conv_impl.ConvTranspose,)
     if isinstance(m, (nn.Conv, conv_impl.Conv) + transposed_types):
       x = call_args[0]
       transposed = isinstance(m, transposed_types)
@@ -254,8 +254,8 @@ def test_padding_matches_pytorch_layers():
   z = np.load(FIXTURE)
   w = z['convT_weight']  # (in, out, kh, kw); torch flips it relative to lax
   kernel = np.ascontiguousarray(w.transpose(2, 3, 0, 1)[::-1, ::-1])
-  layer = conv_transpose.ConvTranspose(
-      4, 4, 2, padding=conv_transpose.transpose_padding(4, 2))
+  layer = conv_impl.ConvTranspose(
+      4, 4, 2, padding=conv_transpose.transpose_padding(4, 2), impl='phase')
   out = layer.apply({'params': {'kernel': kernel, 'bias': z['convT_bias']}},
                     z['convT_input'])
   assert out.shape == (1, 10, 10, 4)

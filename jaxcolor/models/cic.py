@@ -32,6 +32,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 from jaxcolor.quantization import NUM_BINS
 
@@ -93,9 +94,10 @@ class CICNet(nn.Module):
         stride = 2 if (b < 3 and i == n - 1) else 1
         h = conv(h, self.widths[b], stride, f'conv{b + 1}_{i + 1}')
       h = norm(h, f'bn{b + 1}')
-    h = nn.relu(conv_transpose.ConvTranspose(
+    h = nn.relu(conv_impl.ConvTranspose(
         self.widths[4], 4, 2, padding=conv_transpose.transpose_padding(4, 2),
-        dtype=self.dtype, kernel_init=_he_normal, name='conv5_1')(h))
+        impl='phase', dtype=self.dtype, kernel_init=_he_normal,
+        name='conv5_1')(h))
     for i in range(1, self.num_convs[4]):
       h = conv(h, self.widths[4], 1, f'conv5_{i + 1}')
     h = norm(h, 'bn5')

@@ -9,14 +9,11 @@ tap, so the same result is the interleaving of `stride**2` small VALID
 convolutions over the undilated input: no multiply by an inserted zero, and
 fast gradients.
 
-`ConvTranspose` has exactly the parameters of `flax.linen.ConvTranspose`
-(kernel (k, k, C_in, C_out) in HWIO, bias (C_out,)) and computes the same
-function (no kernel flip, `transpose_kernel=False`).
+`conv_transpose` computes `lax.conv_transpose` (HWIO kernel, no flip); the
+module with flax.linen.ConvTranspose's parameters is
+`jaxcolor.models.conv_impl.ConvTranspose` (its 'phase' form is this one).
 """
 
-from typing import Any, Callable
-
-from flax import linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -76,23 +73,3 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
     rows.append(jnp.stack(cols, axis=3))      # (B, H, W, s_col, C)
   y = jnp.stack(rows, axis=2)                 # (B, H, s_row, W, s_col, C)
   return y.reshape(b, h * stride, w * stride, kernel.shape[-1])
-
-
-class ConvTranspose(nn.Module):
-  """Drop-in for `nn.ConvTranspose` with square kernel and stride."""
-  features: int
-  kernel_size: int
-  stride: int
-  padding: tuple[tuple[int, int], tuple[int, int]]
-  dtype: Any = jnp.float32
-  kernel_init: Callable = nn.initializers.lecun_normal()
-  bias_init: Callable = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init,
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-    y = conv_transpose(x.astype(self.dtype), kernel, self.stride, self.padding)
-    return y + bias.astype(self.dtype)

@@ -19,7 +19,7 @@ This module must not import TensorFlow (the command starts fast).
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import cv2
@@ -107,21 +107,6 @@ def colorize_images(predictor: Any, images: Sequence[np.ndarray],
 
 
 # ------------------------------------------------------------------ files
-def _image_files(root: str, exclude: Optional[str]) -> list[str]:
-  """Sorted relative paths of images under `root`, skipping `exclude`."""
-  from jaxcolor.data import sources  # pylint: disable=g-import-not-at-top
-  found = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(
-        d for d in dirnames if not d.startswith('.') and
-        os.path.realpath(os.path.join(dirpath, d)) != exclude)
-    for name in filenames:
-      if not name.startswith('.') and name.lower().endswith(
-          sources.IMAGE_EXTENSIONS):
-        found.append(os.path.relpath(os.path.join(dirpath, name), root))
-  return sorted(found)
-
-
 def plan(input_path: str, output_dir: str) -> list[tuple[str, str]]:
   """[(input file, output file)] for a file or a folder (recursive).
 
@@ -141,9 +126,10 @@ def plan(input_path: str, output_dir: str) -> list[tuple[str, str]]:
     if os.path.realpath(input_path) == out_real:
       raise ValueError(f'--output={output_dir!r} is the input folder; choose '
                        'another folder (inputs are never overwritten)')
-    root, rels = input_path, _image_files(input_path, out_real)
-    if not rels:
-      raise ValueError(f'--input={input_path!r} holds no image files')
+    from jaxcolor.data import sources  # pylint: disable=g-import-not-at-top
+    root = input_path
+    rels = sources.list_images(input_path, config_key='--input',
+                               exclude=out_real)
   else:
     root, rels = os.path.dirname(input_path), [os.path.basename(input_path)]
   pairs, taken = [], set()

@@ -38,9 +38,12 @@ CHECKED_KEYS = ('image_size', 'canny_low', 'canny_high', 'saliency')
 
 
 # ---------------------------------------------------------------- folders
-def list_images(root: str, config_key: str = 'config.data.train_dir'
-                ) -> list[str]:
+def list_images(root: str, config_key: str = 'config.data.train_dir',
+                exclude: str = '') -> list[str]:
   """Sorted relative POSIX paths of the image files under `root`.
+
+  Hidden files and folders are left out, and so is the folder whose real
+  path is `exclude` (e.g. an output folder inside the input folder).
 
   Raises:
     FileNotFoundError: `root` is not an existing folder.
@@ -52,7 +55,8 @@ def list_images(root: str, config_key: str = 'config.data.train_dir'
     raise FileNotFoundError(f'{config_key}={root!r} is not an existing folder')
   found = []
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if not d.startswith('.')]
+    dirnames[:] = [d for d in dirnames if not d.startswith('.') and
+                   os.path.realpath(os.path.join(dirpath, d)) != exclude]
     for name in filenames:
       if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS):
         rel = os.path.relpath(os.path.join(dirpath, name), root)

@@ -66,6 +66,10 @@ def main(argv):
                          '--mode=evaluate')
 
   try:
+    # Before anything computes: XLA reads XLA_FLAGS once, at backend start.
+    from jaxcolor import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.apply(xla_flags.DEFAULT if config is None
+                    else config.get('xla_cpu_convolutions', xla_flags.DEFAULT))
     if FLAGS.mode == 'train':
       from jaxcolor import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, workdir)

@@ -12,9 +12,10 @@ this machine with the same batch and thread count:
   (the trainer's compiled step on synthetic data) for each variant below.
 
 Variants: 'same' is the peer's computation in float32 (G forward reused for
-the G update, ResNet run every step); 'phase' the same with the previous
-convolution forms; the others add the speed-ups (ResNet feature cache,
-bfloat16, several steps per compiled call). Also prints FLOPs per image of
+the G update, ResNet run every step); 'same_ynnpack' the same with XLA's
+default CPU convolution kernels (YNNPACK) instead of Eigen's; 'phase' the
+same with the previous convolution forms; the others add the speed-ups
+(ResNet feature cache, bfloat16, several steps per compiled call). Also prints FLOPs per image of
 both sides (the peer's flops.py; jaxcolor: the same analytic count over its
 own modules) and checks they agree within 1 %. Writes everything as JSON.
 """
@@ -34,6 +35,8 @@ BASE = ['--config.model.require_resnet18_weights=False',
         '--config.reuse_generator_forward=True']
 VARIANTS = {
     'same': ['--config.model.conv_impl=fast'],
+    'same_ynnpack': ['--config.model.conv_impl=fast',
+                     '--config.xla_cpu_convolutions=default'],
     'phase': ['--config.model.conv_impl=phase'],
     'cache': ['--config.model.conv_impl=fast',
               '--config.model.use_feature_cache=True'],
@@ -163,7 +166,8 @@ def main():
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--repeats', type=int, default=2)
-  p.add_argument('--variants', default='same,' + ','.join(SPEEDUPS))
+  p.add_argument('--variants',
+                 default='same,same_ynnpack,' + ','.join(SPEEDUPS))
   p.add_argument('--peer_nchw', action='store_true')
   p.add_argument('--peer_steps', type=int, default=5)
   p.add_argument('--jax_steps', type=int, default=5)

@@ -2,9 +2,11 @@
 
 Times forward, input-gradient and weight-gradient of every convolution shape
 the default config emits (generator d1..d7 / u1..u7, critic conv1..conv6,
-ResNet-18 at 224 px), each jitted alone, for each `conv_impl`:
+ResNet-18 at 224 px), each jitted alone, for each form named in --impls
+(conv: xla, mm, s2d, tap; transposed conv: xla, phase, d2s, mm) or `fast`
+(the per-pass forms `config.model.conv_impl='fast'` picks):
 
-  python benchmarks/conv_layers.py --batch 16 --impls xla,fast --repeats 3
+  python benchmarks/conv_layers.py --batch 64 --impls fast,xla --repeats 2
 
 FLOPs are 2 x MACs of the layer's forward (each gradient costs the same).
 Implementations are timed interleaved (A, B, A, B, ...); medians reported.
@@ -18,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from jaxcolor import xla_flags
 from jaxcolor.models import conv_impl as conv_lib
 from jaxcolor.models import conv_transpose
 
@@ -63,19 +66,30 @@ def flops(kind, hin, cin, cout, k, s, pad):
   return 2 * ho * ho * cin * cout * k * k
 
 
-def make_fns(impl, kind, k, s, pad):
-  """jitted (forward, input grad, weight grad) of one form of the layer."""
+def make_fns(impl, kind, k, s, pad, x_shape, w_shape):
+  """jitted (forward, input grad, weight grad) of one form of the layer.
+
+  `impl` names one form for all three passes, or 'fast' for the per-pass
+  forms `conv_impl.conv_forms` / `conv_transpose_forms` choose.
+  """
   if kind == 'convT':
-    impl = {'s2d': 'phase'}.get(impl, impl)
-    fwd = jax.jit(lambda x, w: conv_lib.TFORMS[impl](x, w, s, pad))
+    if impl == 'fast':
+      f = conv_lib.conv_transpose_forms(x_shape)
+    else:
+      f = ({'s2d': 'phase'}.get(impl, impl),) * 3
+    fwd = jax.jit(lambda x, w: conv_lib.TFORMS[f[0]](x, w, s, pad))
     dx = jax.jit(lambda x, w, g: conv_lib.conv_transpose_dx(
-        impl, x, w, g, s, pad))
+        f[1], x, w, g, s, pad))
     dw = jax.jit(lambda x, w, g: conv_lib.conv_transpose_dw(
-        impl, x, w, g, s, pad))
+        f[2], x, w, g, s, pad))
   else:
-    fwd = jax.jit(lambda x, w: conv_lib.FORMS[impl](x, w, s, pad))
-    dx = jax.jit(lambda x, w, g: conv_lib.conv_dx(impl, x, w, g, s, pad))
-    dw = jax.jit(lambda x, w, g: conv_lib.conv_dw(impl, x, w, g, s, pad))
+    if impl == 'fast':
+      f = conv_lib.conv_forms(x_shape, w_shape, s, pad)
+    else:
+      f = (impl,) * 3
+    fwd = jax.jit(lambda x, w: conv_lib.FORMS[f[0]](x, w, s, pad))
+    dx = jax.jit(lambda x, w, g: conv_lib.conv_dx(f[1], x, w, g, s, pad))
+    dw = jax.jit(lambda x, w, g: conv_lib.conv_dw(f[2], x, w, g, s, pad))
   return fwd, dx, dw
 
 
@@ -95,7 +109,10 @@ def main():
   p.add_argument('--passes', default='fwd,dx,dw')
   p.add_argument('--json', default='')
   p.add_argument('--cores', type=int, default=2)
+  p.add_argument('--xla_cpu_convolutions', default=xla_flags.DEFAULT,
+                 help='XLA CPU convolution kernels (as the config key)')
   a = p.parse_args()
+  xla_flags.apply(a.xla_cpu_convolutions)  # before JAX starts, as main.py
   impls = a.impls.split(',')
   passes = a.passes.split(',')
   with open('/proc/loadavg') as f:
@@ -107,11 +124,12 @@ def main():
       continue
     x = jax.random.normal(key, (a.batch, hin, hin, cin), jnp.float32)
     w = jax.random.normal(key, (k, k, cin, cout), jnp.float32) * 0.05
-    y = jax.eval_shape(lambda x, w: make_fns('xla', kind, k, s, pad)[0](x, w),
-                       x, w)
+    y = jax.eval_shape(
+        lambda x, w: make_fns('xla', kind, k, s, pad, x.shape, w.shape)[0](
+            x, w), x, w)
     g = jnp.ones(y.shape, jnp.float32)
     fl = flops(kind, hin, cin, cout, k, s, pad) * a.batch
-    fns = {i: make_fns(i, kind, k, s, pad) for i in impls}
+    fns = {i: make_fns(i, kind, k, s, pad, x.shape, w.shape) for i in impls}
     times = {(i, ps): [] for i in impls for ps in passes}
     args = {'fwd': (x, w), 'dx': (x, w, g), 'dw': (x, w, g)}
     for i in impls:  # compile + warm

@@ -20,6 +20,7 @@ import numpy as np
 from configs import default as default_config
 from jaxcolor import parallel
 from jaxcolor import train
+from jaxcolor import xla_flags
 
 
 def synthetic_batch(batch, size, seed=0):
@@ -61,7 +62,10 @@ def main():
   p.add_argument('--set', action='append', default=[],
                  help='config override KEY=VALUE (applies to all)')
   p.add_argument('--json', default='')
+  p.add_argument('--xla_cpu_convolutions', default=xla_flags.DEFAULT,
+                 help='XLA CPU convolution kernels (as the config key)')
   a = p.parse_args()
+  xla_flags.apply(a.xla_cpu_convolutions)  # before JAX starts, as main.py
   overrides = dict(s.split('=', 1) for s in a.set)
   runs = {}
   for impl in a.impls.split(','):

@@ -113,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (False: run it again for the update; same result, more work).
   config.reuse_generator_forward = True
   config.parallel = 'pmap'     # or 'shard_map' (jax.jit over a 1-D device mesh)
+  # XLA CPU's convolution kernels: 'eigen' (faster for this model) or
+  # 'default' (XLA's choice: YNNPACK in jaxlib 0.10). Set by main.py through
+  # XLA_FLAGS before JAX starts (jaxcolor/xla_flags.py); CPU only.
+  config.xla_cpu_convolutions = 'eigen'
   dist = config.distributed = ml_collections.ConfigDict()
   dist.enabled = False         # jax.distributed.initialize() (multi-host)
   dist.coordinator_address = ''  # empty: taken from the cluster environment

@@ -273,8 +273,13 @@ def make_train_fn(family: Family, par: parallel.Parallel,
   if k == 1:
     return par.compile(family.train_step, donate_state=config.donate_state)
 
+  # XLA's CPU compiler leaves convolutions inside a while loop in the
+  # layouts autodiff gives them and runs those 30-80x slower, so on CPUs
+  # the k steps are unrolled into one straight program (longer compile).
+  unroll = k if jax.default_backend() == 'cpu' else 1
+
   def k_steps(state, batches):
-    return jax.lax.scan(family.train_step, state, batches)
+    return jax.lax.scan(family.train_step, state, batches, unroll=unroll)
   return par.compile(k_steps, donate_state=config.donate_state, stacked=True)
 
 

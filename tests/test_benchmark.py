@@ -25,7 +25,8 @@ HEADER_FIELDS = (
     'device_kind', 'device_count', 'local_device_count', 'process_count',
     'cpu_count', 'parallel', 'dtype', 'matmul_precision', 'batch_size',
     'per_device_batch', 'steps_per_call', 'donate_state',
-    'reuse_generator_forward', 'use_feature_cache', 'conv_impl', 'image_size',
+    'reuse_generator_forward', 'use_feature_cache', 'conv_impl',
+    'xla_cpu_convolutions', 'xla_flags', 'image_size',
     'num_steps',
     'warmup_steps', 'peak_tflops', 'peak_basis', 'init_s', 'prepare_s',
     'notes', 'headline')
@@ -113,6 +114,9 @@ def test_step_benchmark_writes_every_field(pmap_report):
   assert (report['device_count'], report['per_device_batch']) == (4, 2)
   assert report['parallel'] == 'pmap' and report['dtype'] == 'float32'
   assert report['peak_tflops'] == 0.5
+  assert report['xla_cpu_convolutions'] == 'eigen'
+  assert '--xla_force_host_platform_device_count=4' in report['xla_flags']
+  assert '--xla_cpu_experimental_ynn_fusion_type' in report['xla_flags']
   assert 'e2e' not in report and 'input' not in report
   step = report['step']
   check_timing(step)

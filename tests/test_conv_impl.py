@@ -25,12 +25,13 @@ CONVS = [
     (9, 3, 4, 3, 2, ((1, 1), (1, 1))),   # odd side, odd kernel, stride 2
 ]
 FORMS = ('xla', 'mm', 's2d')
-TFORMS = ('phase', 'mm', 'xla')
+TFORMS = ('phase', 'd2s', 'mm', 'xla')
 
 
 def _rotations(forms):
   """(forward, input-grad, weight-grad) triples: each form in each pass."""
-  return [tuple(forms[(i + j) % 3] for j in range(3)) for i in range(3)]
+  n = len(forms)
+  return [tuple(forms[(i + j) % n] for j in range(3)) for i in range(n)]
 
 
 def _rel(a, b):
@@ -60,14 +61,14 @@ def test_conv_forms_match_flax(shape):
   ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
       {'params': {'kernel': w}}, x)
   impls = _rotations(FORMS) + ['fast']
-  if s == 1:
-    impls.append(('xla', 'xla', 'gmm'))
+  if s == 1:  # the tap form is for stride 1
+    impls += _rotations(('tap', 'xla', 'mm'))
   for impl in impls:
     _check(jax.jit(lambda x, w: conv_impl.conv(x, w, s, pad, impl)), ref,
            x, w)
 
 
-@pytest.mark.parametrize('side', [1, 2, 4, 5])
+@pytest.mark.parametrize('side', [1, 2, 4, 5, 16])
 def test_conv_transpose_forms_match_flax(side):
   pad = conv_transpose.transpose_padding(4, 2)
   x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
@@ -86,14 +87,19 @@ def test_fast_forms_for_the_model_shapes():
   forms = conv_impl.conv_forms
   p1, same = ((1, 1), (1, 1)), ((1, 2), (1, 2))
   assert forms((1, 64, 64, 64), (4, 4, 64, 128), 2, p1) == ('xla', 's2d', 'xla')
-  assert forms((1, 8, 8, 512), (4, 4, 512, 512), 2, p1) == ('mm', 'mm', 'xla')
+  assert forms((1, 16, 16, 512), (4, 4, 512, 512), 2, p1) == (
+      'xla', 's2d', 'xla')                                   # d4
+  assert forms((1, 8, 8, 512), (4, 4, 512, 512), 2, p1) == ('xla', 'mm', 'xla')
   assert forms((1, 4, 4, 512), (4, 4, 512, 512), 2, p1) == ('mm',) * 3
   assert forms((1, 64, 64, 128), (4, 4, 128, 4), 1, same) == (
-      'xla', 'xla', 'gmm')
+      'tap', 'xla', 'tap')                                   # u7
+  assert forms((1, 15, 15, 512), (4, 4, 512, 1), 1, p1) == (
+      'tap', 'xla', 'tap')                                   # critic conv6
   assert forms((1, 16, 16, 512), (4, 4, 512, 512), 1, p1) == ('xla',) * 3
   assert conv_impl.conv_transpose_forms((1, 2, 2, 9)) == ('mm',) * 3
-  assert conv_impl.conv_transpose_forms((1, 32, 32, 9)) == (
+  assert conv_impl.conv_transpose_forms((1, 8, 8, 9)) == (
       'phase', 'phase', 'mm')
+  assert conv_impl.conv_transpose_forms((1, 32, 32, 9)) == ('d2s',) * 3
 
 
 def test_bad_impl_is_named():

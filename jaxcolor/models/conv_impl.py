@@ -70,8 +70,32 @@ def conv_s2d(x, kernel, s, padding):
   return conv_xla(xs, ks, 1, ((0, 0), (0, 0)))
 
 
-FORMS = {'xla': conv_xla, 'mm': conv_mm, 's2d': conv_s2d,
-         'gmm': conv_xla}
+def conv_tap(x, kernel, s, padding):
+  """Stride-1 conv as one matmul to k*k*C_out channels and a shifted sum.
+
+  y[i, j] = sum_{t,u} x[i + t - lo, j + u - lo] @ W[t, u]: the matmul gives
+  every tap's product at every input pixel at once (C_in x k*k*C_out, a
+  far better matmul than a conv with a handful of output channels); the
+  taps are then added at their shifts. For few output channels.
+  """
+  if s != 1:
+    raise ValueError('the tap form needs stride 1')
+  k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  b, h, w, _ = x.shape
+  ho, wo = _out_size(h, k, 1, padding[0]), _out_size(w, k, 1, padding[1])
+  wk = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in, k * k * c_out)
+  z = lax.dot_general(x, wk.astype(x.dtype), (((3,), (0,)), ((), ())))
+  z = _pad(z.reshape(b, h, w, k * k * c_out), padding)
+  z = z.reshape(b, z.shape[1], z.shape[2], k, k, c_out)
+  y = None
+  for t in range(k):
+    for u in range(k):
+      part = z[:, t:t + ho, u:u + wo, t, u, :]
+      y = part if y is None else y + part
+  return y
+
+
+FORMS = {'xla': conv_xla, 'mm': conv_mm, 's2d': conv_s2d, 'tap': conv_tap}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -88,38 +112,7 @@ def conv_dx(form, x, kernel, g, s, padding):
       lambda x: FORMS[form](x, kernel, s, padding), x)(g)[0]
 
 
-def conv_dw_gmm(x, kernel, g, padding):
-  """Stride-1 weight grad from taps of the output grad (few out channels).
-
-  dw[t,u,ci,co] = sum_{b,i,j} xp[b,i+t,j+u,ci] g[b,i,j,co]: a matmul of the
-  padded input against g's k*k*C_out shifted copies, so the matmul's sides
-  are C_in and k*k*C_out instead of k*k*C_in and C_out.
-  """
-  k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-  xp = _pad(x, padding)
-  b, hp, wp, _ = xp.shape
-  _, ho, wo, _ = g.shape
-  # Channel-major taps (long contiguous rows): (k*k*C_out, B*Hp*Wp).
-  gt = jnp.transpose(g, (3, 0, 1, 2))
-  zero = jnp.zeros((), g.dtype)
-  gt = lax.pad(gt, zero, ((0, 0, 0), (0, 0, 0), (k - 1, hp - ho, 0),
-                          (k - 1, wp - wo, 0)))
-  cols = []
-  for t in range(k):
-    for u in range(k):
-      cols.append(lax.slice(gt, (0, 0, k - 1 - t, k - 1 - u),
-                            (cout, b, k - 1 - t + hp, k - 1 - u + wp)))
-  gq = jnp.stack(cols, axis=0).reshape(k * k * cout, b * hp * wp)
-  dw = lax.dot_general(gq, xp.reshape(b * hp * wp, cin),
-                       (((1,), (0,)), ((), ())))
-  return jnp.transpose(dw.reshape(k, k, cout, cin), (0, 1, 3, 2))
-
-
 def conv_dw(form, x, kernel, g, s, padding):
-  if form == 'gmm':
-    if s != 1:
-      raise ValueError('gmm weight grads need stride 1')
-    return conv_dw_gmm(x, kernel, g.astype(x.dtype), padding)
   w = kernel.astype(x.dtype)
   return jax.linear_transpose(
       lambda w: FORMS[form](x, w, s, padding), w)(g)[0]
@@ -165,8 +158,12 @@ def conv_transpose_phase(x, kernel, s, padding):
   return conv_transpose_lib.conv_transpose(x, kernel, s, padding)
 
 
+def conv_transpose_d2s(x, kernel, s, padding):
+  return conv_transpose_lib.conv_transpose_d2s(x, kernel, s, padding)
+
+
 TFORMS = {'xla': conv_transpose_xla, 'phase': conv_transpose_phase,
-          'mm': conv_transpose_scatter}
+          'd2s': conv_transpose_d2s, 'mm': conv_transpose_scatter}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -239,11 +236,13 @@ IMPLS = ('fast', 'phase', 'xla')
 def conv_forms(x_shape, kernel_shape, stride, padding):
   """(forward, input-grad, weight-grad) forms for one conv on XLA CPU.
 
-  Chosen from per-layer timings (benchmarks/conv_layers.py): XLA's conv
-  handles most shapes well, but it is 10-100x slow where the output has
-  only a few pixels (matmul over patches instead), on input grads of
-  strided convs (stride-1 conv over the space-to-depth input) and on weight
-  grads with few output channels (matmul over shifted output grads).
+  Chosen from per-layer timings at batch 64 with XLA's Eigen convolutions
+  (`config.xla_cpu_convolutions='eigen'`, benchmarks/conv_layers.py):
+  XLA's conv handles most shapes well, but it is 10-100x slow where the
+  output has only a few pixels (matmul over patches instead), 1.2-3x slow
+  on input grads of strided convs (a stride-1 conv over the space-to-depth
+  input, or patches where the output is small) and 2-5x slow where there
+  are few output channels (the tap form's one wide matmul instead).
   """
   k, cout = kernel_shape[0], kernel_shape[-1]
   ho = _out_size(x_shape[1], k, stride, padding[0])
@@ -251,9 +250,9 @@ def conv_forms(x_shape, kernel_shape, stride, padding):
   if ho * wo <= 4:
     return ('mm', 'mm', 'mm')
   if stride == 1:
-    return ('xla', 'xla', 'gmm' if cout <= 8 else 'xla')
-  if ho * wo <= 64:
-    return ('mm', 'mm', 'xla')
+    return ('tap', 'xla', 'tap') if cout <= 8 else ('xla', 'xla', 'xla')
+  if ho * wo <= 16:
+    return ('xla', 'mm', 'xla')
   return ('xla', 's2d', 'xla')
 
 
@@ -264,7 +263,9 @@ def conv_transpose_forms(x_shape):
     return ('mm', 'mm', 'mm')
   if hw <= 16:
     return ('phase', 'mm', 'mm')
-  return ('phase', 'phase', 'mm')
+  if hw < 256:
+    return ('phase', 'phase', 'mm')
+  return ('d2s', 'd2s', 'd2s')
 
 
 def conv(x, kernel, stride, padding, impl='fast'):

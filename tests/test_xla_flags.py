@@ -1,0 +1,85 @@
+"""xla_flags: main.py picks XLA CPU's convolution kernels before JAX starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxcolor import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Compiles a small conv's weight gradient (the slow case on YNNPACK) in a
+# fresh process and prints which kernels XLA gave the convolutions.
+PROBE = """
+import os, sys
+from jaxcolor import xla_flags
+try:
+  print('FLAGS', xla_flags.apply(sys.argv[1]))
+except ValueError as e:
+  print('ERROR', e); sys.exit(0)
+import jax, jax.numpy as jnp
+f = lambda w, x: jnp.sum(jax.lax.conv_general_dilated(
+    x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+text = jax.jit(jax.grad(f)).lower(jnp.ones((3, 3, 64, 64)),
+                                  jnp.ones((2, 16, 16, 64))).compile().as_text()
+# The program has only convolutions: any YNNPACK fusion is one of them.
+print('YNN_CONV', any(' fusion(' in l and 'ynn_fusion' in l.split('=')[0]
+                      for l in text.splitlines()))
+print('DEVICES', jax.device_count())
+os.environ['XLA_FLAGS'] = ''
+try:
+  xla_flags.apply('eigen')
+  print('LATE ok')
+except RuntimeError as e:
+  print('LATE', e)
+"""
+
+
+def _probe(choice, env_flags):
+  env = dict(os.environ, XLA_FLAGS=env_flags, JAX_PLATFORMS='cpu',
+             PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, '-c', PROBE, choice], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return dict(line.split(' ', 1) for line in out.stdout.splitlines())
+
+
+def test_cpu_flags_and_bad_value():
+  assert xla_flags.cpu_flags('eigen') == [
+      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution']
+  assert xla_flags.cpu_flags('default') == []
+  with pytest.raises(ValueError, match='xla_cpu_convolutions'):
+    xla_flags.cpu_flags('onednn')
+
+
+def test_eigen_keeps_convolutions_off_ynnpack_and_other_flags():
+  got = _probe('eigen', '--xla_force_host_platform_device_count=2')
+  assert got['FLAGS'] == ('--xla_force_host_platform_device_count=2 '
+                          '--xla_cpu_experimental_ynn_fusion_type='
+                          '-individual_convolution')
+  assert got['YNN_CONV'] == 'False'
+  assert got['DEVICES'] == '2'          # the user's flags still apply
+  # Once a backend has started, XLA would ignore new flags: apply refuses.
+  assert got['LATE'].startswith('xla_flags.apply must run before')
+
+
+def test_default_leaves_xla_its_choice():
+  got = _probe('default', '')
+  assert got['FLAGS'] == ''
+  # jaxlib 0.10 runs these convolutions in YNNPACK fusions by default: the
+  # reason 'eigen' exists (if this changes, re-measure docs/benchmarks.md).
+  assert got['YNN_CONV'] == 'True'
+
+
+def test_a_flag_the_user_set_wins():
+  mine = '--xla_cpu_experimental_ynn_fusion_type=-individual_dot'
+  got = _probe('eigen', mine)
+  assert got['FLAGS'] == mine
+  assert got['YNN_CONV'] == 'True'
+
+
+def test_bad_value_is_an_error_before_jax_starts():
+  got = _probe('fastest', '')
+  assert 'xla_cpu_convolutions' in got['ERROR']

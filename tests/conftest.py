@@ -1,7 +1,11 @@
-"""Test set-up: 4 fake CPU devices, parsed absl flags, repo root importable."""
+"""Test set-up: 4 fake CPU devices, main.py's XLA flags, a compilation cache
+for the session, parsed absl flags, repo root importable."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -16,6 +20,15 @@ os.environ.setdefault('XLA_FLAGS', ' '.join(
     + xla_flags.cpu_flags(xla_flags.DEFAULT)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The tests compile the same tiny programs many times (and in the processes
+# they start): JAX's persistent compilation cache, fresh for each session,
+# compiles each once.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='jaxcolor-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 

@@ -15,9 +15,10 @@ Variants: 'same' is the peer's computation in float32 (G forward reused for
 the G update, ResNet run every step); 'same_ynnpack' the same with XLA's
 default CPU convolution kernels (YNNPACK) instead of Eigen's; 'phase' the
 same with the previous convolution forms; the others add the speed-ups
-(ResNet feature cache, bfloat16, several steps per compiled call). Also prints FLOPs per image of
-both sides (the peer's flops.py; jaxcolor: the same analytic count over its
-own modules) and checks they agree within 1 %. Writes everything as JSON.
+(ResNet feature cache, bfloat16, several steps per compiled call). Also
+prints FLOPs per image of both sides (the peer's flops.py; jaxcolor: the
+same analytic count over its own modules) and checks they agree within
+1 %. Writes everything as JSON.
 """
 
 import argparse

@@ -154,16 +154,10 @@ def conv_transpose_xla(x, kernel, s, padding):
                             dimension_numbers=DN)
 
 
-def conv_transpose_phase(x, kernel, s, padding):
-  return conv_transpose_lib.conv_transpose(x, kernel, s, padding)
-
-
-def conv_transpose_d2s(x, kernel, s, padding):
-  return conv_transpose_lib.conv_transpose_d2s(x, kernel, s, padding)
-
-
-TFORMS = {'xla': conv_transpose_xla, 'phase': conv_transpose_phase,
-          'd2s': conv_transpose_d2s, 'mm': conv_transpose_scatter}
+TFORMS = {'xla': conv_transpose_xla,
+          'phase': conv_transpose_lib.conv_transpose,
+          'd2s': conv_transpose_lib.conv_transpose_d2s,
+          'mm': conv_transpose_scatter}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -74,7 +74,7 @@ def main(argv):
       from jaxcolor import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, workdir)
     elif FLAGS.mode == 'prepare':
-      from jaxcolor.data import prepare  # pylint: disable=g-import-not-at-top
+      from jaxcolor import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare(config)
     elif FLAGS.mode == 'benchmark':
       from jaxcolor import benchmark  # pylint: disable=g-import-not-at-top

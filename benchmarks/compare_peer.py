@@ -33,19 +33,19 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--config.model.require_resnet18_weights=False',
-        '--config.reuse_generator_forward=True']
+        '--config.model.reuse_generator_forward=True']
 VARIANTS = {
     'same': ['--config.model.conv_impl=fast'],
     'same_ynnpack': ['--config.model.conv_impl=fast',
                      '--config.xla_cpu_convolutions=default'],
     'phase': ['--config.model.conv_impl=phase'],
     'cache': ['--config.model.conv_impl=fast',
-              '--config.model.use_feature_cache=True'],
+              '--config.data.use_feature_cache=True'],
     'cache_bf16': ['--config.model.conv_impl=fast',
-                   '--config.model.use_feature_cache=True',
+                   '--config.data.use_feature_cache=True',
                    '--config.dtype=bfloat16'],
     'cache_k4': ['--config.model.conv_impl=fast',
-                 '--config.model.use_feature_cache=True',
+                 '--config.data.use_feature_cache=True',
                  '--config.steps_per_call=4',
                  '--config.log_every_steps=100'],
 }

@@ -19,6 +19,7 @@ import numpy as np
 
 from configs import default as default_config
 from jaxcolor import benchmark
+from jaxcolor import families
 from jaxcolor import parallel
 from jaxcolor import train
 from jaxcolor import xla_flags
@@ -35,13 +36,11 @@ def build(impl, batch, overrides):
     for p in path:
       sub = sub[p]
     sub[last] = type(sub[last])(value)
-  family = train.gan_family(config)
+  family = families.build(config)
   par = parallel.Parallel.create('pmap')
-  state = jax.jit(family.create_state)(
-      *family.init_args(config, train.init_key(0)))
-  state = par.to_step_layout(jax.device_put(state, par.replicated))
+  state = par.to_step_layout(train.init_state(family, par, config))
   step = par.compile(family.train_step, donate_state=False)
-  # The benchmark's batch: with model.use_feature_cache it also holds the
+  # The benchmark's batch: with data.use_feature_cache it also holds the
   # ResNet features, so the step really skips the ResNet.
   data = par.put_batch(benchmark.synthetic_batch(
       config, np.random.default_rng(0), batch))

@@ -4,27 +4,34 @@ Lab L in, a distribution over the 313 in-gamut ab bins out (at 1/4
 resolution, softmax), trained with the class-rebalanced multinomial
 cross-entropy (soft-encoding: 5 nearest bins, Gaussian sigma 5; rebalancing
 lambda 0.5 with the ImageNet prior, or the training set's with
-`loss.cic_prior='train'`); Nesterov SGD, lr 0.01; annealed-mean decoding
-with T = 0.38. Network: five blocks of 2-3 convs with ReLU and BatchNorm,
+`loss.prior='train'`); Nesterov SGD, lr 0.01; annealed-mean decoding with
+T = 0.38. Network: five blocks of 2-3 convs with ReLU and BatchNorm,
 up-sampling after the fourth (jaxcolor/models/cic.py has the layer table).
+The shared sections come from configs/common.py; the model is
+jaxcolor/families/cic.py.
 """
 
-from configs import default
+import ml_collections
+
+from configs import common
 
 
 def get_config():
-  config = default.get_config()
-  config.model.name = 'cic'
-  config.model.use_resnet = False
-  config.model.require_resnet18_weights = False
-  config.model.cic_widths = (64, 128, 256, 512, 256)
-  config.model.cic_num_convs = (2, 2, 3, 3, 3)
-  config.model.cic_temperature = 0.38
-  config.loss.cic_k = 5
-  config.loss.cic_sigma = 5.0
-  config.loss.cic_lambda = 0.5
-  config.loss.cic_prior = 'imagenet'  # or 'train'
-  config.optim.cic_learning_rate = 0.01
-  config.optim.cic_momentum = 0.9
+  config = common.get_config()
+  model = config.model = ml_collections.ConfigDict()
+  model.name = 'cic'
+  model.widths = (64, 128, 256, 512, 256)   # channels of blocks 1..5
+  model.num_convs = (2, 2, 3, 3, 3)         # convs per block
+  model.temperature = 0.38                  # annealed-mean decoding
+
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.soft_encoding_k = 5          # nearest bins of each ground-truth ab
+  loss.soft_encoding_sigma = 5.0    # their Gaussian weights (ab units)
+  loss.rebalance_lambda = 0.5       # mix of the prior with a uniform one
+  loss.prior = 'imagenet'           # or 'train' (a pass over the data)
+
+  optim = config.optim = ml_collections.ConfigDict()
+  optim.learning_rate = 0.01        # Nesterov SGD
+  optim.momentum = 0.9
   config.num_epochs = 200
   return config

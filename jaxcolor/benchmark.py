@@ -43,12 +43,13 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from jaxcolor import feature_cache
+from jaxcolor import families
 from jaxcolor import models as models_lib
 from jaxcolor import parallel
+from jaxcolor import prepare as prepare_lib
 from jaxcolor import train
+from jaxcolor.data import feature_cache
 from jaxcolor.data import pipeline
-from jaxcolor.data import prepare as prepare_lib
 
 WHATS = ('step', 'e2e', 'input', 'all')
 
@@ -103,8 +104,8 @@ def synthetic_batch(config: ml_collections.ConfigDict,
   """Random host batch with the pipeline's keys, shapes and dtypes.
 
   uint8 'rgb' (B,S,S,3), 'gray', 'edge' (0 or 255), 'saliency' (B,S,S,1);
-  with `config.model.use_feature_cache` also 'resnet_features'
-  (B,f,f,512), f = fusion_size, in `config.model.feature_cache_dtype`.
+  with `config.data.use_feature_cache` also 'resnet_features'
+  of the family's `feature_shape()`, in `config.data.feature_cache_dtype`.
   """
   s = config.data.image_size
   batch = {
@@ -113,11 +114,11 @@ def synthetic_batch(config: ml_collections.ConfigDict,
       'edge': (rng.random((batch_size, s, s, 1)) < 0.1).astype(np.uint8) * 255,
       'saliency': rng.integers(0, 256, (batch_size, s, s, 1), np.uint8),
   }
-  mc = config.model
-  if mc.use_feature_cache:
-    shape = (batch_size, *feature_cache.shape(mc))
-    feats = np.abs(rng.standard_normal(shape))
-    batch[feature_cache.KEY] = feats.astype(jnp.dtype(mc.feature_cache_dtype))
+  data = config.data
+  if data.use_feature_cache:
+    shape = families.build(config).feature_shape()
+    feats = np.abs(rng.standard_normal((batch_size, *shape)))
+    batch[feature_cache.KEY] = feats.astype(jnp.dtype(data.feature_cache_dtype))
   return batch
 
 
@@ -176,13 +177,12 @@ class _Trainer:
     self.config = config
     self.k = config.steps_per_call
     t = time.perf_counter()
-    self.family = train.make_family(config)
+    self.family = families.build(config)
     self.par = parallel.Parallel.create(config.parallel)
-    init_args = self.family.init_args(config, train.init_key(config.seed))
-    abstract = jax.eval_shape(self.family.create_state, *init_args)
-    shardings = jax.tree.map(lambda _: self.par.replicated, abstract)
-    state = jax.jit(self.family.create_state,
-                    out_shardings=shardings)(*init_args)
+    data = None
+    if config.data.train_dir or config.data.prepared_dir:
+      data = pipeline.Data.create(config)  # for families whose init reads it
+    state = train.init_state(self.family, self.par, config, data)
     self.state = self.par.to_step_layout(state)
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - t
@@ -320,7 +320,7 @@ def _e2e_section(trainer: _Trainer, config, records_dir: str, peak,
   paths = [('records', records_dir)]
   if not config.data.train_dir:
     notes.append('e2e: no config.data.train_dir, folder path not measured')
-  elif config.model.use_feature_cache:
+  elif config.data.use_feature_cache:
     notes.append('e2e: the feature cache needs records, folder path not '
                  'measured')
   else:
@@ -448,9 +448,10 @@ def _header(config: ml_collections.ConfigDict,
       'per_device_batch': config.data.batch_size // jax.device_count(),
       'steps_per_call': config.steps_per_call,
       'donate_state': config.donate_state,
-      'reuse_generator_forward': config.reuse_generator_forward,
-      'use_feature_cache': config.model.use_feature_cache,
-      'conv_impl': models_lib.resolve_conv_impl(config.model.conv_impl),
+      'reuse_generator_forward': config.model.get('reuse_generator_forward'),
+      'use_feature_cache': config.data.use_feature_cache,
+      'conv_impl': (models_lib.resolve_conv_impl(config.model.conv_impl)
+                    if 'conv_impl' in config.model else None),
       'xla_cpu_convolutions': config.get('xla_cpu_convolutions'),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'image_size': config.data.image_size,

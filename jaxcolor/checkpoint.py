@@ -2,25 +2,29 @@
 
 Layout: <workdir>/checkpoints/<step>/{state,data,config}. `data` holds one
 JSON file per process (Grain's handler); `config` is the run's full config.
+Which keys may differ on resume, and which state fields inference reads,
+come from the model family.
 """
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from absl import logging
+from etils import epath
 import grain
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxcolor import families
+from jaxcolor import saved_config
 
 # Config sections that must match between a checkpoint and the run that
 # resumes it: they decide the shapes and meaning of the saved arrays.
 _MUST_MATCH = ('model',)
 _MUST_MATCH_DATA = ('image_size', 'batch_size')
-# Model keys that change how the step computes, not what the arrays mean.
-_MAY_DIFFER = ('model.conv_impl', 'model.use_feature_cache',
-               'model.feature_cache_dtype', 'model.resnet18_weights',
-               'model.require_resnet18_weights')
 
 
 def create_manager(workdir: str, config: ml_collections.ConfigDict
@@ -60,12 +64,17 @@ def flatten_dict(d: dict, prefix: str = '') -> dict:
 
 def check_compatible(saved: dict, config: ml_collections.ConfigDict,
                      path: str) -> None:
-  """Raises ValueError naming each key where `config` cannot resume `saved`."""
+  """Raises ValueError naming each key where `config` cannot resume `saved`.
+
+  `saved` is upgraded to today's keys first; the model family's
+  `resume_may_differ` keys are not compared.
+  """
+  saved = saved_config.upgrade(saved)
   now = config.to_dict()
   wanted = {}
   for section in _MUST_MATCH:
     wanted.update(flatten_dict({section: now[section]}))
-  for key in _MAY_DIFFER:
+  for key in families.family_class(config.model.name).resume_may_differ:
     wanted.pop(key, None)
   for key in _MUST_MATCH_DATA:
     wanted[f'data.{key}'] = now['data'][key]
@@ -92,9 +101,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   if step is None:
     return None
   path = os.path.join(str(manager.directory), str(step))
-  saved_config = manager.restore(
+  saved = manager.restore(
       step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-  check_compatible(saved_config, config, path)
+  check_compatible(saved, config, path)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
@@ -105,3 +114,52 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f'builds: {e}') from e
   logging.info('Restored checkpoint %s (step %d).', path, step)
   return step, restored['state']
+
+
+# ------------------------------------------------------------------ reading
+def step_dirs(workdir: str) -> list[str]:
+  """Finished step folders under a workdir (or its checkpoints/ folder, or
+  a step folder itself), oldest first. Unfinished saves live in
+  '<step>.orbax-checkpoint-tmp-*' folders and are left out."""
+  if os.path.isdir(os.path.join(workdir, 'state')) and os.path.isdir(
+      os.path.join(workdir, 'config')):
+    return [workdir]
+  ckpts = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpts):
+    if os.path.basename(os.path.normpath(workdir)) != 'checkpoints':
+      return []
+    ckpts = workdir
+  steps = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit()
+                 and os.path.isdir(os.path.join(ckpts, n, 'state')))
+  return [os.path.join(ckpts, str(s)) for s in steps]
+
+
+def read_config(step_dir: str) -> ml_collections.ConfigDict:
+  """A step folder's saved config, with today's keys."""
+  return saved_config.from_dict(
+      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+          os.path.join(step_dir, 'config')))
+
+
+def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
+  """Only the named top-level fields of a step's state, as numpy arrays.
+
+  A field saved as None (or empty) comes back as None.
+
+  Raises:
+    ValueError: the state has no such field (written by other code).
+  """
+  state_dir = os.path.abspath(os.path.join(step_dir, 'state'))
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  missing = [k for k in fields if k not in meta]
+  if missing:
+    raise ValueError(f'{step_dir}: checkpoint has no {missing}; it was '
+                     'written by other code')
+  item = {k: meta[k] for k in fields if meta[k]}
+  restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      state_dir, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
+  return {k: restored.get(k) for k in fields}
+

@@ -72,38 +72,39 @@ def merge(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- statistics
-def _training_rgbs(config: Any, limit: int):
-  """Yields up to `limit` training-split photos at model size, RGB uint8."""
+def _training_rgbs(data: Any, limit: int):
+  """Yields up to `limit` training-split photos at model size, RGB uint8.
+
+  `data` is the run's `pipeline.Data`.
+  """
   # Imported here: the colorize path needs only split/merge.
   from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
-  from jaxcolor.data import sources  # pylint: disable=g-import-not-at-top
-  data = config.data
-  if data.prepared_dir:
-    meta = sources.read_metadata(data.prepared_dir)
-    records = sources.record_source(
-        sources.shard_paths(data.prepared_dir, meta, 'train'))
-    items, read = records, lambda r: sources.decode_record(r)['rgb']
-  else:
-    items = sources.split_files(data)['train']
-    read = lambda p: preprocess.load_example(p, data)['rgb']
+  split = data.split('train')
+  opts = preprocess.Options.from_config(data.config.data)
+  items = split.source
   n = len(items)
   # Evenly spread over the (sorted) split, not its first `limit` entries.
   for i in np.unique(np.linspace(0, n - 1, min(limit, n)).astype(int)):
     try:
-      yield read(items[int(i)])
+      yield split.load(items[int(i)], opts)['rgb']
     except preprocess.BadImageError:
       continue
 
 
-def training_mean(config: Any) -> tuple[Optional[tuple[float, float]], int]:
+def training_mean(config: Any, data: Any = None
+                  ) -> tuple[Optional[tuple[float, float]], int]:
   """Mean (Cr, Cb) over up to config.data.chroma_stats_images training photos.
 
-  Photos are taken at model size, as training sees them. Returns
+  Photos are taken at model size, as training sees them; `data` is the
+  run's `pipeline.Data` (resolved from `config` when None). Returns
   ((cr, cb) in 8-bit units, photos used), or (None, 0) if none was usable.
   """
+  if data is None:
+    from jaxcolor.data import pipeline  # pylint: disable=g-import-not-at-top
+    data = pipeline.Data.create(config, process_index=0, process_count=1)
   limit = int(config.data.get('chroma_stats_images', 2000))
   total, count, images = np.zeros(2, np.float64), 0, 0
-  for rgb in _training_rgbs(config, limit):
+  for rgb in _training_rgbs(data, limit):
     _, chroma = split(rgb)
     total += chroma.reshape(-1, 2).sum(0, dtype=np.float64)
     count += chroma.shape[0] * chroma.shape[1]
@@ -135,7 +136,8 @@ def read(path: str) -> Optional[tuple[float, float]]:
   return float(cr), float(cb)
 
 
-def ensure_written(config: Any, workdir: str) -> Optional[tuple[float, float]]:
+def ensure_written(config: Any, workdir: str, data: Any = None
+                   ) -> Optional[tuple[float, float]]:
   """Computes and writes `workdir`/chroma.json unless it exists; its value.
 
   Does nothing (None) when config.data.chroma_stats_images is 0.
@@ -143,7 +145,7 @@ def ensure_written(config: Any, workdir: str) -> Optional[tuple[float, float]]:
   existing = read(workdir)
   if existing is not None or not config.data.get('chroma_stats_images', 2000):
     return existing
-  mean, images = training_mean(config)
+  mean, images = training_mean(config, data)
   if mean is None:
     logging.warning('No usable training photo for the mean chroma; %s not '
                     'written.', FILE)

@@ -174,7 +174,9 @@ class Progress:
     self.stream.flush()
 
 
-def _read(path: str, max_pixels: int) -> np.ndarray:
+def read_photo(path: str, max_pixels: int) -> np.ndarray:
+  """A photo file -> RGB uint8 (H, W, 3) (`preprocess.decode_image`);
+  BadImageError (a ValueError) for an unusable file."""
   from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
   return preprocess.decode_image(preprocess.read_file(path),
                                  max_pixels=max_pixels)
@@ -216,7 +218,7 @@ def run(model_path: str, input_path: str, output_dir: str, *,
     batch, images = [], []
     for src, dst in pairs[i:i + batch_size]:
       try:
-        images.append(_read(src, max_pixels))
+        images.append(read_photo(src, max_pixels))
         batch.append((src, dst))
       except ValueError as e:  # BadImageError: the reason is its message
         logging.warning('Skipping %s: %s', src, e)

@@ -84,7 +84,7 @@ def _scores(truth: np.ndarray, candidates: dict[str, Optional[np.ndarray]]
   truth: (H, W, 3) uint8; candidates: (H, W, 3) uint8 or float in [0, 1].
   """
   names = [k for k, v in candidates.items() if v is not None]
-  stack = np.stack([metrics.to_unit(candidates[k]) for k in names])
+  stack = np.stack([metrics.unit_float(candidates[k]) for k in names])
   psnr, ssim = metrics.psnr_ssim(truth, stack)
   colour = metrics.colourfulness(stack)
   out = {k: None for k in candidates}
@@ -200,8 +200,7 @@ def examples_grid(rows: list[tuple[np.ndarray, ...]], height: int
 
 def _read(path: str, max_pixels: int) -> np.ndarray:
   """RGB uint8 of a colour photo; BadImageError for unusable or gray ones."""
-  rgb = preprocess.decode_image(preprocess.read_file(path),
-                                max_pixels=max_pixels)
+  rgb = colorize.read_photo(path, max_pixels)
   if (np.array_equal(rgb[..., 0], rgb[..., 1]) and
       np.array_equal(rgb[..., 1], rgb[..., 2])):
     raise preprocess.BadImageError(

@@ -2,11 +2,12 @@
 
 `load(path)` reads a training workdir (its newest checkpoint) or an export
 bundle (`--mode=export`, see `write_bundle`) and returns a `Predictor`.
-Only the arrays inference needs are read: the generator (+ ResNet branch)
-of the GANs, or the CIC network's params and BatchNorm statistics; no
-optimiser state, critic or ResNet weights file. Both sources are checked
-against the parameter tree this code builds from the saved config, so a
-checkpoint of another code version fails with the keys that differ.
+Only the arrays inference needs are read: the state fields the model's
+family names (`Family.inference_keys`: the generator + ResNet branch of the
+GANs, the CIC network's params and BatchNorm statistics); no optimiser
+state, critic or ResNet weights file. Both sources are checked against the
+tree the family builds from the saved config (upgraded to today's keys), so
+a checkpoint of another code version fails with the keys that differ.
 
 Export bundle (a folder):
   bundle.json     {"format": "jaxcolor-inference-bundle", "version": 1,
@@ -22,30 +23,21 @@ import os
 from typing import Any, Callable, Optional
 
 from absl import logging
-import cv2
-from etils import epath
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from jaxcolor import checkpoint
 from jaxcolor import chroma as chroma_lib
-from jaxcolor import models as models_lib
-from jaxcolor import quantization
-from jaxcolor import state as state_lib
-from jaxcolor import train
-from jaxcolor import train_cic
-from jaxcolor.data import preprocess
+from jaxcolor import families
+from jaxcolor import saved_config
 
 BUNDLE_FORMAT = 'jaxcolor-inference-bundle'
 BUNDLE_VERSION = 1
 BUNDLE_FILE = 'bundle.json'
 PARAMS_FILE = 'params.msgpack'
 DEFAULT_BATCH_SIZE = 8
-GAN_MODELS = ('edge_saliency_gan', 'scgan')
-CIC_MODEL = 'cic'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +49,9 @@ class Predictor:
     mean_chroma: the training set's mean (Cr, Cb) in 8-bit units (see
       `jaxcolor.chroma`), or None when unknown.
     params: the model's arrays (on the device).
-    apply_fn: jitted (params, gray uint8 (b,S,S,1), edge uint8 (b,S,S,1))
-      -> RGB float32 (b,S,S,3) in [0, 1], for b = batch_size.
+    apply_fn: jitted (params, host inputs of b gray images) -> RGB float32
+      (b,S,S,3) in [0, 1], for b = batch_size (`Family.predict`).
+    family: the model's family (`jaxcolor.families`).
     batch_size: the compiled batch; other sizes are split and padded.
     step: the training step the parameters come from.
     source: the workdir or bundle they were loaded from.
@@ -67,6 +60,7 @@ class Predictor:
   mean_chroma: Optional[tuple[float, float]]
   params: Any = dataclasses.field(repr=False)
   apply_fn: Callable = dataclasses.field(repr=False)
+  family: families.Family = dataclasses.field(repr=False)
   batch_size: int = DEFAULT_BATCH_SIZE
   step: int = 0
   source: str = ''
@@ -86,91 +80,30 @@ class Predictor:
     if gray.dtype != np.uint8 or gray.ndim != 4 or gray.shape[1:] != (s, s, 1):
       raise ValueError(f'expected gray uint8 (B, {s}, {s}, 1); got '
                        f'{gray.dtype} {gray.shape}')
-    edge = np.zeros_like(gray)
-    if self.model_name in GAN_MODELS and self.config.model.use_edge:
-      d = self.config.data  # Canny at model size, as in training
-      for g, e in zip(gray, edge):
-        e[..., 0] = cv2.Canny(g[..., 0], d.canny_low, d.canny_high)
+    inputs = self.family.host_inputs(gray)
     out = []
     b = self.batch_size
     for i in range(0, len(gray), b):
-      g, e = gray[i:i + b], edge[i:i + b]
-      n = len(g)
+      part = {k: v[i:i + b] for k, v in inputs.items()}
+      n = len(part['gray'])
       if n < b:  # a fixed batch shape: one compilation
-        pad = ((0, b - n), (0, 0), (0, 0), (0, 0))
-        g, e = np.pad(g, pad), np.pad(e, pad)
-      out.append(np.asarray(self.apply_fn(self.params, g, e))[:n])
+        part = {k: np.pad(v, ((0, b - n),) + ((0, 0),) * (v.ndim - 1))
+                for k, v in part.items()}
+      out.append(np.asarray(self.apply_fn(self.params, part))[:n])
     if not out:
       return np.zeros((0, s, s, 3), np.float32)
     return np.concatenate(out).astype(np.float32)
 
 
 # ------------------------------------------------------------------ models
-def _gan_apply(config: ml_collections.ConfigDict) -> Callable:
-  mc = config.model
-  models = models_lib.build_models(mc)
-
-  def apply(params, gray, edge):
-    g = preprocess.normalize(gray)
-    x = g
-    if mc.use_edge:
-      x = jnp.concatenate([g, preprocess.normalize(edge)], axis=-1)
-    out = train.generate(params['g_params'], params.get('resnet'),
-                         {'gray': g, 'x': x}, models=models, model_config=mc)
-    rgb, _ = train.split_output(out, mc)
-    return jnp.clip((rgb + 1.0) * 0.5, 0.0, 1.0)
-  return jax.jit(apply)
-
-
-def _cic_apply(config: ml_collections.ConfigDict) -> Callable:
-  net = train_cic.build_network(config)
-  bins = quantization.load_bins()
-
-  def apply(params, gray, edge):
-    del edge
-    # L of the gray photo as RGB (R = G = B). Training saw the colour
-    # photo's L, which differs slightly from the L of its BT.601 gray.
-    lab, x = train_cic.lab_input({'rgb': jnp.repeat(gray, 3, axis=-1)})
-    logits = net.apply(params, x, train=False)
-    return quantization.decode_rgb(logits, lab[..., :1], bins,
-                                   config.model.cic_temperature)
-  return jax.jit(apply)
-
-
-def _abstract_params(config: ml_collections.ConfigDict) -> Any:
-  """Shapes/dtypes of the arrays inference needs, as this code builds them."""
-  name = config.model.name
-  key = jax.random.key(0, impl='rbg')
-  if name in GAN_MODELS:
-    resnet = None
-    if config.model.use_resnet:
-      x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-      resnet = jax.eval_shape(lambda r: dict(models_lib.ResNet18().init(
-          r, x, return_logits=True)), key)
-    create = functools.partial(
-        state_lib.create_train_state,
-        models=models_lib.build_models(config.model), config=config)
-    state = jax.eval_shape(create, key, resnet)
-    return {'g_params': state.g_params, 'resnet': state.resnet}
-  if name == CIC_MODEL:
-    create = functools.partial(
-        train_cic.create_state, net=train_cic.build_network(config),
-        config=config)
-    state = jax.eval_shape(create, key, np.zeros(313, np.float32))
-    return {'params': state.params, 'batch_stats': state.batch_stats}
-  raise ValueError(f'config.model.name={name!r}: not a model this code '
-                   f'knows ({", ".join(GAN_MODELS + (CIC_MODEL,))})')
-
-
 def _flat(tree: Any) -> dict[str, Any]:
   return {jax.tree_util.keystr(p, simple=True, separator='/'): v
           for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_params(params: Any, config: ml_collections.ConfigDict,
-                  path: str) -> Any:
+def _check_params(params: Any, family: families.Family, path: str) -> Any:
   """Raises ValueError naming keys/shapes that differ from what code builds."""
-  want = _flat(_abstract_params(config))
+  want = _flat(family.abstract_inference_params())
   have = _flat(params)
   diffs = [f'  {k}: missing' for k in sorted(set(want) - set(have))]
   diffs += [f'  {k}: not in the model' for k in sorted(set(have) - set(want))]
@@ -182,87 +115,50 @@ def _check_params(params: Any, config: ml_collections.ConfigDict,
                           if len(diffs) > 12 else [])
     raise ValueError(
         f'{path}: the saved parameters do not match the '
-        f'{config.model.name!r} model this code builds from the saved '
+        f'{family.name!r} model this code builds from the saved '
         'config:\n' + '\n'.join(shown))
   return params
 
 
-def _config_from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A saved (JSON) config -> ConfigDict; JSON lists become tuples."""
-  def fix(v):
-    if isinstance(v, dict):
-      return {k: fix(x) for k, x in v.items()}
-    if isinstance(v, list):
-      return tuple(fix(x) for x in v)
-    return v
-  return ml_collections.ConfigDict(fix(d))
-
-
 @functools.lru_cache(maxsize=8)
-def _apply_fn(config_json: str) -> Callable:
-  """The jitted model function of a config; shared by equal configs, so a
-  model loaded twice (e.g. a workdir and its bundle) compiles once."""
-  config = _config_from_dict(json.loads(config_json))
-  if config.model.name in GAN_MODELS:
-    return _gan_apply(config)
-  return _cic_apply(config)
+def _family_and_apply(config_json: str) -> tuple[families.Family, Callable]:
+  """The family of a config and its jitted `predict`; shared by equal
+  configs, so a model loaded twice (e.g. a workdir and its bundle)
+  compiles once."""
+  family = families.build(saved_config.from_dict(json.loads(config_json)))
+  return family, jax.jit(family.predict)
 
 
 def _predictor(config, params, mean_chroma, step, source, batch_size):
-  name = config.model.name
-  if name not in GAN_MODELS + (CIC_MODEL,):
-    raise ValueError(f'{source}: config.model.name={name!r} is not a model '
-                     'this code knows')
-  apply_fn = _apply_fn(json.dumps(config.to_dict(), sort_keys=True))
+  family, apply_fn = _family_and_apply(
+      json.dumps(config.to_dict(), sort_keys=True))
   params = jax.device_put(jax.tree.map(np.asarray, params))
   return Predictor(config=config, mean_chroma=mean_chroma, params=params,
-                   apply_fn=apply_fn, batch_size=batch_size, step=int(step),
-                   source=source)
+                   apply_fn=apply_fn, family=family, batch_size=batch_size,
+                   step=int(step), source=source)
 
 
 # ------------------------------------------------------------------ workdirs
 def _checkpoint_dir(path: str) -> Optional[str]:
   """The newest finished step folder under a workdir (or its checkpoints/)."""
-  if os.path.isdir(os.path.join(path, 'state')) and os.path.isdir(
-      os.path.join(path, 'config')):
-    return path  # a step folder itself
-  ckpts = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(ckpts):
-    if os.path.basename(os.path.normpath(path)) != 'checkpoints':
-      return None
-    ckpts = path
-  # Unfinished saves live in '<step>.orbax-checkpoint-tmp-*' folders.
-  steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()
-           and os.path.isdir(os.path.join(ckpts, n, 'state'))]
-  if not steps:
+  if not (os.path.isdir(os.path.join(path, 'checkpoints')) or
+          os.path.basename(os.path.normpath(path)) == 'checkpoints' or
+          os.path.isdir(os.path.join(path, 'state'))):
+    return None
+  dirs = checkpoint.step_dirs(path)
+  if not dirs:
     raise ValueError(f'{path} holds no finished checkpoint (is the run '
                      'still at its first steps?)')
-  return os.path.join(ckpts, str(max(steps)))
+  return dirs[-1]
 
 
 def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
                                                 Any, int]:
   """(config, inference params as numpy, step) of one checkpoint folder."""
-  config = _config_from_dict(
-      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-          os.path.join(step_dir, 'config')))
-  state_dir = os.path.abspath(os.path.join(step_dir, 'state'))
-  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
-  name = config.model.name
-  keys = ('params', 'batch_stats') if name == CIC_MODEL else (
-      'g_params', 'resnet')
-  missing = [k for k in keys if k not in meta]
-  if missing:
-    raise ValueError(f'{step_dir}: checkpoint has no {missing} for model '
-                     f'{name!r}; it was written by other code')
-  item = {k: meta[k] for k in keys if meta[k]}
-  restore_args = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
-  if name in GAN_MODELS:
-    params.setdefault('resnet', None)
+  config = checkpoint.read_config(step_dir)
+  family = families.build(config)
+  params = family.from_saved(
+      checkpoint.restore_fields(step_dir, family.inference_keys))
   return config, params, int(os.path.basename(os.path.normpath(step_dir)))
 
 
@@ -334,9 +230,8 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ValueError(f'--output={out_dir!r} exists and is not a folder')
   os.makedirs(out_dir, exist_ok=True)
-  params = jax.tree.map(np.asarray, predictor.params)
-  if predictor.model_name in GAN_MODELS and params.get('resnet') is None:
-    params = {k: v for k, v in params.items() if k != 'resnet'}
+  params = predictor.family.to_bundle(
+      jax.tree.map(np.asarray, predictor.params))
   meta = {
       'format': BUNDLE_FORMAT, 'version': BUNDLE_VERSION,
       'model': predictor.model_name, 'step': predictor.step,
@@ -376,9 +271,8 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
                      'export bundle folder')
   if is_bundle(path):
     meta, params = _read_bundle(path)
-    config = _config_from_dict(meta['config'])
-    if config.model.name in GAN_MODELS:
-      params.setdefault('resnet', None)
+    config = saved_config.from_dict(meta['config'])
+    params = families.build(config).from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None
     step = meta.get('step', 0)
@@ -390,7 +284,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
     config, params, step = _restore_checkpoint(step_dir)
     workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
     mean = _workdir_chroma(workdir, config)
-  _check_params(params, config, path)
+  _check_params(params, families.build(config), path)
   if mean is None:
     logging.warning('%s: the mean training chroma is unknown (no %s).', path,
                     chroma_lib.FILE)

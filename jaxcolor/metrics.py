@@ -16,7 +16,7 @@ import numpy as np
 SSIM_FILTER_SIZE = 11
 
 
-def to_unit(image) -> np.ndarray:
+def unit_float(image) -> np.ndarray:
   """uint8 [0, 255] -> float32 [0, 1]; float input is taken as [0, 1]."""
   image = np.asarray(image)
   if image.dtype == np.uint8:
@@ -36,7 +36,7 @@ def colourfulness(rgb) -> np.ndarray:
   Returns:
     float64 array of shape (...,) (a 0-d array for one image).
   """
-  x = to_unit(rgb).astype(np.float64) * 255.0
+  x = unit_float(rgb).astype(np.float64) * 255.0
   r, g, b = x[..., 0], x[..., 1], x[..., 2]
   rg = r - g
   yb = 0.5 * (r + g) - b
@@ -69,7 +69,7 @@ def psnr_ssim(reference, candidates) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     (psnr, ssim), float64 arrays of shape (K,).
   """
-  reference, candidates = to_unit(reference), to_unit(candidates)
+  reference, candidates = unit_float(reference), unit_float(candidates)
   if candidates.shape[1:] != reference.shape:
     raise ValueError(f'candidates {candidates.shape} do not match the '
                      f'reference {reference.shape}')

@@ -1,23 +1,28 @@
 """--mode=report: a training run's curves as PNG plots, from its own logs.
 
 Reads the scalars the trainer wrote to the TensorBoard event files in the
-workdir and draws, into <workdir>/report/:
-  losses.png      generator loss and its parts L1, GAN, saliency (the
-                  paper's Figures 1 and 7); CIC runs: the cross-entropy
-                  (Figure 3)
-  critic.png      critic loss and mean D(real), D(fake) (Figure 8; GAN runs)
+workdir and draws, into <workdir>/report/, the figures the run's model
+family names (`Family.report_figures`; the model is read from the run's
+saved config):
+  losses.png      GAN: generator loss and its parts L1, GAN, saliency (the
+                  paper's Figures 1 and 7); CIC: the cross-entropy (Figure 3)
+  critic.png      GAN: critic loss and mean D(real), D(fake) (Figure 8)
   validation.png  validation PSNR and SSIM of the model and of the gray copy
+                  (every model)
 Curves with many points are drawn raw (faint) and smoothed like
 TensorBoard's default (exponential moving average, weight 0.6).
 """
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Optional
 
+from absl import logging
 import numpy as np
+
+from jaxcolor import families
+from jaxcolor import saved_config
 
 EVENT_GLOB = 'events.out.tfevents.*'
 SMOOTHING = 0.6
@@ -110,20 +115,35 @@ def smooth(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
 
 
 def _run_config(workdir: str) -> dict:
-  """The newest checkpoint's config (for titles), or {} when there is none."""
-  paths = glob.glob(os.path.join(workdir, 'checkpoints', '*', 'config',
-                                 'metadata'))
-  paths = [p for p in paths
-           if os.path.basename(os.path.dirname(os.path.dirname(p))).isdigit()]
-  if not paths:
-    return {}
-  newest = max(paths, key=lambda p: int(os.path.basename(
-      os.path.dirname(os.path.dirname(p)))))
-  try:
-    with open(newest) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
+  """The run's saved config: <workdir>/config.json, or else the newest
+  checkpoint's (runs older than config.json), with today's keys.
+
+  Raises:
+    ValueError: neither holds a readable config.
+  """
+  saved = saved_config.read_run_config(workdir)
+  if saved is not None:
+    return saved
+  from jaxcolor import checkpoint  # pylint: disable=g-import-not-at-top
+  for step_dir in reversed(checkpoint.step_dirs(workdir)):
+    try:
+      return checkpoint.read_config(step_dir).to_dict()
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning('report: cannot read the config of %s (%s)', step_dir, e)
+  raise ValueError(
+      f'--workdir={workdir!r} holds no saved config ({saved_config.RUN_CONFIG_FILE}'
+      ' or a checkpoint): the model it trained is unknown')
+
+
+class _Scalars:
+  """`get(tag)` -> Series or None, with the logged `tags`."""
+
+  def __init__(self, scalars: dict[str, Series]):
+    self._scalars = scalars
+    self.tags = sorted(scalars)
+
+  def __call__(self, tag: str) -> Optional[Series]:
+    return self._scalars.get(tag)
 
 
 def _plot(ax, series: dict[str, Series], title: str, ylabel: str = ''):
@@ -175,57 +195,33 @@ def run(workdir: str) -> list[str]:
 
   Raises:
     FileNotFoundError: no event files in `workdir`.
-    ValueError: the event files hold no training losses.
+    ValueError: no saved config, or the event files hold no training losses.
   """
   scalars = read_scalars(workdir)
-  get = scalars.get
+  get = _Scalars(scalars)
   config = _run_config(workdir)
   model = config.get('model', {}).get('name', '')
-  name = f'{os.path.basename(os.path.normpath(workdir))}' + (
-      f' ({model})' if model else '')
+  family = families.family_class(model)
+  name = f'{os.path.basename(os.path.normpath(workdir))} ({model})'
+  figures = [f for f in family.report_figures(get, config)
+             if any(s is not None and len(s.steps)
+                    for series, _, _ in f['panels'] for s in series.values())]
+  if not figures:
+    raise ValueError(
+        f'the event files in {workdir!r} hold none of the training losses of '
+        f'the {model!r} model; has the run logged a step yet? '
+        f'Tags found: {", ".join(get.tags) or "none"}')
+  figures.append({'file': 'validation.png', 'title': 'validation', 'panels': [
+      ({'model': get('val/psnr'), 'gray copy': get('val/psnr_gray')},
+       'validation PSNR', 'dB'),
+      ({'model': get('val/ssim'), 'gray copy': get('val/ssim_gray')},
+       'validation SSIM', '')]})
   out_dir = os.path.join(workdir, 'report')
   os.makedirs(out_dir, exist_ok=True)
   written = []
-
-  if 'train/g_loss' in scalars:
-    w = config.get('loss', {})
-    saliency_title = 'saliency L1(s·G(x), s·y)'
-    if not w.get('saliency_weight', 1):
-      saliency_title += ' (off: weight 0)'
-    critic_title = 'critic loss: E[D(fake)] − E[D(real)]'
-    if w.get('gradient_penalty_weight'):
-      critic_title += f' + {w["gradient_penalty_weight"]:g}·GP'
-    total = 'G = ' + ' + '.join(
-        f'{w[k]:g}·{label}' if k in w else label
-        for k, label in (('l1_weight', 'L1'), ('gan_weight', 'GAN'),
-                         ('saliency_weight', 'saliency')))
-    written.append(_figure([
-        ({'generator loss': get('train/g_loss')}, f'generator loss: {total}',
-         'loss'),
-        ({'L1': get('train/l1')}, 'L1(G(x), y)', ''),
-        ({'GAN': get('train/gan')}, 'GAN: −E[D(G(x))]', ''),
-        ({'saliency L1': get('train/saliency')}, saliency_title, ''),
-    ], os.path.join(out_dir, 'losses.png'), f'{name}: generator'))
-    written.append(_figure([
-        ({'critic loss': get('train/d_loss')}, critic_title, 'loss'),
-        ({'D(real)': get('train/d_real'), 'D(fake)': get('train/d_fake')},
-         'mean critic output', 'probability'),
-    ], os.path.join(out_dir, 'critic.png'), f'{name}: critic'))
-  elif 'train/loss' in scalars:
-    written.append(_figure([
-        ({'loss': get('train/loss')}, 'rebalanced cross-entropy', 'loss'),
-    ], os.path.join(out_dir, 'losses.png'), f'{name}: training loss'))
-  else:
-    raise ValueError(
-        f'the event files in {workdir!r} hold no training losses '
-        '(train/g_loss or train/loss); has the run logged a step yet? '
-        f'Tags found: {", ".join(sorted(scalars)) or "none"}')
-
-  if 'val/psnr' in scalars:
-    written.append(_figure([
-        ({'model': get('val/psnr'), 'gray copy': get('val/psnr_gray')},
-         'validation PSNR', 'dB'),
-        ({'model': get('val/ssim'), 'gray copy': get('val/ssim_gray')},
-         'validation SSIM', ''),
-    ], os.path.join(out_dir, 'validation.png'), f'{name}: validation'))
+  for fig in figures:
+    if fig['file'] == 'validation.png' and 'val/psnr' not in scalars:
+      continue
+    written.append(_figure(fig['panels'], os.path.join(out_dir, fig['file']),
+                           f'{name}: {fig["title"]}'))
   return written

@@ -15,8 +15,7 @@ from configs import tiny
 from jaxcolor import benchmark
 from jaxcolor.data import pipeline
 import imagefactory
-import test_cic_train
-import test_scgan
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,8 +174,8 @@ def test_all_runs_step_e2e_and_input_with_shard_map(pmap_report, tmp_path,
 
 
 @pytest.mark.parametrize('make_config,parallel,model', [
-    (test_scgan.tiny_scgan, 'pmap', 'scgan'),
-    (test_cic_train.tiny_cic, 'shard_map', 'cic'),
+    (helpers.tiny_scgan, 'pmap', 'scgan'),
+    (helpers.tiny_cic, 'shard_map', 'cic'),
 ])
 def test_baselines_run_the_step_benchmark(tmp_path, make_config, parallel,
                                           model):
@@ -247,8 +246,8 @@ def test_synthetic_batch_matches_the_pipeline():
   assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {
       k: (v.shape, v.dtype) for k, v in real.items()}
   assert all(v.std() > 0 for v in fake.values())
-  config.model.use_feature_cache = True
-  config.model.feature_cache_dtype = 'bfloat16'
+  config.data.use_feature_cache = True
+  config.data.feature_cache_dtype = 'bfloat16'
   feats = benchmark.synthetic_batch(config, np.random.default_rng(0), 2)[
       'resnet_features']
   assert feats.shape == (2, 2, 2, 512) and str(feats.dtype) == 'bfloat16'

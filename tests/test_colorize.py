@@ -14,18 +14,15 @@ import pytest
 from jaxcolor import checkpoint
 from jaxcolor import chroma
 from jaxcolor import colorize
+from jaxcolor import families
 from jaxcolor import inference
-from jaxcolor import train
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 import imagefactory
-import test_cic_train
-import test_scgan
-import test_train
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {'gan': test_train.tiny_config, 'scgan': test_scgan.tiny_scgan,
-           'cic': test_cic_train.tiny_cic}
+CONFIGS = helpers.TINY
 
 
 def _fill(path, leaf, rng):
@@ -42,16 +39,10 @@ def write_run(config, workdir, step=2):
   """A workdir whose checkpoint holds the full train state of `config`.
 
   The state has the exact tree that training saves (from the family's
-  create_state, traced, not run) with random weights, saved by the
+  abstract state, traced, not run) with random weights, saved by the
   trainer's `checkpoint.save`: building it takes no compilation.
   """
-  family = train.make_family(config)
-  key = train.init_key(config.seed)
-  if config.model.name == 'cic':
-    args = family.init_args(config, key)  # the ImageNet prior: numpy only
-  else:
-    args = jax.eval_shape(lambda k: family.init_args(config, k), key)
-  abstract = jax.eval_shape(family.create_state, *args)
+  abstract = families.build(config).abstract_state()
   rng = np.random.default_rng(0)
   state = jax.tree_util.tree_map_with_path(
       lambda p, x: _fill(p, x, rng), abstract)
@@ -265,7 +256,7 @@ def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
   assert mean[1] < chroma.NEUTRAL - 2 and abs(mean[0] - chroma.NEUTRAL) < 20
   assert inference.load(runs['gan']).mean_chroma == mean
   # A run without chroma.json (older code): computed from its config's data.
-  old = write_run(test_cic_train.tiny_cic(), str(tmp_path / 'old'))
+  old = write_run(helpers.tiny_cic(), str(tmp_path / 'old'))
   assert chroma.read(old) is None
   np.testing.assert_allclose(inference.load(old).mean_chroma, mean)
   assert chroma.read(old) == inference.load(old).mean_chroma

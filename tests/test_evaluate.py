@@ -13,8 +13,7 @@ from jaxcolor import evaluate
 from jaxcolor import inference
 from jaxcolor import metrics
 import imagefactory
-import test_main
-import tiny_runs
+import helpers
 
 TOP_KEYS = {
     'model', 'step', 'model_path', 'image_size', 'mean_chroma_cr_cb',
@@ -71,7 +70,7 @@ def few_photos(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def gan_result(tmp_path_factory, photos):
-  workdir = tiny_runs.gan_run(tmp_path_factory)
+  workdir = helpers.gan_run(tmp_path_factory)
   return workdir, evaluate.run(workdir, photos)
 
 
@@ -182,7 +181,7 @@ def test_markdown_and_examples_are_written(gan_result):
 @pytest.mark.parametrize('kind', ['scgan', 'cic'])
 def test_baseline_models(tmp_path_factory, tmp_path, few_photos, gan_result,
                          kind):
-  workdir = tiny_runs.untrained(kind, tmp_path_factory)
+  workdir = helpers.untrained(kind, tmp_path_factory)
   if kind == 'cic':  # a bundle without the training chroma: no tint row
     predictor = inference.load(workdir)
     workdir = inference.write_bundle(
@@ -210,7 +209,7 @@ def test_baseline_models(tmp_path_factory, tmp_path, few_photos, gan_result,
 
 def test_no_usable_photo_and_missing_folder_are_clear_errors(
     tmp_path_factory, tmp_path):
-  workdir = tiny_runs.untrained('scgan', tmp_path_factory)
+  workdir = helpers.untrained('scgan', tmp_path_factory)
   imagefactory.write(str(tmp_path / 'text.jpg'), b'not an image')
   with pytest.raises(ValueError, match='none of its 1 image files'):
     evaluate.run(workdir, str(tmp_path), str(tmp_path / 'out'))
@@ -219,6 +218,6 @@ def test_no_usable_photo_and_missing_folder_are_clear_errors(
 
 
 def test_command_line_needs_input(tmp_path):
-  result = test_main.run_main('--mode=evaluate', f'--workdir={tmp_path}')
+  result = helpers.run_main('--mode=evaluate', f'--workdir={tmp_path}')
   assert result.returncode != 0
   assert '--input=DIR (colour photos) is required' in result.stderr

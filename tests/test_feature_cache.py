@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcolor import feature_cache
+from jaxcolor import families
 from jaxcolor import losses
 from jaxcolor import models as models_lib
-from jaxcolor import state as state_lib
+from jaxcolor import prepare
 from jaxcolor import train
+from jaxcolor.data import feature_cache
 from jaxcolor.data import pipeline
-from jaxcolor.data import prepare
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
+from jaxcolor.families import gan
 from jaxcolor.models import resnet18
 import imagefactory
 
@@ -37,8 +38,8 @@ def _config(photos, prepared, cache=True, dtype='float16'):
   config.data.val_fraction = 0.25
   config.data.prepared_dir = prepared
   config.data.prepare_processes = 1
-  config.model.use_feature_cache = cache
-  config.model.feature_cache_dtype = dtype
+  config.data.use_feature_cache = cache
+  config.data.feature_cache_dtype = dtype
   return config
 
 
@@ -53,7 +54,7 @@ def photos(tmp_path_factory):
 def init_args():
   """(state init key, ResNet variables) of a fresh run of the tiny config."""
   config = tiny.get_config()
-  return train.gan_init_args(config, train.init_key(config.seed))
+  return families.build(config).init_inputs(families.init_key(config.seed))
 
 
 @pytest.fixture(scope='module')
@@ -113,12 +114,12 @@ def _generator_loss(models, config):
   mc, lw = config.model, config.loss
 
   def loss(state, resnet_variables, batch):
-    inputs = train.model_inputs(batch, mc)
-    fake = train.generate(state.g_params, resnet_variables, inputs,
-                          models=models, model_config=mc)
-    fake_rgb, fake_sal = train.split_output(fake, mc)
-    d_fake = train.critic_apply(models, state.d_params, inputs['gray'],
-                                fake_rgb)
+    inputs = gan.model_inputs(batch, mc)
+    fake = gan.generate(state.g_params, resnet_variables, inputs,
+                        models=models, model_config=mc)
+    fake_rgb, fake_sal = gan.split_output(fake, mc)
+    d_fake = gan.critic_apply(models, state.d_params, inputs['gray'],
+                              fake_rgb)
     return losses.generator_losses(
         fake_rgb, fake_sal, inputs['rgb'], inputs['saliency'], d_fake,
         l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
@@ -132,7 +133,7 @@ def test_cached_features_give_the_live_generator_loss(photos, records,
   models = models_lib.build_models(config.model)
   init_rng, resnet = init_args
   state = jax.jit(functools.partial(
-      state_lib.create_train_state, models=models, config=config))(
+      gan.create_train_state, models=models, config=config))(
           init_rng, resnet)
   loss = _generator_loss(models, config)
   for dtype, rtol in LOSS_RTOL.items():
@@ -172,12 +173,13 @@ def test_fingerprint_names_the_weights_files(photos, records, init_args,
   path = str(tmp_path / 'resnet.msgpack')
   resnet18.save_variables(path, init_args[1])
   config.model.resnet18_weights = path
+  family, data = train.family_and_data(config)
   # The same weights from a file: accepted.
-  feature_cache.check_resnet_variables(config, models_lib.init_resnet_variables(
+  family.check_features(data.feature_entry, models_lib.init_resnet_variables(
       config.model, None))
   other = jax.tree.map(lambda x: x + 1, resnet18.load_variables(path))
   with pytest.raises(ValueError, match='this run uses weights file'):
-    feature_cache.check_resnet_variables(config, other)
+    family.check_features(data.feature_entry, other)
 
 
 @pytest.mark.parametrize('overrides,match', [
@@ -187,9 +189,9 @@ def test_fingerprint_names_the_weights_files(photos, records, init_args,
     ({'data.random_crop': True, 'data.random_flip': True},
      'config.data.random_crop and config.data.random_flip is on'),
     ({'data.prepared_dir': ''}, 'prepared_dir is empty'),
-    ({'model.feature_cache_dtype': 'bfloat16'},
+    ({'data.feature_cache_dtype': 'bfloat16'},
      "feature_cache_dtype: records have 'float16', config has 'bfloat16'"),
-    ({'model.feature_cache_dtype': 'int8'}, 'expected one of'),
+    ({'data.feature_cache_dtype': 'int8'}, 'expected one of'),
     ({'model.resnet_input_size': 64},
      'resnet_input_size: records have 32, config has 64'),
     ({'model.fusion_size': 1}, r'records have \[2, 2, 512\]'),
@@ -200,13 +202,13 @@ def test_misuse_is_refused(photos, records, overrides, match):
     section, name = key.split('.')
     config[section][name] = value
   with pytest.raises(ValueError, match=match):
-    pipeline.build_train_dataset(config, process_index=0, process_count=1)
+    train.family_and_data(config)
 
 
 def test_records_without_features_and_prepare_misuse(photos, records):
   config = _config(photos, records('none'))
-  with pytest.raises(ValueError, match='hold no ResNet features'):
-    pipeline.build_train_dataset(config, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match='hold no cached features'):
+    train.family_and_data(config)
   no_resnet = _config(photos, records('none') + '-x')
   no_resnet.model.use_resnet = False
   with pytest.raises(ValueError, match='use_resnet is False'):

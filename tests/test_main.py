@@ -1,19 +1,9 @@
 """main.py's command line: bad flags, keys, paths and configs give one clear line."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_main(*args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=120)
+from helpers import run_main
 
 
 @pytest.mark.parametrize('args,expected', [

@@ -9,8 +9,8 @@ import pytest
 from array_record.python import array_record_module
 from configs import default
 from jaxcolor import benchmark
+from jaxcolor import prepare
 from jaxcolor.data import pipeline
-from jaxcolor.data import prepare
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 import imagefactory

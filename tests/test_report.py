@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxcolor import report
-import test_main
-import tiny_runs
+from jaxcolor import train
+import helpers
 
 GAN_FILES = ('losses.png', 'critic.png', 'validation.png')
 
@@ -23,7 +23,7 @@ def read_png(path):
 def test_draws_a_tiny_runs_curves(tmp_path_factory):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
-  workdir = tiny_runs.gan_run(tmp_path_factory)
+  workdir = helpers.gan_run(tmp_path_factory)
   paths = report.run(workdir)
   assert [os.path.relpath(p, workdir) for p in paths] == [
       os.path.join('report', n) for n in GAN_FILES]
@@ -69,7 +69,9 @@ def test_a_resumed_run_keeps_the_last_value_of_a_repeated_step(tmp_path):
   scalars = report.read_scalars(workdir)
   np.testing.assert_array_equal(scalars['train/loss'].steps, [1, 2, 3, 4])
   np.testing.assert_array_equal(scalars['train/loss'].values, [9, 8, 5, 4])
-  # A CIC-style run: one loss curve and validation, no critic plot.
+  # A CIC run (the model comes from its saved config): one loss curve and
+  # validation, no critic plot.
+  train.write_config(helpers.tiny_cic(), workdir)
   paths = report.run(workdir)
   assert [os.path.basename(p) for p in paths] == ['losses.png',
                                                   'validation.png']
@@ -94,6 +96,7 @@ def test_reads_simple_value_summaries(tmp_path):
   np.testing.assert_allclose(scalars['train/g_loss'].values,
                              1.0 / np.arange(1, 31))
   # 30 points: drawn smoothed; parts that were not logged say so.
+  train.write_config(helpers.tiny_config(), str(tmp_path))
   paths = report.run(str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ['losses.png', 'critic.png']
   smoothed = report.smooth(np.array([1.0, 1.0, 1.0, 4.0]))
@@ -107,13 +110,17 @@ def test_clear_errors_without_event_files_or_losses(tmp_path):
   with pytest.raises(FileNotFoundError, match='not an existing folder'):
     report.run(str(tmp_path / 'nope'))
   write_clu(str(tmp_path), {1: {'val/psnr': 20.0}})
-  with pytest.raises(ValueError, match='no training losses.*val/psnr'):
+  with pytest.raises(ValueError, match='holds no saved config'):
+    report.run(str(tmp_path))
+  train.write_config(helpers.tiny_config(), str(tmp_path))
+  with pytest.raises(ValueError, match='none of the training losses of the '
+                     "'edge_saliency_gan' model.*val/psnr"):
     report.run(str(tmp_path))
 
 
 def test_command_line(tmp_path_factory):
-  workdir = tiny_runs.gan_run(tmp_path_factory)
-  result = test_main.run_main('--mode=report', f'--workdir={workdir}')
+  workdir = helpers.gan_run(tmp_path_factory)
+  result = helpers.run_main('--mode=report', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
   printed = result.stdout.split()
   assert printed == [os.path.join(workdir, 'report', n) for n in GAN_FILES]

@@ -8,20 +8,12 @@ import pytest
 from configs import scgan_baseline
 from jaxcolor import models as models_lib
 from jaxcolor import parallel
-import test_train
+import helpers
 
 
 @pytest.fixture(scope='module')
 def batches():
-  return test_train.train_batches()
-
-
-def tiny_scgan(**overrides):
-  """The SCGAN baseline with the tiny config's widths, data and schedule."""
-  config = scgan_baseline.get_config()
-  config.model.g_features = test_train.tiny_config().model.g_features
-  config.model.d_features = test_train.tiny_config().model.d_features
-  return test_train.on_tiny_data(config, **overrides)
+  return helpers.train_batches()
 
 
 def test_paper_shapes_gray_in_rgb_out_30x30_critic():
@@ -40,11 +32,11 @@ def test_paper_shapes_gray_in_rgb_out_30x30_critic():
 
 
 def test_steps_on_a_fixed_batch_lower_the_loss(batches):
-  config = tiny_scgan()
+  config = helpers.tiny_scgan()
   par = parallel.Parallel.create('shard_map')
   losses = []
   for n in (1, 8):
-    _, metrics = test_train.run_steps(config, par, [batches[0]] * n)
+    _, metrics = helpers.run_steps(config, par, [batches[0]] * n)
     losses.append(metrics)
   assert losses[1]['l1'] < losses[0]['l1']
   assert losses[1]['g_loss'] < losses[0]['g_loss']
@@ -55,8 +47,8 @@ def test_steps_on_a_fixed_batch_lower_the_loss(batches):
 
 
 def test_gradient_penalty_adds_to_the_critic_loss(batches):
-  config = tiny_scgan(**{'loss.gradient_penalty_weight': 10.0})
-  _, m = test_train.run_steps(config, parallel.Parallel.create('pmap'),
+  config = helpers.tiny_scgan(**{'loss.gradient_penalty_weight': 10.0})
+  _, m = helpers.run_steps(config, parallel.Parallel.create('pmap'),
                               batches[:1])
   assert np.isfinite(m['d_loss'])
   assert m['d_loss'] > m['d_fake'] - m['d_real'] + 1e-6
@@ -64,5 +56,5 @@ def test_gradient_penalty_adds_to_the_critic_loss(batches):
 
 def test_trains_checkpoints_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
-  test_train.train_then_resume(tiny_scgan, workdir)
-  assert not test_train.saved_state(workdir, 4).get('resnet')
+  helpers.train_then_resume(helpers.tiny_scgan, workdir)
+  assert not helpers.saved_state(workdir, 4).get('resnet')

@@ -8,25 +8,21 @@ import pytest
 
 from jaxcolor import parallel
 from jaxcolor import train
-import test_train
-from test_train import host
-from test_train import max_abs_diff
-from test_train import tiny_config
+import helpers
+from helpers import host
+from helpers import max_abs_diff
+from helpers import tiny_config
 
 
 @pytest.fixture(scope='module')
 def batches():
-  return test_train.train_batches(3)
+  return helpers.train_batches(3)
 
 
 def run_calls(config, kind, batches):
   """Trains through `make_train_fn`; returns (host state, host metrics)."""
   par = parallel.Parallel.create(kind)
-  family = train.make_family(config)
-  init_args = family.init_args(config, train.init_key(config.seed))
-  abstract = jax.eval_shape(family.create_state, *init_args)
-  shardings = jax.tree.map(lambda _: par.replicated, abstract)
-  state = jax.jit(family.create_state, out_shardings=shardings)(*init_args)
+  family, state = helpers.fresh_state(config, par)
   fn = train.make_train_fn(family, par, config)
   s = par.to_step_layout(state)
   k = config.steps_per_call
@@ -53,7 +49,7 @@ def test_steps_per_call_equals_single_steps(batches, kind):
 
 def test_recomputing_the_generator_forward_gives_the_same_step(batches):
   reuse, m1 = run_calls(tiny_config(), 'shard_map', batches[:2])
-  again, m2 = run_calls(tiny_config(reuse_generator_forward=False),
+  again, m2 = run_calls(tiny_config(**{'model.reuse_generator_forward': False}),
                         'shard_map', batches[:2])
   assert max_abs_diff(reuse.g_params, again.g_params) < 1e-6
   assert max_abs_diff(reuse.d_params, again.d_params) < 1e-6
@@ -65,8 +61,7 @@ def test_bfloat16_step_runs_with_finite_losses_near_float32(batches, make):
   if make == 'gan':
     config = lambda **o: tiny_config(**o)  # noqa: E731
   else:
-    import test_cic_train  # pylint: disable=g-import-not-at-top
-    config = test_cic_train.tiny_cic
+    config = helpers.tiny_cic
   f32, m32 = run_calls(config(), 'shard_map', batches[:2])
   bf16, m16 = run_calls(config(dtype='bfloat16'), 'shard_map', batches[:2])
   # Parameters and optimiser state stay float32.
@@ -93,8 +88,8 @@ def test_training_loop_with_steps_per_call_checkpoints_and_resumes(tmp_path):
 
   def make(**o):
     return tiny_config(steps_per_call=2, **o)
-  state = test_train.train_then_resume(make, workdir)
+  state = helpers.train_then_resume(make, workdir)
   # Same data order and maths as 4 single steps from scratch.
-  single, _ = run_calls(tiny_config(), 'pmap', test_train.train_batches(4))
+  single, _ = run_calls(tiny_config(), 'pmap', helpers.train_batches(4))
   assert max_abs_diff(host(state).g_params, single.g_params) < 1e-5
   assert os.path.isdir(os.path.join(workdir, 'samples'))

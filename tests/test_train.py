@@ -1,110 +1,23 @@
 """The trainer: one step, data parallelism, checkpoints, logs, divergence."""
 
-import functools
 import glob
 import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from configs import tiny
 from jaxcolor import checkpoint
-from jaxcolor import models as models_lib
 from jaxcolor import parallel
-from jaxcolor import state as state_lib
 from jaxcolor import train
 from jaxcolor.data import pipeline
-
-
-def override(config, **overrides):
-  """Sets dotted keys, e.g. override(c, **{'optim.b1': 0.5})."""
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for p in path:
-      target = target[p]
-    target[leaf] = value
-  return config
-
-
-def tiny_config(**overrides):
-  return override(tiny.get_config(), **overrides)
-
-
-SCHEDULE_KEYS = ('num_train_steps', 'log_every_steps', 'image_every_steps',
-                 'eval_every_steps', 'num_eval_batches',
-                 'checkpoint_every_steps', 'keep_checkpoints')
-
-
-def on_tiny_data(config, **overrides):
-  """`config` with the tiny config's data, schedule and conv_impl (fast
-  compiles), then `overrides`."""
-  tiny_ = tiny_config()
-  config.data = tiny_.data
-  for key in SCHEDULE_KEYS:
-    config[key] = tiny_[key]
-  config.model.conv_impl = tiny_.model.conv_impl
-  return override(config, **overrides)
-
-
-def train_then_resume(make_config, workdir):
-  """Trains 2 steps, resumes the same workdir to 4; returns the final state."""
-  train.train_and_evaluate(make_config(num_train_steps=2), workdir)
-  state = train.train_and_evaluate(make_config(num_train_steps=4), workdir)
-  assert int(host(state).step) == 4
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
-  return state
-
-
-def fresh_state(config, par):
-  models = models_lib.build_models(config.model)
-  rng, resnet_rng = jax.random.split(train.init_key(config.seed))
-  resnet = models_lib.init_resnet_variables(config.model, resnet_rng)
-  create = functools.partial(state_lib.create_train_state, models=models,
-                             config=config)
-  abstract = jax.eval_shape(create, rng, resnet)
-  shardings = jax.tree.map(lambda _: par.replicated, abstract)
-  return models, jax.jit(create, out_shardings=shardings)(rng, resnet)
-
-
-def run_steps(config, par, batches):
-  """Trains `len(batches)` steps from a fresh state; returns (state, metrics)."""
-  models, state = fresh_state(config, par)
-  step_fn = par.compile(functools.partial(train.train_step, models=models,
-                                          config=config))
-  s = par.to_step_layout(state)
-  metrics = None
-  for b in batches:
-    s, metrics = step_fn(s, par.put_batch(b))
-  return par.from_step_layout(s), par.fetch(metrics)
-
-
-def host(tree):
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
-def saved_state(workdir, step):
-  """A checkpoint's train state as a tree of numpy arrays."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  checkpointer = ocp.PyTreeCheckpointer()
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(path).item_metadata.tree)
-  return checkpointer.restore(path, restore_args=as_numpy)
-
-
-def max_abs_diff(a, b):
-  return max(jax.tree.leaves(jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y))),
-      a, b)))
-
-
-def train_batches(n=2):
-  """The tiny config's first `n` training batches (one process)."""
-  it = iter(pipeline.build_train_dataset(tiny_config(), process_index=0,
-                                         process_count=1))
-  return [next(it) for _ in range(n)]
+from helpers import fresh_state
+from helpers import host
+from helpers import max_abs_diff
+from helpers import run_steps
+from helpers import saved_state
+from helpers import tiny_config
+from helpers import train_batches
 
 
 @pytest.fixture(scope='module')
@@ -254,3 +167,16 @@ def test_non_finite_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   assert sorted(os.listdir(ckpt_dir)) == ['1', '2']
   leaves = jax.tree.leaves(saved_state(workdir, 2)['g_params'])
   assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+def test_resume_reads_no_weights_file(tmp_path):
+  # The checkpoint holds the ResNet: a resume builds only the state's shapes,
+  # so a weights file that is gone by now is not read.
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
+  gone = tiny_config(num_train_steps=4,
+                     **{'model.resnet18_weights': str(tmp_path / 'gone')})
+  state = train.train_and_evaluate(gone, workdir)
+  assert int(host(state).step) == 4
+  with pytest.raises(FileNotFoundError, match='gone'):
+    train.train_and_evaluate(gone, str(tmp_path / 'fresh'))

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import portpicker
 
-import test_train
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ('--config.eval_every_steps=1000', '--config.image_every_steps=1000',
@@ -53,7 +53,7 @@ def wait_for_checkpoint(proc, workdir, after, timeout=300):
 
 
 def final_params(workdir, step):
-  tree = test_train.saved_state(workdir, step)
+  tree = helpers.saved_state(workdir, step)
   return {'g': tree['g_params'], 'd': tree['d_params']}
 
 
@@ -92,7 +92,7 @@ def test_sigterm_and_sigkill_resume_exactly(tmp_path):
   assert finished(ref_proc) == 0, log_text(ref)
   assert 'Restored checkpoint' in log_text(run)
   a, b = final_params(ref, steps), final_params(run, steps)
-  assert test_train.max_abs_diff(a, b) == 0.0
+  assert helpers.max_abs_diff(a, b) == 0.0
 
 
 def test_two_processes_match_one(tmp_path):
@@ -114,4 +114,4 @@ def test_two_processes_match_one(tmp_path):
   assert finished(single_proc) == 0, log_text(single)
   assert '2 process(es)' in open(tmp_path / 'multi0.log').read()
   a, b = final_params(multi, steps), final_params(single, steps)
-  assert test_train.max_abs_diff(a, b) < 1e-5
+  assert helpers.max_abs_diff(a, b) < 1e-5

@@ -1,5 +1,12 @@
 """Grain input pipelines: shuffled, sharded, batched examples for training.
 
+`Data.create(config)` resolves the configured source once per run (one walk
+of an image folder, one check of the records' metadata) and hands out the
+training iterator and the evaluation batches, as often as asked, without
+resolving again. The module-level `build_train_dataset`,
+`build_eval_dataset` and `num_examples` are one-off shortcuts that resolve
+anew.
+
 Training order. All processes see the same global sequence: the split's
 examples shuffled with `config.seed`, then again for every further epoch
 (Grain folds the epoch into the shuffle seed), repeated forever. Process `p`
@@ -15,21 +22,22 @@ dropped; a WARNING names the file and the reason, the first time each file
 is met in a process, with that process's running count. Batches are dicts of
 uint8 numpy arrays: 'rgb' (B, S, S, 3) and 'gray', 'edge', 'saliency'
 (B, S, S, 1); the trainer applies `preprocess.normalize` on device. With
-`config.model.use_feature_cache`, batches also hold the records' cached
+`config.data.use_feature_cache`, batches also hold the records' cached
 'resnet_features' (B, f, f, 512) in the cache dtype; otherwise that key is
 dropped, so records with features serve any config.
 """
 
 import collections
+import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from absl import logging
 import grain
 import ml_collections
 import numpy as np
 
-from jaxcolor import feature_cache
+from jaxcolor.data import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 
@@ -41,42 +49,32 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
 
 
 class _Loader:
-  """Photo path or record bytes -> example dict, or None when unusable.
+  """Split element -> example dict, or None when unusable.
 
   Called as `loader(element)` or, for augmentation, `loader(element, rng)`.
   `skipped` counts the skips of this process by reason.
   """
 
-  def __init__(self, opts: preprocess.Options, from_records: bool,
-               keep_features: bool = False):
+  def __init__(self, split: sources.Split, opts: preprocess.Options):
+    self.split = split
     self.opts = opts
-    self.from_records = from_records
-    self.keep_features = keep_features
     self.skipped = collections.Counter()
     self._warned = set()
 
   def __call__(self, element: Any,
                rng: Optional[np.random.Generator] = None) -> Optional[dict]:
     try:
-      if self.from_records:
-        example = sources.decode_record(element)
-        if not self.keep_features:
-          example.pop(feature_cache.KEY, None)
-        if self.opts.random_flip and rng is not None and rng.random() < 0.5:
-          example = preprocess.flip(example)
-        return example
-      return preprocess.load_example(element, self.opts, rng)
+      return self.split.load(element, self.opts, rng)
     except Exception as e:  # pylint: disable=broad-except
       # One bad file must never stop training.
       if not isinstance(e, preprocess.BadImageError):
         e = preprocess.BadImageError(f'{type(e).__name__}: {e}')
-      reason = e.reason
       self.skipped[e.kind] += 1
-      name = '<record>' if self.from_records else element
+      name = self.split.describe(element)
       if name not in self._warned:
         self._warned.add(name)
         logging.warning('Skipping %s: %s (%d skipped in this process so far)',
-                        name, reason, sum(self.skipped.values()))
+                        name, e.reason, sum(self.skipped.values()))
       return None
 
 
@@ -93,27 +91,6 @@ def _process(process_index, process_count) -> tuple[int, int]:
   return process_index, process_count
 
 
-def _source_and_loader(config: ml_collections.ConfigDict, split: str):
-  """(random-access source, loader) for a split of the configured data."""
-  opts = preprocess.Options.from_config(config.data)
-  prepared = config.data.prepared_dir
-  cache = config.model.get('use_feature_cache', False)
-  if cache:
-    feature_cache.check_config(config)
-  if prepared:
-    if opts.random_crop:
-      raise ValueError(
-          'config.data.random_crop=True needs the on-the-fly path: prepared '
-          'records hold centre crops. Unset config.data.prepared_dir or '
-          'random_crop.')
-    meta = sources.read_metadata(prepared)
-    sources.check_metadata(meta, config.data, prepared)
-    paths = sources.shard_paths(prepared, meta, split)
-    source = sources.record_source(paths) if paths else []
-    return source, _Loader(opts, from_records=True, keep_features=cache)
-  return sources.split_files(config.data)[split], _Loader(opts, False)
-
-
 def _read_options(num_workers: int, buffer_elements: int) -> grain.ReadOptions:
   # Reader threads per process; cv2 releases the GIL, so threads help even
   # without worker processes.
@@ -128,74 +105,173 @@ def _mp_options(config) -> grain.MultiprocessingOptions:
       per_worker_buffer_size=max(1, config.data.prefetch_buffer_size))
 
 
-def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
-  """Files (or prepared records) in `split` ('train' or 'val').
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The run's data, resolved once.
 
-  Counted before unusable files are skipped.
+  Attributes:
+    config: the run's config (its `data` section is read).
+    resolved: every split's source, count and the records' checked metadata.
+    process_index, process_count: this process's share (see module doc).
+    feature_entry: the records' cached-feature entry (see
+      `feature_cache`) with config.data.use_feature_cache, else None.
   """
-  if split not in sources.SPLITS:
-    raise ValueError(f'split={split!r}; expected one of {sources.SPLITS}')
-  if config.data.prepared_dir:
-    meta = sources.read_metadata(config.data.prepared_dir)
-    sources.check_metadata(meta, config.data, config.data.prepared_dir)
-    return int(meta['splits'][split]['num_examples'])
-  return len(sources.split_files(config.data)[split])
+  config: ml_collections.ConfigDict
+  resolved: sources.Resolved
+  process_index: int
+  process_count: int
+  feature_entry: Optional[dict] = None
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, *,
+             process_index: Optional[int] = None,
+             process_count: Optional[int] = None) -> 'Data':
+    """Resolves config.data (see `sources.resolve`); raises ValueError /
+    FileNotFoundError for data that cannot be used, before any work."""
+    pi, pc = _process(process_index, process_count)
+    data = config.data
+    cache = bool(data.get('use_feature_cache', False))
+    if cache:
+      feature_cache.check_config(config)
+    if data.prepared_dir and data.random_crop:
+      raise ValueError(
+          'config.data.random_crop=True needs the on-the-fly path: prepared '
+          'records hold centre crops. Unset config.data.prepared_dir or '
+          'random_crop.')
+    resolved = sources.resolve(data, keep=(feature_cache.KEY,) if cache else (),
+                               optional=(feature_cache.KEY,))
+    entry = feature_cache.entry(config, resolved.metadata) if cache else None
+    return cls(config=config, resolved=resolved, process_index=pi,
+               process_count=pc, feature_entry=entry)
+
+  @property
+  def metadata(self) -> Optional[dict]:
+    return self.resolved.metadata
+
+  def split(self, name: str) -> sources.Split:
+    if name not in sources.SPLITS:
+      raise ValueError(f'split={name!r}; expected one of {sources.SPLITS}')
+    return self.resolved.splits[name]
+
+  def num_examples(self, split: str) -> int:
+    """Files (or prepared records) in `split`, before unusable files are
+    skipped."""
+    return self.split(split).num_examples
+
+  def _loader(self, split: str) -> tuple[sources.Split, _Loader]:
+    s = self.split(split)
+    return s, _Loader(s, preprocess.Options.from_config(self.config.data))
+
+  # ------------------------------------------------------------ training
+  def train_dataset(self) -> grain.IterDataset:
+    """Infinite, shuffled, sharded batches of this process's share.
+
+    Each element is a dict of uint8 arrays with a leading batch dimension of
+    `config.data.batch_size // process_count` (see the module docstring).
+    """
+    config, pi, pc = self.config, self.process_index, self.process_count
+    batch = config.data.batch_size
+    if batch <= 0 or batch % pc:
+      raise ValueError(f'config.data.batch_size={batch} must be a positive '
+                       f'multiple of the {pc} process(es)')
+    per_process = batch // pc
+    split, loader = self._loader('train')
+    source = split.source
+    if len(source) == 0:  # pylint: disable=g-explicit-length-test
+      raise ValueError('the training split is empty')
+    seed = config.seed % 2**32
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    if config.data.random_crop or config.data.random_flip:
+      # Seeded by the global position, so the same on any process layout.
+      ds = ds.random_map(loader, seed=seed)
+    else:
+      ds = ds.map(loader)
+    ds = ds[pi::pc]
+    workers = config.data.num_workers
+    it = ds.to_iter_dataset(_read_options(
+        workers, per_process * config.data.prefetch_buffer_size))
+    it = it.batch(per_process, drop_remainder=True)
+    if workers > 0:
+      it = it.mp_prefetch(_mp_options(config), worker_init_fn=_worker_init)
+    return it
+
+  def one_epoch(self) -> Iterator[dict]:
+    """About one epoch of training batches (at least one), for passes over
+    the training set such as a class prior."""
+    it = iter(self.train_dataset())
+    n = self.num_examples('train') // self.config.data.batch_size
+    return (next(it) for _ in range(max(1, n)))
+
+  # ------------------------------------------------------------ evaluation
+  def eval_dataset(self, batch_size: Optional[int] = None
+                   ) -> grain.IterDataset:
+    """One ordered pass over this process's share of the validation split.
+
+    No shuffling or augmentation; the last batch may be smaller.
+    `batch_size` defaults to `config.data.eval_batch_size // process_count`.
+    An empty split gives an empty dataset. Read by threads in this process
+    (no worker processes to start at every evaluation).
+    """
+    pc = self.process_count
+    if batch_size is None:
+      batch_size = max(1, self.config.data.eval_batch_size // pc)
+    split, loader = self._loader('val')
+    ds = grain.MapDataset.source(split.source)[self.process_index::pc]
+    ds = ds.map(loader)
+    it = ds.to_iter_dataset(_read_options(0, batch_size))
+    return it.batch(batch_size, drop_remainder=False)
+
+  def eval_batches(self) -> Iterator[dict]:
+    """Padded, masked eval batches; the same count on every process.
+
+    Each batch has `eval_batch_size // process_count` rows and a 'mask'
+    (B,) bool, True for real examples. `config.num_eval_batches > 0` caps
+    the count. Call again for another pass.
+    """
+    config = self.config
+    per_process = config.data.eval_batch_size // self.process_count
+    total = self.num_examples('val')
+    n_batches = -(-total // config.data.eval_batch_size)
+    if config.num_eval_batches > 0:
+      n_batches = min(n_batches, config.num_eval_batches)
+    it = iter(self.eval_dataset(per_process))
+    template = None
+    for _ in range(n_batches):
+      batch = next(it, None)
+      if batch is not None and template is None:
+        template = batch
+      if batch is None:
+        if template is None:
+          return
+        batch = {k: np.zeros_like(v[:0]) for k, v in template.items()}
+      n = next(iter(batch.values())).shape[0]
+      pad = per_process - n
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+      batch['mask'] = np.arange(per_process) < n
+      yield batch
+
+
+# ---------------------------------------------------------------- shortcuts
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  """Files (or prepared records) in `split` ('train' or 'val')."""
+  return Data.create(config, process_index=0,
+                     process_count=1).num_examples(split)
 
 
 def build_train_dataset(config: ml_collections.ConfigDict, *,
                         process_index: Optional[int] = None,
                         process_count: Optional[int] = None
                         ) -> grain.IterDataset:
-  """Infinite, shuffled, sharded batches of this process's share.
-
-  Each element is a dict of uint8 arrays with a leading batch dimension of
-  `config.data.batch_size // process_count` (see the module docstring).
-  """
-  pi, pc = _process(process_index, process_count)
-  batch = config.data.batch_size
-  if batch <= 0 or batch % pc:
-    raise ValueError(f'config.data.batch_size={batch} must be a positive '
-                     f'multiple of the {pc} process(es)')
-  per_process = batch // pc
-  source, loader = _source_and_loader(config, 'train')
-  if len(source) == 0:  # pylint: disable=g-explicit-length-test
-    raise ValueError('the training split is empty')
-  seed = config.seed % 2**32
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  if config.data.random_crop or config.data.random_flip:
-    # Seeded by the global position, so the same on any process layout.
-    ds = ds.random_map(loader, seed=seed)
-  else:
-    ds = ds.map(loader)
-  ds = ds[pi::pc]
-  workers = config.data.num_workers
-  it = ds.to_iter_dataset(_read_options(
-      workers, per_process * config.data.prefetch_buffer_size))
-  it = it.batch(per_process, drop_remainder=True)
-  if workers > 0:
-    it = it.mp_prefetch(_mp_options(config), worker_init_fn=_worker_init)
-  return it
+  """`Data.create(config, ...).train_dataset()`."""
+  return Data.create(config, process_index=process_index,
+                     process_count=process_count).train_dataset()
 
 
 def build_eval_dataset(config: ml_collections.ConfigDict, *,
                        process_index: Optional[int] = None,
                        process_count: Optional[int] = None,
                        batch_size: Optional[int] = None) -> grain.IterDataset:
-  """One ordered pass over this process's share of the validation split.
-
-  No shuffling or augmentation; the last batch may be smaller. `batch_size`
-  defaults to `config.data.eval_batch_size // process_count`. An empty
-  split gives an empty dataset.
-  """
-  pi, pc = _process(process_index, process_count)
-  if batch_size is None:
-    batch_size = max(1, config.data.eval_batch_size // pc)
-  source, loader = _source_and_loader(config, 'val')
-  ds = grain.MapDataset.source(source)[pi::pc].map(loader)
-  workers = config.data.num_workers
-  it = ds.to_iter_dataset(_read_options(workers, batch_size))
-  if workers > 0 and len(ds) > 0:  # pylint: disable=g-explicit-length-test
-    # Workers hand back single examples; batching here keeps exactly one
-    # partial batch at the end.
-    it = it.mp_prefetch(_mp_options(config), worker_init_fn=_worker_init)
-  return it.batch(batch_size, drop_remainder=False)
+  """`Data.create(config, ...).eval_dataset(batch_size)`."""
+  return Data.create(config, process_index=process_index,
+                     process_count=process_count).eval_dataset(batch_size)

@@ -1,5 +1,10 @@
 """Where examples come from: an image folder, or prepared ArrayRecord shards.
 
+`resolve(config.data)` finds each split once (one walk of the folder, one
+read of the records' metadata) and returns a `Split` per split name: its
+kind, its random-access source and how one element becomes an example. A new
+kind of source is one new `Split` subclass here and a branch in `resolve`.
+
 Image folder: every file under the folder (recursively, following no
 directory links, skipping names that start with '.') whose extension is one
 of `IMAGE_EXTENSIONS` (any case), sorted by relative path. Without
@@ -15,14 +20,16 @@ Each record is a msgpack map (format version `FORMAT_VERSION`):
    'arrays': {key: [numpy dtype str, shape list, raw C-order bytes]}}
 with keys 'rgb', 'gray', 'edge', 'saliency' (uint8, see preprocess.py),
 and 'resnet_features' when prepared with the feature cache
-(`jaxcolor.feature_cache`). Dtypes are numpy dtype strings ('|u1', '<f2'),
+(`jaxcolor.data.feature_cache`). Dtypes are numpy dtype strings ('|u1', '<f2'),
 except bfloat16, stored as the name 'bfloat16' (numpy has no string for it).
 """
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import ml_dtypes
 import msgpack
@@ -177,3 +184,122 @@ def record_source(paths: Sequence[str]):
   """Random-access source of record bytes over ArrayRecord shards."""
   import grain  # pylint: disable=g-import-not-at-top
   return grain.sources.ArrayRecordDataSource(list(paths))
+
+
+# ---------------------------------------------------------------- splits
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a resolved source.
+
+  Attributes:
+    kind: 'folder' or 'records'.
+    name: 'train' or 'val'.
+    num_examples: files or records, counted before unusable files are
+      skipped.
+  """
+  kind: str
+  name: str
+  num_examples: int
+
+  @property
+  def source(self) -> Any:
+    """Random-access elements (a sequence, or a Grain data source)."""
+    raise NotImplementedError
+
+  def load(self, element: Any, opts: Any,
+           rng: Optional[np.random.Generator] = None) -> dict[str, np.ndarray]:
+    """element -> example dict of uint8 maps (see preprocess.py); raises
+    `preprocess.BadImageError` (or any error) for an unusable one."""
+    raise NotImplementedError
+
+  def describe(self, element: Any) -> str:
+    """How a skipped element is named in a warning."""
+    del element
+    return f'<{self.kind} element>'
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSplit(Split):
+  """Photo files, decoded and preprocessed on the fly."""
+  paths: tuple[str, ...] = ()
+
+  @property
+  def source(self) -> Sequence[str]:
+    return self.paths
+
+  def load(self, element, opts, rng=None):
+    from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
+    return preprocess.load_example(element, opts, rng)
+
+  def describe(self, element):
+    return element
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSplit(Split):
+  """Prepared ArrayRecord shards (centre crops; flips applied on reading).
+
+  `keep` names optional record arrays (the feature cache's) to keep; other
+  optional arrays are dropped, so records with features serve any config.
+  """
+  shards: tuple[str, ...] = ()
+  keep: tuple[str, ...] = ()
+  optional: tuple[str, ...] = ()
+
+  @functools.cached_property
+  def source(self) -> Any:
+    return record_source(self.shards) if self.shards else []
+
+  def load(self, element, opts, rng=None):
+    from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
+    example = decode_record(element)
+    for key in self.optional:
+      if key not in self.keep:
+        example.pop(key, None)
+    if opts.random_flip and rng is not None and rng.random() < 0.5:
+      example = preprocess.flip(example)
+    return example
+
+  def describe(self, element):
+    del element
+    return '<record>'
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """Every split of the configured data, found once.
+
+  Attributes:
+    splits: split name -> Split.
+    metadata: the prepared records' metadata.json (checked against the
+      config), or None for a folder.
+  """
+  splits: dict[str, Split]
+  metadata: Optional[dict[str, Any]] = None
+
+
+def resolve(data_config: Any, keep: Sequence[str] = (),
+            optional: Sequence[str] = ()) -> Resolved:
+  """config.data -> its splits: prepared records if prepared_dir is set,
+  else the image folder(s). `keep`/`optional`: record arrays beyond the
+  maps that readers keep / may find (see RecordSplit).
+
+  Raises:
+    FileNotFoundError, ValueError: a missing folder or metadata file, no
+      images, records written with other settings, a bad val_fraction.
+  """
+  prepared = data_config.prepared_dir
+  if prepared:
+    meta = read_metadata(prepared)
+    check_metadata(meta, data_config, prepared)
+    splits = {
+        s: RecordSplit(kind='records', name=s,
+                       num_examples=int(meta['splits'][s]['num_examples']),
+                       shards=tuple(shard_paths(prepared, meta, s)),
+                       keep=tuple(keep), optional=tuple(optional))
+        for s in SPLITS}
+    return Resolved(splits=splits, metadata=meta)
+  files = split_files(data_config)
+  return Resolved(splits={
+      s: FolderSplit(kind='folder', name=s, num_examples=len(files[s]),
+                     paths=tuple(files[s])) for s in SPLITS})

@@ -2,7 +2,8 @@
 
 `build_models(config.model)` turns the config's model section into Flax
 modules; `init_resnet_variables` loads (or, if allowed, randomly creates)
-the ResNet-18 weights.
+the ResNet-18 weights; `resnet_init` is its random initialisation (also
+used under `jax.eval_shape` for shapes alone).
 """
 
 import dataclasses
@@ -83,6 +84,12 @@ def build_models(model_config: ml_collections.ConfigDict,
   return Models(generator=gen, critic=critic, resnet=resnet)
 
 
+def resnet_init(rng: jax.Array) -> dict:
+  """Random ResNet-18 variables {'params', 'batch_stats'} (ImageNet head)."""
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  return dict(ResNet18().init(rng, x, return_logits=True))
+
+
 def init_resnet_variables(model_config: ml_collections.ConfigDict,
                           rng: jax.Array) -> dict:
   """ResNet-18 variables {'params', 'batch_stats'} for the fusion branch.
@@ -111,6 +118,4 @@ def init_resnet_variables(model_config: ml_collections.ConfigDict,
         'randomly initialised ResNet branch.')
   logging.warning('config.model.resnet18_weights is empty: the ResNet-18 '
                   'branch is randomly initialised (not ImageNet features).')
-  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-  init = jax.jit(lambda r: ResNet18().init(r, x, return_logits=True))
-  return dict(init(rng))
+  return jax.jit(resnet_init)(rng)

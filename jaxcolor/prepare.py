@@ -9,10 +9,12 @@ maps of `preprocess.load_example` (no random crop; random flips are applied
 when reading). Training checks `metadata.json` against the config
 (`sources.CHECKED_KEYS`) and refuses a mismatch.
 
-With `config.model.use_feature_cache=True` the records also hold the
-frozen ResNet's fusion features ('resnet_features', see
-`jaxcolor.feature_cache`), computed in batches on the JAX device of this
-process, and the metadata says how they were made.
+With `config.data.use_feature_cache=True` the records also hold the model
+family's cached features (the GAN's frozen ResNet fusion features,
+'resnet_features', see `jaxcolor.data.feature_cache`), computed in batches
+on the JAX device of this process by the family's featurizer, and the
+metadata says how they were made. (This mode sits beside the other modes,
+not in `jaxcolor.data`, because it runs a model.)
 
 Work is spread over `config.data.prepare_processes` processes (0: one per
 CPU core) that decode and preprocess; JAX runs in the parent only. Progress
@@ -32,7 +34,8 @@ from typing import Any, Optional
 from absl import logging
 import ml_collections
 
-from jaxcolor import feature_cache
+from jaxcolor import families
+from jaxcolor.data import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 
@@ -120,7 +123,8 @@ def _write_split(split: str, items: list[tuple[str, str]], out: str,
                  featurizer: Optional[Any] = None) -> dict[str, Any]:
   """Writes one split's shards; returns its metadata entry.
 
-  `featurizer` (a `feature_cache.Featurizer`) adds the ResNet features.
+  `featurizer` (the family's, see `Family.featurizer`) adds the cached
+  features.
   """
   load = functools.partial(_load_one, opts=opts)
   results = (pool.imap(load, items, chunksize=8) if pool is not None
@@ -166,13 +170,12 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if data.prepare_shard_size <= 0:
     raise ValueError('config.data.prepare_shard_size must be positive, got '
                      f'{data.prepare_shard_size}')
-  cache = config.model.use_feature_cache
-  if cache:
-    feature_cache.check_model(config.model)
+  cache = data.use_feature_cache
+  family = families.build(config) if cache else None
   files = sources.split_files(data)  # bad folders fail here, before any work
   roots = {'train': data.train_dir, 'val': data.val_dir or data.train_dir}
-  # ResNet weights load (or fail) before anything is written.
-  featurizer = feature_cache.Featurizer(config) if cache else None
+  # Model weights load (or fail) before anything is written.
+  featurizer = family.featurizer() if cache else None
   _claim_output_dir(out, data.prepare_overwrite)
   processes = data.prepare_processes or os.cpu_count() or 1
   logging.info('prepare: %d train + %d val files -> %s (%d processes%s)',
@@ -208,8 +211,8 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
                  'gray': ['uint8', [size, size, 1]],
                  'edge': ['uint8', [size, size, 1]],
                  'saliency': ['uint8', [size, size, 1]],
-                 **({feature_cache.KEY: [config.model.feature_cache_dtype,
-                                         feature_cache.shape(config.model)]}
+                 **({feature_cache.KEY: [data.feature_cache_dtype,
+                                         list(family.feature_shape())]}
                     if cache else {})},
       **({feature_cache.KEY: featurizer.metadata} if cache else {}),
       'source': {'train_dir': data.train_dir, 'val_dir': data.val_dir,

@@ -1,0 +1,228 @@
+"""Model families: everything the product asks of a model, one home each.
+
+A family is a class built from the run's config (`build(config)`) that
+answers every question the loop, inference, export, benchmark, evaluate,
+colorize, report and checkpoint code have about a model; none of them
+compares model names. `config.model.name` picks the family:
+
+  'edge_saliency_gan', 'scgan'   jaxcolor.families.gan   (the paper's model
+                                  and the SCGAN baseline)
+  'cic'                          jaxcolor.families.cic   (Zhang et al.)
+  'package.module:Class'         a family outside jaxcolor, by import path
+
+Adding a model is one new file with a `Family` subclass and one line in
+`REGISTRY` (or, outside the package, naming it by import path).
+
+The interface, in the order a run meets it (per-device functions are pure
+functions of (state, batch); batches are the pipeline's uint8 dicts, see
+`jaxcolor.data.pipeline`):
+
+  abstract_init_inputs(key)  shapes-only arguments of `init` (no file read,
+                             no data pass: a resume needs only these)
+  init_inputs(key, data)     the real arguments (weights files, data passes)
+  init(*inputs) -> state     pure; jitted with the replicated out-shardings
+  train_step(state, batch) -> (state, metrics)   per device, pmean-ed
+  colorize(state, batch) -> {'fake_rgb' (B,S,S,3) in [-1, 1], ...}
+  inference_keys             the state fields that make up the model for
+                             inference (saved into bundles, partially
+                             restored from checkpoints)
+  host_inputs(gray) / predict(params, inputs) -> RGB (B,S,S,3) in [0, 1]
+"""
+
+import importlib
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+# name -> 'module:Class'. Imported on first use, so a light mode imports
+# only the family it runs.
+REGISTRY = {
+    'edge_saliency_gan': 'jaxcolor.families.gan:GANFamily',
+    'scgan': 'jaxcolor.families.gan:GANFamily',
+    'cic': 'jaxcolor.families.cic:CICFamily',
+}
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def init_key(seed: int) -> jax.Array:
+  """Key for parameter init: 'rbg' compiles in seconds where the default
+  threefry takes about a second per initializer on a CPU."""
+  return jax.random.key(seed, impl='rbg')
+
+
+class Family:
+  """The interface; subclasses override what their model needs.
+
+  Attributes:
+    config: the run's full config.
+    inference_keys: fields of the train state that inference needs.
+    resume_may_differ: dotted config.model keys that may change between a
+      checkpoint and the run resuming it (they change how the step computes,
+      not what the saved arrays mean); all other model keys must match.
+  """
+  inference_keys: Sequence[str] = ()
+  resume_may_differ: Sequence[str] = ()
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  @property
+  def name(self) -> str:
+    return self.config.model.name
+
+  # ------------------------------------------------------------ config
+  @classmethod
+  def upgrade_config(cls, saved: dict) -> dict:
+    """A config saved by an older jaxcolor -> today's keys (a new dict)."""
+    return saved
+
+  def validate(self) -> None:
+    """Raises ValueError for model settings that cannot work."""
+    compute_dtype(self.config)
+
+  # ------------------------------------------------------------ state
+  def abstract_init_inputs(self, key: jax.Array) -> tuple:
+    return (key,)
+
+  def init_inputs(self, key: jax.Array, data: Any = None) -> tuple:
+    """The arguments of `init` for a fresh run; `data` is the run's
+    `pipeline.Data` (None where there is none)."""
+    del data
+    return (key,)
+
+  def init(self, *inputs) -> Any:
+    raise NotImplementedError
+
+  def abstract_state(self, key: Optional[jax.Array] = None) -> Any:
+    """Shapes and dtypes of the train state; reads no file."""
+    key = init_key(self.config.seed) if key is None else key
+    return jax.eval_shape(self.init, *self.abstract_init_inputs(key))
+
+  def check_data(self, state: Any, data: Any) -> None:
+    """Raises ValueError when `data` cannot feed `state` (e.g. cached
+    model outputs made with other weights)."""
+
+  # ------------------------------------------------------------ steps
+  def train_step(self, state: Any, batch: dict) -> tuple[Any, dict]:
+    raise NotImplementedError
+
+  def colorize(self, state: Any, batch: dict) -> dict:
+    raise NotImplementedError
+
+  # ------------------------------------------------------------ inference
+  def inference_params(self, state: Any) -> dict:
+    """The inference model's arrays out of a train state."""
+    return {k: getattr(state, k) for k in self.inference_keys}
+
+  def abstract_inference_params(self) -> dict:
+    return self.inference_params(self.abstract_state())
+
+  def to_bundle(self, params: dict) -> dict:
+    """Inference params -> the tree stored in a bundle (no None leaves)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+  def from_saved(self, tree: dict) -> dict:
+    """A bundle's or checkpoint's stored tree -> inference params."""
+    return {k: tree.get(k) for k in self.inference_keys}
+
+  def host_inputs(self, gray: np.ndarray) -> dict[str, np.ndarray]:
+    """gray uint8 (B,S,S,1) at model size -> `predict`'s host inputs."""
+    return {'gray': gray}
+
+  def predict(self, params: dict, inputs: dict) -> jax.Array:
+    """Jittable: inference params ({inference key: its state field}) + host
+    inputs -> RGB (B,S,S,3) in [0, 1]."""
+    raise NotImplementedError
+
+  # ------------------------------------------------------------ prepare
+  def feature_shape(self) -> Optional[tuple[int, ...]]:
+    """One example's cached features (config.data.use_feature_cache), or
+    None for a model that caches none."""
+    return None
+
+  def featurizer(self) -> Any:
+    """What `prepare` adds to each record with config.data.use_feature_cache
+    (see `jaxcolor.data.feature_cache`)."""
+    raise ValueError(f'config.data.use_feature_cache=True: the {self.name!r} '
+                     'model has no cached features; set it to False')
+
+  # ------------------------------------------------------------ report
+  @classmethod
+  def report_figures(cls, get, config: dict) -> list[dict]:
+    """The training curves of `--mode=report`, as data.
+
+    `get(tag)` returns a logged scalar series or None; `config` is the run's
+    saved config. Returns [{'file', 'title', 'panels': [(series by label,
+    panel title, y label)]}]. The default: every train/ scalar the step
+    logs, one panel each.
+    """
+    del config
+    tags = [t for t in get.tags if t.startswith('train/') and
+            t != 'train/images_per_sec_per_device']
+    if not tags:
+      return []
+    return [{'file': 'losses.png', 'title': 'training',
+             'panels': [({t[len('train/'):]: get(t)}, t[len('train/'):], '')
+                        for t in sorted(tags)]}]
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """config.dtype -> the networks' activation dtype (params stay float32)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if config.dtype not in DTYPES:
+    raise ValueError(f'config.dtype={config.dtype!r}; expected one of {DTYPES}')
+  return jnp.dtype(config.dtype)
+
+
+def family_class(name: str) -> type:
+  """config.model.name -> its Family subclass.
+
+  Raises:
+    ValueError: a name that is neither registered nor an importable
+      'module:Class'.
+  """
+  target = REGISTRY.get(name)
+  if target is None and ':' not in str(name):
+    raise ValueError(f'config.model.name={name!r}; expected one of '
+                     f'{", ".join(sorted(REGISTRY))} (or a family by import '
+                     "path, 'package.module:Class')")
+  module_name, _, attr = (target or name).partition(':')
+  try:
+    cls = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f'config.model.name={name!r}: cannot import the model '
+                     f'family {target or name!r} ({e})') from e
+  if not (isinstance(cls, type) and issubclass(cls, Family)):
+    raise ValueError(f'config.model.name={name!r}: {target or name!r} is not '
+                     'a jaxcolor.families.Family')
+  return cls
+
+
+def build(config: ml_collections.ConfigDict) -> Family:
+  """The model family of config.model.name, built from `config`."""
+  family = family_class(config.model.name)(config)
+  family.validate()
+  return family
+
+
+def upgrade_config(saved: dict) -> dict:
+  """A saved config (plain dict) -> today's keys, whatever its age.
+
+  Shared moves first (keys that changed section for every model), then the
+  family's own. Unknown model names are left as they are.
+  """
+  saved = {k: (dict(v) if isinstance(v, dict) else v)
+           for k, v in saved.items()}
+  model, data = saved.setdefault('model', {}), saved.setdefault('data', {})
+  # Before the families redesign the feature-cache switches sat in `model`.
+  for key in ('use_feature_cache', 'feature_cache_dtype'):
+    if key in model:
+      data.setdefault(key, model.pop(key))
+  try:
+    cls = family_class(model.get('name', ''))
+  except ValueError:
+    return saved
+  return cls.upgrade_config(saved)

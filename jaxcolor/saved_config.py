@@ -1,0 +1,53 @@
+"""Configs saved with a run, a checkpoint or a bundle, read back as today's.
+
+Saved configs are JSON (lists for tuples). `from_dict` turns one back into
+a ConfigDict with today's keys: keys moved or renamed since it was written
+are translated (`families.upgrade_config`), so old checkpoints and bundles
+keep loading.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+
+from jaxcolor import families
+
+RUN_CONFIG_FILE = 'config.json'  # written by training in the workdir
+
+
+def upgrade(saved: dict) -> dict:
+  """A saved config dict -> a dict with today's keys."""
+  return families.upgrade_config(saved)
+
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A saved (JSON) config -> ConfigDict; lists become tuples."""
+  def fix(v: Any) -> Any:
+    if isinstance(v, dict):
+      return {k: fix(x) for k, x in v.items()}
+    if isinstance(v, list):
+      return tuple(fix(x) for x in v)
+    return v
+  return ml_collections.ConfigDict(fix(upgrade(saved)))
+
+
+def read_run_config(workdir: str) -> Optional[dict]:
+  """<workdir>/config.json (upgraded), or None when there is none.
+
+  Raises:
+    ValueError: the file is not a JSON object.
+  """
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not readable JSON ({e}); delete it, or '
+                     'run the training again to rewrite it') from e
+  if not isinstance(saved, dict):
+    raise ValueError(f'{path} does not hold a config (a JSON object)')
+  return upgrade(saved)

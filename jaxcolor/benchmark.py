@@ -534,13 +534,16 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   """Runs `config.benchmark.what`; prints a table, writes and returns JSON."""
   config = config.copy_and_resolve_references()
   _validate(config)
+  # e.g. a random ResNet branch without weights: said in the notes
+  config, notes = families.family_class(config.model.name).benchmark_config(
+      config)
   what = config.benchmark.what
   if what != 'input':
     parallel.maybe_initialize_distributed(config.distributed)
     train.validate_config(config)
   report = _header(config, config_name)
   peak = report['peak_tflops']
-  notes, facts = [], {}
+  facts = {}
   trainer = None
   if what != 'input':
     trainer = _Trainer(config)

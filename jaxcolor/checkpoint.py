@@ -8,6 +8,7 @@ come from the model family.
 
 import json
 import os
+import shutil
 from typing import Any, Optional, Sequence
 
 from absl import logging
@@ -89,31 +90,173 @@ def check_compatible(saved: dict, config: ml_collections.ConfigDict,
         '\n'.join(diffs) + '\nUse a new --workdir, or the original config.')
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iterator: Any, config: ml_collections.ConfigDict
-                   ) -> Optional[tuple[int, Any]]:
-  """Restores the newest checkpoint into `abstract_state`'s shapes/shardings.
+class DamagedCheckpointError(ValueError):
+  """A step folder that cannot be read: a file missing, truncated or garbled."""
 
-  `data_iterator` is restored in place. Returns (step, state), or None when
-  the manager holds no checkpoint.
-  """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  path = os.path.join(str(manager.directory), str(step))
-  saved = manager.restore(
-      step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-  check_compatible(saved, config, path)
+
+DAMAGED_DIR = 'checkpoints_damaged'  # beside checkpoints/: set-aside steps
+# Files every finished step folder has (relative to it).
+_REQUIRED = ('state/_METADATA', 'config/metadata', 'data')
+
+
+def check_files(step_dir: str) -> None:
+  """Raises DamagedCheckpointError naming the first required file missing."""
+  for rel in _REQUIRED:
+    if not os.path.exists(os.path.join(step_dir, rel)):
+      raise DamagedCheckpointError(f'{os.path.join(step_dir, rel)} is missing')
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  text = text[0].split(' See full TensorStore details')[0] if text else ''
+  return f'{type(e).__name__}: {text}'[:300]
+
+
+def read_saved_config(step_dir: str) -> dict:
+  """A step folder's saved config as a dict; DamagedCheckpointError if the
+  file is missing or not JSON."""
+  check_files(step_dir)
+  path = os.path.join(step_dir, 'config', 'metadata')
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-  except (ValueError, KeyError) as e:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DamagedCheckpointError(f'{path} is not readable JSON '
+                                 f'({_first_line(e)})') from e
+  if not isinstance(saved, dict):
+    raise DamagedCheckpointError(f'{path} does not hold a config')
+  return saved
+
+
+def _state_tree(step_dir: str) -> Any:
+  state_dir = epath.Path(os.path.abspath(os.path.join(step_dir, 'state')))
+  try:
+    return ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(
+        f'{state_dir}/_METADATA is not readable ({_first_line(e)})') from e
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: x is None)
+  return {jax.tree_util.keystr(p, simple=True, separator='/'):
+          tuple(getattr(x, 'shape', ()) or ()) for p, x in leaves
+          if x is not None}
+
+
+def check_structure(step_dir: str, abstract_state: Any) -> None:
+  """Raises ValueError naming the arrays where the saved state differs from
+  the one this config builds (another model or code, not damage)."""
+  want = _flat_shapes(abstract_state)
+  have = _flat_shapes(_state_tree(step_dir))
+  diffs = [f'  {k}: missing' for k in sorted(set(want) - set(have))]
+  diffs += [f'  {k}: not in this model' for k in sorted(set(have) - set(want))]
+  diffs += [f'  {k}: saved {have[k]}, model {want[k]}'
+            for k in sorted(set(want) & set(have)) if have[k] != want[k]]
+  if diffs:
+    shown = diffs[:12] + ([f'  ... and {len(diffs) - 12} more']
+                          if len(diffs) > 12 else [])
+    raise ValueError(f'Checkpoint {step_dir} does not match the train state '
+                     'this config builds:\n' + '\n'.join(shown) +
+                     '\nUse a new --workdir, or the code and config that '
+                     'wrote it.')
+
+
+class _Quiet:
+  """Silences library logging while a damaged checkpoint may be read (its
+  reader logs a traceback per array before raising once)."""
+
+  def __enter__(self):
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    self._logger = py_logging.getLogger('absl')
+    self._level = self._logger.level
+    self._logger.setLevel(py_logging.CRITICAL)
+
+  def __exit__(self, *exc):
+    self._logger.setLevel(self._level)
+
+
+def set_aside(step_dir: str) -> str:
+  """Moves a damaged step folder to <workdir>/checkpoints_damaged/; its new
+  path (kept for inspection, never deleted)."""
+  ckpts = os.path.dirname(os.path.abspath(step_dir))
+  out_dir = os.path.join(os.path.dirname(ckpts), DAMAGED_DIR)
+  os.makedirs(out_dir, exist_ok=True)
+  name = os.path.basename(step_dir)
+  dest, i = os.path.join(out_dir, name), 1
+  while os.path.exists(dest):
+    dest, i = os.path.join(out_dir, f'{name}.{i}'), i + 1
+  os.replace(step_dir, dest)
+  return dest
+
+
+def clean_interrupted(workdir: str) -> list[str]:
+  """Removes the temporary folders of saves that never finished
+  ('<step>.orbax-checkpoint-tmp*'); returns what was removed."""
+  ckpts = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(ckpts):
+    return []
+  removed = []
+  for name in sorted(os.listdir(ckpts)):
+    if '.orbax-checkpoint-tmp' in name:
+      shutil.rmtree(os.path.join(ckpts, name), ignore_errors=True)
+      removed.append(name)
+  if removed:
+    logging.warning('Removed %d interrupted checkpoint save(s) in %s: %s',
+                    len(removed), ckpts, ', '.join(removed))
+  return removed
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   data_iterator: Any, config: ml_collections.ConfigDict,
+                   writer: bool = True) -> Optional[tuple[int, Any]]:
+  """Restores the newest intact checkpoint into `abstract_state`'s
+  shapes/shardings; `data_iterator` is restored in place.
+
+  A damaged step (a file missing, truncated or garbled) is named, set aside
+  in <workdir>/checkpoints_damaged/ (by the `writer` process) and the next
+  older one is tried, with a warning. Returns (step, state), or None when
+  the workdir holds no checkpoint.
+
+  Raises:
+    ValueError: a checkpoint of another model/config (not damage: nothing
+      is set aside), or every checkpoint is damaged.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    path = os.path.join(str(manager.directory), str(step))
+    try:
+      check_compatible(read_saved_config(path), config, path)
+      check_structure(path, abstract_state)
+      with _Quiet():
+        try:
+          state = manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)))['state']
+          manager.restore(step, args=ocp.args.Composite(
+              data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        except Exception as e:  # pylint: disable=broad-except
+          raise DamagedCheckpointError(
+              f'{path} could not be read ({_first_line(e)})') from e
+    except DamagedCheckpointError as e:
+      where = set_aside(path) if writer else path
+      logging.warning('Checkpoint of step %d is damaged: %s; set aside as %s, '
+                      'trying the one before.', step, e, where)
+      damaged.append(f'step {step}: {e}')
+      continue
+    if damaged:
+      manager.reload()
+      logging.warning('Resuming from step %d, the newest intact checkpoint '
+                      '(%d newer one(s) damaged).', step, len(damaged))
+    logging.info('Restored checkpoint %s (step %d).', path, step)
+    return step, state
+  if damaged:
     raise ValueError(
-        f'Checkpoint {path} does not match the train state this config '
-        f'builds: {e}') from e
-  logging.info('Restored checkpoint %s (step %d).', path, step)
-  return step, restored['state']
+        f'None of the {len(damaged)} checkpoint(s) in {manager.directory} is '
+        f'intact ({"; ".join(damaged)}); they were set aside in '
+        f'{DAMAGED_DIR}/. Use a new --workdir, or remove '
+        f'{manager.directory} to start this one afresh.')
+  return None
 
 
 # ------------------------------------------------------------------ reading
@@ -135,10 +278,9 @@ def step_dirs(workdir: str) -> list[str]:
 
 
 def read_config(step_dir: str) -> ml_collections.ConfigDict:
-  """A step folder's saved config, with today's keys."""
-  return saved_config.from_dict(
-      ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-          os.path.join(step_dir, 'config')))
+  """A step folder's saved config, with today's keys (DamagedCheckpointError
+  when it cannot be read)."""
+  return saved_config.from_dict(read_saved_config(step_dir))
 
 
 def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
@@ -149,8 +291,9 @@ def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
   Raises:
     ValueError: the state has no such field (written by other code).
   """
+  check_files(step_dir)
   state_dir = os.path.abspath(os.path.join(step_dir, 'state'))
-  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  meta = _state_tree(step_dir)
   missing = [k for k in fields if k not in meta]
   if missing:
     raise ValueError(f'{step_dir}: checkpoint has no {missing}; it was '
@@ -158,8 +301,13 @@ def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
   item = {k: meta[k] for k in fields if meta[k]}
   restore_args = jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
+  with _Quiet():
+    try:
+      restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+          state_dir, args=ocp.args.PyTreeRestore(
+              item=item, restore_args=restore_args, partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f'{step_dir} could not be read ({_first_line(e)})') from e
   return {k: restored.get(k) for k in fields}
 

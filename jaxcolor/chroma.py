@@ -126,14 +126,22 @@ def write(path: str, mean: tuple[float, float], images: int) -> None:
 
 
 def read(path: str) -> Optional[tuple[float, float]]:
-  """(Cr, Cb) from `path`/chroma.json, or None if there is none."""
+  """(Cr, Cb) from `path`/chroma.json, or None if there is none.
+
+  Raises:
+    ValueError: the file is damaged (names it, and what to do).
+  """
+  file = os.path.join(path, FILE)
   try:
-    with open(os.path.join(path, FILE)) as f:
+    with open(file) as f:
       saved = json.load(f)
+    cr, cb = saved['mean_chroma_cr_cb']
+    return float(cr), float(cb)
   except FileNotFoundError:
     return None
-  cr, cb = saved['mean_chroma_cr_cb']
-  return float(cr), float(cb)
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{file} is damaged ({type(e).__name__}: {e}); delete '
+                     'it and it is computed again from the training data') from e
 
 
 def ensure_written(config: Any, workdir: str, data: Any = None

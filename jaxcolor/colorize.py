@@ -19,7 +19,7 @@ This module must not import TensorFlow (the command starts fast).
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import cv2
@@ -193,10 +193,14 @@ def _write_png(path: str, rgb: np.ndarray) -> None:
 
 def run(model_path: str, input_path: str, output_dir: str, *,
         side_by_side_output: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, int]:
-  """The --mode=colorize command; returns {'written': n, 'skipped': m}.
+        batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
+        step: Optional[int] = None) -> dict[str, int]:
+  """The --mode=colorize command; returns {'written', 'skipped', 'kept'}.
 
-  Raises ValueError (after the count) when no photo could be written.
+  Files already in `output_dir` are left alone (listed, counted as 'kept')
+  unless `overwrite`: a run never replaces a file it did not write. Raises
+  ValueError (after the count) when photos were to be written and none
+  could be.
 
   Args:
     model_path: a training workdir or an export bundle.
@@ -204,10 +208,26 @@ def run(model_path: str, input_path: str, output_dir: str, *,
     output_dir: where the PNGs go (sub-folders mirror the input's).
     side_by_side_output: write gray | colour instead of the colour photo.
     batch_size: photos per model call.
+    overwrite: replace files already in `output_dir`.
+    step: the checkpoint step of a workdir (default: the newest intact).
   """
   from jaxcolor import inference  # pylint: disable=g-import-not-at-top
   pairs = plan(input_path, output_dir)
-  predictor = inference.load(model_path, batch_size=batch_size)
+  kept = [dst for _, dst in pairs if os.path.lexists(dst)] if not overwrite \
+      else []
+  if kept:
+    shown = ', '.join(kept[:5]) + (f' and {len(kept) - 5} more'
+                                   if len(kept) > 5 else '')
+    logging.warning('Leaving %d file(s) already in --output=%s alone (not '
+                    'written by this run; --overwrite replaces them): %s',
+                    len(kept), output_dir, shown)
+    kept_set = set(kept)
+    pairs = [(src, dst) for src, dst in pairs if dst not in kept_set]
+  if not pairs:
+    print(f'colorize: 0 written, {len(kept)} left alone (already in '
+          f'{output_dir}; --overwrite replaces them)')
+    return {'written': 0, 'skipped': 0, 'kept': len(kept)}
+  predictor = inference.load(model_path, batch_size=batch_size, step=step)
   max_pixels = predictor.config.data.get('max_image_pixels', 100_000_000)
   logging.info('Colorizing %d photo(s) with %s (%s, step %d, %d px) into %s',
                len(pairs), model_path, predictor.model_name, predictor.step,
@@ -235,8 +255,10 @@ def run(model_path: str, input_path: str, output_dir: str, *,
         skipped += 1
     progress.update(written + skipped, skipped)
   progress.update(written + skipped, skipped, final=True)
-  print(f'colorize: {written} written, {skipped} skipped -> {output_dir}')
+  left = f', {len(kept)} left alone (already there)' if kept else ''
+  print(f'colorize: {written} written, {skipped} skipped{left} -> '
+        f'{output_dir}')
   if not written:
     raise ValueError(f'no photo written: all {skipped} input(s) were '
                      'unreadable (see the warnings above)')
-  return {'written': written, 'skipped': skipped}
+  return {'written': written, 'skipped': skipped, 'kept': len(kept)}

@@ -210,7 +210,8 @@ def _read(path: str, max_pixels: int) -> np.ndarray:
 
 def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
         batch_size: int = inference.DEFAULT_BATCH_SIZE,
-        num_examples: int = 8, example_height: int = 192) -> dict[str, Any]:
+        num_examples: int = 8, example_height: int = 192,
+        step: Optional[int] = None) -> dict[str, Any]:
   """The --mode=evaluate command; returns what evaluation.json holds.
 
   Args:
@@ -221,6 +222,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
     batch_size: photos per model call.
     num_examples: photos shown in examples.png.
     example_height: their height there, in pixels.
+    step: the checkpoint step to evaluate (default: the newest intact one).
 
   Raises:
     FileNotFoundError, ValueError: a missing model or folder, no images, or
@@ -232,7 +234,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
   files = [f for f in files  # never score our own examples.png
            if not os.path.realpath(os.path.join(input_dir, f)).startswith(
                out_real)]
-  predictor = inference.load(workdir, batch_size=batch_size)
+  predictor = inference.load(workdir, batch_size=batch_size, step=step)
   size = predictor.image_size
   max_pixels = predictor.config.data.get('max_image_pixels', 100_000_000)
   mean_chroma = predictor.mean_chroma

@@ -139,8 +139,9 @@ def _predictor(config, params, mean_chroma, step, source, batch_size):
 
 
 # ------------------------------------------------------------------ workdirs
-def _checkpoint_dir(path: str) -> Optional[str]:
-  """The newest finished step folder under a workdir (or its checkpoints/)."""
+def _step_dirs(path: str, step: Optional[int]) -> Optional[list[str]]:
+  """The finished step folders to try, newest first (only `step` if given);
+  None when `path` is no training workdir."""
   if not (os.path.isdir(os.path.join(path, 'checkpoints')) or
           os.path.basename(os.path.normpath(path)) == 'checkpoints' or
           os.path.isdir(os.path.join(path, 'state'))):
@@ -149,17 +150,46 @@ def _checkpoint_dir(path: str) -> Optional[str]:
   if not dirs:
     raise ValueError(f'{path} holds no finished checkpoint (is the run '
                      'still at its first steps?)')
-  return dirs[-1]
+  if step is None:
+    return dirs[::-1]
+  chosen = [d for d in dirs if os.path.basename(d) == str(step)]
+  if not chosen:
+    raise ValueError(f'{path} has no checkpoint of step {step}; it has '
+                     + ', '.join(os.path.basename(d) for d in dirs))
+  return chosen
 
 
 def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
                                                 Any, int]:
-  """(config, inference params as numpy, step) of one checkpoint folder."""
+  """(config, inference params as numpy, step) of one checkpoint folder.
+
+  Raises:
+    checkpoint.DamagedCheckpointError: a file of it is missing or damaged.
+  """
   config = checkpoint.read_config(step_dir)
   family = families.build(config)
   params = family.from_saved(
       checkpoint.restore_fields(step_dir, family.inference_keys))
   return config, params, int(os.path.basename(os.path.normpath(step_dir)))
+
+
+def _restore_newest_intact(path: str, dirs: list[str]):
+  """`_restore_checkpoint` of the first intact folder of `dirs`; damaged
+  ones are named in a warning and skipped (left where they are)."""
+  damaged = []
+  for step_dir in dirs:
+    try:
+      found = _restore_checkpoint(step_dir)
+    except checkpoint.DamagedCheckpointError as e:
+      logging.warning('Skipping a damaged checkpoint: %s', e)
+      damaged.append(str(e))
+      continue
+    if damaged:
+      logging.warning('Using step %d, the newest intact checkpoint of %s.',
+                      found[2], path)
+    return step_dir, found
+  raise ValueError(f'{path}: no intact checkpoint to load ('
+                   + '; '.join(damaged) + ')')
 
 
 def _workdir_chroma(workdir: str, config) -> Optional[tuple[float, float]]:
@@ -198,14 +228,16 @@ def _is_our_bundle(path: str) -> bool:
 
 def _read_bundle(path: str) -> tuple[dict, Any]:
   """(bundle.json contents, params) of an export bundle folder."""
-  with open(os.path.join(path, BUNDLE_FILE)) as f:
+  with open(os.path.join(path, BUNDLE_FILE), 'rb') as f:
     try:
-      meta = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}/{BUNDLE_FILE} is not JSON ({e})') from e
-  if not isinstance(meta, dict) or meta.get('format') != BUNDLE_FORMAT:
+      meta = json.loads(f.read())
+    except ValueError as e:  # not JSON, or not UTF-8
+      raise ValueError(f'{path}/{BUNDLE_FILE} is not JSON ({e}); export the '
+                       'bundle again with --mode=export') from e
+  found = meta.get('format') if isinstance(meta, dict) else None
+  if found != BUNDLE_FORMAT:
     raise ValueError(f'{path}/{BUNDLE_FILE} is not a jaxcolor inference '
-                     f'bundle (format {meta.get("format")!r} if any; '
+                     f'bundle (format {found!r} if any; '
                      f'expected {BUNDLE_FORMAT!r})')
   if meta.get('version') != BUNDLE_VERSION:
     raise ValueError(f'{path}: bundle version {meta.get("version")!r}; this '
@@ -214,7 +246,16 @@ def _read_bundle(path: str) -> tuple[dict, Any]:
   if not os.path.isfile(params_path):
     raise FileNotFoundError(f'{path}: bundle has no {PARAMS_FILE}')
   with open(params_path, 'rb') as f:
-    params = flax.serialization.msgpack_restore(f.read())
+    data = f.read()
+  try:
+    params = flax.serialization.msgpack_restore(data)
+  except Exception as e:  # pylint: disable=broad-except
+    # msgpack raises its own errors (e.g. ExtraData, "incomplete input").
+    raise ValueError(f'{params_path} is damaged ({type(e).__name__}: {e}); '
+                     'export the bundle again with --mode=export') from e
+  if not isinstance(params, dict):
+    raise ValueError(f'{params_path} holds no parameter tree; export the '
+                     'bundle again with --mode=export')
   return meta, params
 
 
@@ -251,8 +292,10 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
 
 
 # ------------------------------------------------------------------ loading
-def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
-  """A training workdir (its newest checkpoint) or a bundle -> Predictor.
+def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
+         step: Optional[int] = None) -> Predictor:
+  """A training workdir (its newest intact checkpoint, or that of `step`) or
+  a bundle -> Predictor.
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -271,17 +314,23 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
                      'export bundle folder')
   if is_bundle(path):
     meta, params = _read_bundle(path)
+    if not isinstance(meta.get('config'), dict):
+      raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
+                       'bundle again with --mode=export')
     config = saved_config.from_dict(meta['config'])
     params = families.build(config).from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None
+    if step is not None and step != meta.get('step'):
+      raise ValueError(f'{path} is a bundle of step {meta.get("step")}, not '
+                       f'{step}')
     step = meta.get('step', 0)
   else:
-    step_dir = _checkpoint_dir(path)
-    if step_dir is None:
+    dirs = _step_dirs(path, step)
+    if dirs is None:
       raise ValueError(f'{path!r} is neither a training workdir (no '
                        f'checkpoints/) nor an export bundle (no {BUNDLE_FILE})')
-    config, params, step = _restore_checkpoint(step_dir)
+    step_dir, (config, params, step) = _restore_newest_intact(path, dirs)
     workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
     mean = _workdir_chroma(workdir, config)
   _check_params(params, families.build(config), path)
@@ -291,11 +340,12 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
   return _predictor(config, params, mean, step, path, batch_size)
 
 
-def export(path: str, out_dir: str) -> str:
-  """`--mode=export`: the model at `path` -> a bundle at `out_dir`; its path."""
+def export(path: str, out_dir: str, step: Optional[int] = None) -> str:
+  """`--mode=export`: the model at `path` (its checkpoint of `step`, default
+  the newest intact) -> a bundle at `out_dir`; its path."""
   if not out_dir:
     raise ValueError('--output=DIR is required for --mode=export')
-  predictor = load(path)
+  predictor = load(path, step=step)
   write_bundle(predictor, out_dir)
   logging.info('Exported %s (%s, step %d) to %s', path, predictor.model_name,
                predictor.step, out_dir)

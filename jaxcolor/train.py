@@ -22,11 +22,13 @@ import numpy as np
 
 from jaxcolor import checkpoint
 from jaxcolor import chroma
+from jaxcolor import config_check
 from jaxcolor import families
 from jaxcolor import losses
 from jaxcolor import parallel
 from jaxcolor import saved_config
 from jaxcolor import summaries
+from jaxcolor import workdir_lock
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 
@@ -36,6 +38,7 @@ AXIS = parallel.AXIS
 # ------------------------------------------------------------------ set-up
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Clear errors for settings that cannot work, before any work starts."""
+  config_check.check(config)
   b = config.data.batch_size
   per_process = b // jax.process_count()
   if b % jax.process_count() or per_process % jax.local_device_count():
@@ -244,15 +247,109 @@ def _check_finite(step: int, metrics: dict) -> None:
         'rates or check the data before resuming.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """Trains (resuming from `workdir` if it holds checkpoints); returns the state."""
-  # Imported here: they pull in TensorFlow, which other modes do not need.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+class StopRequested(KeyboardInterrupt):
+  """SIGTERM or SIGINT arrived while the run was waiting (for data, a
+  compile, an evaluation). A KeyboardInterrupt, so no `except Exception`
+  (such as the loader's skip of a bad file) swallows it."""
 
-  # ---------------------------------------------------------------- set-up
+  def __init__(self, signum: int, phase: str = ''):
+    super().__init__(signum)
+    self.signum, self.phase = signum, phase
+
+
+class _Signals:
+  """SIGTERM/SIGINT handler: stops the run cleanly, as soon as it can.
+
+  While a step, an evaluation or a save runs (`busy`: a step donates the
+  state's buffers), the run stops after it, with a checkpoint. While it
+  waits for data, the batch gets `DATA_GRACE_S` seconds to arrive (then it
+  is trained on, so the saved data iterator matches the state); a pipeline
+  that hangs longer is cut off, and the last checkpoint stands. Before the
+  first step (set-up, building the state) there is nothing to save: the
+  process ends at once, releasing its lock (`on_exit`).
+  """
+  DATA_GRACE_S = 10
+
+  def __init__(self, on_exit: Callable[[], None] = lambda: None):
+    self.received: list[int] = []
+    self.phase = 'set-up'   # what the run is doing
+    self.busy = False       # True while a step, evaluation or save runs
+    self.on_exit = on_exit
+
+  def __call__(self, signum, _frame):
+    if signum == signal.SIGALRM:  # the data grace period is over
+      raise StopRequested(self.received[0], 'data')
+    self.received.append(signum)
+    if self.busy:
+      logging.warning('Received signal %d: stopping after this %s.', signum,
+                      self.phase)
+    elif self.phase == 'data':
+      logging.warning('Received signal %d while waiting for data: stopping '
+                      'after this batch (or in %d s).', signum,
+                      self.DATA_GRACE_S)
+      signal.alarm(self.DATA_GRACE_S)
+    else:
+      # Raising here could land inside a JAX call; nothing is saved yet.
+      logging.warning('Received signal %d during %s: stopped before the '
+                      'first step; the last checkpoint stands. Resume by '
+                      'running the same command again.', signum, self.phase)
+      self.on_exit()
+      logging.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
+
+  def install(self) -> dict:
+    return {s: signal.signal(s, self)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+
+
+def _log_progress(step: int, total: int, summary: dict, keys, t_start: float,
+                  start_step: int) -> None:
+  """One console line per log step: step, throughput, ETA, main losses."""
+  done = step - start_step
+  elapsed = time.time() - t_start
+  eta = elapsed / done * (total - step) if done else 0.0
+  ips = summary.get('train/images_per_sec_per_device', 0.0) * jax.device_count()
+  losses = '  '.join(f'{k} {summary[f"train/{k}"]:.4g}' for k in keys
+                     if f'train/{k}' in summary)
+  logging.info('step %d/%d  %.2f img/s  ETA %s  %s', step, total, ips,
+               time.strftime('%H:%M:%S', time.gmtime(eta)), losses)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns the state.
+
+  One run at a time per workdir (a lock); SIGTERM/SIGINT stop it cleanly:
+  during a step, after it with a checkpoint; while waiting for data or in
+  set-up, at once (the last checkpoint stands).
+  """
   parallel.maybe_initialize_distributed(config.distributed)
   validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
+          else None)
+  signals = _Signals(on_exit=lock.release if lock is not None else
+                     lambda: None)
+  old_handlers = signals.install()
+  try:
+    if lock is not None:
+      lock.acquire()
+    return _train(config, workdir, signals)
+  except StopRequested as e:
+    logging.warning('Stopped by signal %d during %s; the last checkpoint '
+                    'stands. Resume by running the same command again.',
+                    e.signum, e.phase)
+    raise
+  finally:
+    signal.alarm(0)
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir, signals: _Signals) -> Any:
+  """The run itself (see `train_and_evaluate`), under its lock."""
+  # ---------------------------------------------------------------- set-up
   process_index, process_count = jax.process_index(), jax.process_count()
   family, data = family_and_data(config)
   total_steps = num_train_steps(config, data)
@@ -260,32 +357,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   if total_steps % k:
     raise ValueError(f'{total_steps} training steps are not a multiple of '
                      f'config.steps_per_call={k}')
+  data.check_usable('train')
   par = parallel.Parallel.create(config.parallel)
-  os.makedirs(workdir, exist_ok=True)
   if process_index == 0:
+    checkpoint.clean_interrupted(workdir)
     write_config(config, workdir)
     chroma.ensure_written(config, workdir, data)  # once per run, for colorize
-  train_iter = iter(data.train_dataset())
+  train_split = data.split('train')
+  logging.info('Model %s; data: %d train / %d val %s (%s); %d device(s) '
+               '(%s), %d process(es).', family.name,
+               train_split.num_examples, data.num_examples('val'),
+               'files' if train_split.kind == 'folder' else 'records',
+               config.data.prepared_dir or config.data.train_dir,
+               jax.device_count(), jax.default_backend(), process_count)
 
   # ---------------------------------------------------------------- state
-  # Restored from the newest checkpoint (shapes only: no weights file is
-  # read, no data pass made), or built fresh on the devices, replicated.
-  manager = checkpoint.create_manager(workdir, config)
-  restored = checkpoint.restore_latest(
-      manager, abstract_state(family, par), train_iter, config)
-  if restored is None:
-    state = init_state(family, par, config, data)
-    start_step = 0
-  else:
-    start_step, state = restored
-    if start_step % k:
-      raise ValueError(
-          f'The checkpoint is at step {start_step}, not a multiple of '
-          f'config.steps_per_call={k}; resume with a steps_per_call that '
-          'divides it')
-  family.check_data(state, data)
+  # Restored from the newest intact checkpoint (shapes only: no weights
+  # file is read, no data pass made), or built fresh on the devices.
+  signals.phase = 'state set-up'
+  train_iter = iter(data.train_dataset())
+  try:
+    manager = checkpoint.create_manager(workdir, config)
+    restored = checkpoint.restore_latest(
+        manager, abstract_state(family, par), train_iter, config,
+        writer=process_index == 0)
+    if restored is None:
+      state = init_state(family, par, config, data)
+      start_step = 0
+    else:
+      start_step, state = restored
+      if start_step % k:
+        raise ValueError(
+            f'The checkpoint is at step {start_step}, not a multiple of '
+            f'config.steps_per_call={k}; resume with a steps_per_call that '
+            'divides it')
+    family.check_data(state, data)
+    logging.info('%s: steps %d..%d, global batch %d.',
+                 f'Resuming from step {start_step}' if start_step else
+                 'Fresh start', start_step + 1, total_steps,
+                 config.data.batch_size)
+    return _loop(config, workdir, signals, family, data, par, manager,
+                 train_iter, state, start_step, total_steps)
+  finally:
+    close = getattr(train_iter, 'close', None)
+    if close is not None:
+      close()  # Grain worker processes and their shared memory
+
+
+def _loop(config, workdir, signals, family, data, par, manager, train_iter,
+          state, start_step, total_steps):
+  """Compiles the calls, then steps, logs, evaluates and checkpoints."""
+  # Imported here: they pull in TensorFlow, which other modes do not need.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   # ---------------------------------------------------------------- compile
+  signals.phase = 'compile'
+  process_index = jax.process_index()
+  k = config.steps_per_call
   writer = metric_writers.create_default_writer(
       workdir, just_logging=process_index > 0, asynchronous=True)
   if start_step == 0:
@@ -303,14 +432,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
       every_steps=config.log_every_steps)
   hooks = [report_progress] if process_index == 0 else []
 
-  preempted = []
-  def on_signal(signum, _):
-    logging.warning('Received signal %d: saving a checkpoint and exiting.',
-                    signum)
-    preempted.append(signum)
-  old_handlers = {s: signal.signal(s, on_signal)
-                  for s in (signal.SIGTERM, signal.SIGINT)}
-
   # ---------------------------------------------------------------- loop
   sample_batch = next(data.eval_batches(), None)
   train_metrics = []   # host copies, merged at each log step
@@ -318,7 +439,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   step_state = par.to_step_layout(state)
   del state
   images_per_step = config.data.batch_size
-  t_log, step = time.time(), start_step
+  t_log = t_start = time.time()
+  done = saved = start_step  # the step step_state is at; the last saved
+  consistent = False  # True once the loop ends (or stops) between steps
 
   def flush():
     """Fetches the pending step's metrics; writes a summary at log steps."""
@@ -338,46 +461,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
           len(train_metrics) * images_per_step / (now - t_log) /
           jax.device_count())
       writer.write_scalars(s, summary)
+      if process_index == 0:
+        _log_progress(s, total_steps, summary, family.console_metrics,
+                      t_start, start_step)
       train_metrics, t_log = [], now
 
-  logging.info('Training steps %d..%d on %d device(s), %d process(es).',
-               start_step + 1, total_steps, jax.device_count(), process_count)
+  def save(step):
+    nonlocal saved
+    flush()
+    with report_progress.timed('checkpoint'):
+      checkpoint.save(manager, step, par.from_step_layout(step_state),
+                      train_iter, config)
+    saved = step
+    logging.info('Checkpoint of step %d -> %s', step,
+                 os.path.join(workdir, 'checkpoints', str(step)))
+
   try:
     # Each call runs k steps; every *_every_steps is a multiple of k, so the
     # step after a call is where logs, evals and checkpoints fall due.
     for step in range(start_step + k, total_steps + 1, k):
+      signals.phase, signals.busy = 'data', False
       with report_progress.timed('data'):
         batch = put_train_batches(
             par, [next(train_iter) for _ in range(k)], config)
+      signals.phase, signals.busy = 'step', True  # runs to its end
+      signal.alarm(0)  # a data grace period (see _Signals) is not needed
       with report_progress.timed('step', wait_jax_async_dispatch=False):
         step_state, metrics = step_fn(step_state, batch)
+      done = step
       flush()  # the previous call's, while the device runs this one
       pending = (step, metrics)
       for h in hooks:
         h(step)
+      if signals.received:
+        break
 
+      signals.phase = 'evaluation'  # still busy: stops after it
       is_last = step == total_steps
       if (step % config.image_every_steps == 0 or is_last) and sample_batch:
         _write_samples(writer, workdir, step, sample_fn, step_state,
                        sample_batch, par)
       if step % config.eval_every_steps == 0 or is_last:
         with report_progress.timed('eval'):
-          writer.write_scalars(step, evaluate(eval_fn, step_state, par, data))
+          scores = evaluate(eval_fn, step_state, par, data)
+        writer.write_scalars(step, scores)
+        if scores and process_index == 0:
+          logging.info('eval step %d: PSNR %.2f dB (gray copy %.2f), SSIM '
+                       '%.3f (gray copy %.3f)', step, scores['val/psnr'],
+                       scores['val/psnr_gray'], scores['val/ssim'],
+                       scores['val/ssim_gray'])
 
       # ------------------------------------------------------------ checkpoint
-      if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-        flush()
-        with report_progress.timed('checkpoint'):
-          checkpoint.save(manager, step, par.from_step_layout(step_state),
-                          train_iter, config)
-      if preempted:
-        logging.warning('Stopped at step %d after signal %d; resume by '
-                        'running the same command again.', step, preempted[0])
+      if step % config.checkpoint_every_steps == 0 or is_last:
+        signals.phase = 'checkpoint'
+        save(step)
+      if signals.received:
         break
     flush()
+    consistent = True
+  except StopRequested as e:
+    consistent = e.phase != 'data'
+    if not consistent:  # an iterator cut off mid-batch cannot be saved
+      logging.warning('Stopped while waiting for data after step %d; the '
+                      'checkpoint of step %d stands.', done, saved)
+      raise
   finally:
-    for s, h in old_handlers.items():
-      signal.signal(s, h)
+    signals.busy = True
+    if signals.received and consistent and done > saved:
+      save(done)
+    if signals.received and consistent:
+      logging.warning('Stopped at step %d after signal %d; resume by '
+                      'running the same command again.', done,
+                      signals.received[0])
     manager.wait_until_finished()
     writer.flush()
   return par.from_step_layout(step_state)

@@ -176,3 +176,17 @@ def run_main(*args, timeout=120, env=None):
   return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
+
+
+# main.py as `python main.py ...` runs it (run with `python -c`); on a clean
+# exit it prints which tensorflow modules the process imported.
+MAIN_REPORTING_TF = (
+    'import runpy, sys\n'
+    "sys.argv = ['main.py'] + sys.argv[1:]\n"
+    'try:\n'
+    "  runpy.run_path('main.py', run_name='__main__')\n"
+    'except SystemExit as e:\n'
+    '  assert not e.code, e.code\n'
+    "print('TF_MODULES', sorted(m for m in sys.modules\n"
+    "                           if m.split('.')[0] == 'tensorflow'),"
+    ' flush=True)\n')

@@ -160,3 +160,14 @@ def make_mixed_folder(folder: str, n_good: int = 4
   bad.append('unreadable.jpg')
   os.makedirs(os.path.join(folder, 'folder.jpg'))
   return sorted(good), sorted(bad)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+  """A PNG signature and IHDR claiming width x height, and no pixels (a
+  decompression-bomb probe: the size is known before anything decodes)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+  ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  chunk = b'IHDR' + ihdr
+  return (b'\x89PNG\r\n\x1a\n' + struct.pack('>I', len(ihdr)) + chunk +
+          struct.pack('>I', zlib.crc32(chunk) & 0xffffffff))

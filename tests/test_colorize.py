@@ -173,7 +173,7 @@ def test_colorize_folder_mirrors_skips_and_keeps_inputs(runs, tmp_path):
 
   counts = colorize.run(runs['gan'], str(src), str(out), batch_size=2)
 
-  assert counts == {'written': len(good) + 2, 'skipped': len(bad)}
+  assert counts == {'written': len(good) + 2, 'skipped': len(bad), 'kept': 0}
   written = sorted(str(p.relative_to(out)) for p in out.rglob('*.png'))
   names = {'odd.jpg': 'odd.png', 'odd.png': 'odd.png.png',
            'sub/photo.BMP': 'sub/photo.png',
@@ -194,7 +194,7 @@ def test_colorize_folder_mirrors_skips_and_keeps_inputs(runs, tmp_path):
   inner = src / 'colour'
   counts = colorize.run(runs['gan'], str(src / 'odd.jpg'), str(inner),
                         side_by_side_output=True, batch_size=2)
-  assert counts == {'written': 1, 'skipped': 0}
+  assert counts == {'written': 1, 'skipped': 0, 'kept': 0}
   pair = cv2.imread(str(inner / 'odd.png'))
   assert pair.shape == (333, 2 * 517, 3)
   assert len(colorize.plan(str(src), str(inner))) == len(good) + len(bad) + 2
@@ -264,14 +264,7 @@ def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
 
 def run_main(*args):
   """Runs main.py with `args` in a subprocess; its stdout (+ TF_MODULES)."""
-  check = ('import runpy, sys\n'
-           "sys.argv = ['main.py'] + sys.argv[1:]\n"
-           'try:\n'
-           "  runpy.run_path('main.py', run_name='__main__')\n"
-           'except SystemExit as e:\n'
-           '  assert not e.code, e.code\n'
-           "print('TF_MODULES', sorted(m for m in sys.modules\n"
-           "                           if m.startswith('tensorflow')))\n")
+  check = helpers.MAIN_REPORTING_TF
   result = subprocess.run(
       [sys.executable, '-c', check, *args], cwd=ROOT, capture_output=True,
       text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))

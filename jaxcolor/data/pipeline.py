@@ -163,6 +163,25 @@ class Data:
     return s, _Loader(s, preprocess.Options.from_config(self.config.data))
 
   # ------------------------------------------------------------ training
+  def check_usable(self, split: str = 'train') -> None:
+    """Raises ValueError unless some example of `split` can be read.
+
+    Reads in order until the first usable example (at once for usable
+    data), so a folder of only broken files is refused before training
+    instead of being skipped forever.
+    """
+    s, loader = self._loader(split)
+    source = s.source
+    for i in range(len(source)):
+      if loader(source[i]) is not None:
+        return
+    reasons = ', '.join(f'{n} {kind}' for kind, n in
+                        sorted(loader.skipped.items(), key=lambda x: -x[1]))
+    raise ValueError(
+        f'no usable {split} image among the {len(source)} '
+        f'{"file" if s.kind == "folder" else "record"}(s) of the {split} '
+        f'split ({reasons or "none"}); see the warnings above for each file')
+
   def train_dataset(self) -> grain.IterDataset:
     """Infinite, shuffled, sharded batches of this process's share.
 

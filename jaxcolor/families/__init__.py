@@ -62,9 +62,12 @@ class Family:
     resume_may_differ: dotted config.model keys that may change between a
       checkpoint and the run resuming it (they change how the step computes,
       not what the saved arrays mean); all other model keys must match.
+    console_metrics: the step's metrics shown on the console's progress
+      line (all of them go to TensorBoard).
   """
   inference_keys: Sequence[str] = ()
   resume_may_differ: Sequence[str] = ()
+  console_metrics: Sequence[str] = ('loss',)
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -82,6 +85,13 @@ class Family:
   def validate(self) -> None:
     """Raises ValueError for model settings that cannot work."""
     compute_dtype(self.config)
+
+  @classmethod
+  def benchmark_config(cls, config: ml_collections.ConfigDict
+                       ) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """The config a speed measurement runs (e.g. without weights files a
+    training run would require), and notes saying what was changed."""
+    return config, []
 
   # ------------------------------------------------------------ state
   def abstract_init_inputs(self, key: jax.Array) -> tuple:

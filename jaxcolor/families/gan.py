@@ -357,6 +357,7 @@ _MOVED_TO_MODEL = ('reuse_generator_forward',)
 class GANFamily(families.Family):
   """The proposed model ('edge_saliency_gan') and SCGAN ('scgan')."""
   inference_keys = ('g_params', 'resnet')
+  console_metrics = ('g_loss', 'l1', 'gan', 'saliency', 'd_loss')
   resume_may_differ = ('model.conv_impl', 'model.resnet18_weights',
                        'model.require_resnet18_weights',
                        'model.reuse_generator_forward')
@@ -375,6 +376,18 @@ class GANFamily(families.Family):
         saved['model'].setdefault(key, saved.pop(key))
     saved['model'].setdefault('reuse_generator_forward', True)
     return saved
+
+  @classmethod
+  def benchmark_config(cls, config):
+    """Speed does not depend on the ResNet's weights: a random branch."""
+    mc = config.model
+    if not (mc.use_resnet and mc.require_resnet18_weights and
+            not mc.resnet18_weights):
+      return config, []
+    config = config.copy_and_resolve_references()
+    config.model.require_resnet18_weights = False
+    return config, ['no ResNet-18 weights given: measured with a randomly '
+                    'initialised branch (the speed is the same)']
 
   def validate(self) -> None:
     super().validate()

@@ -124,11 +124,20 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads a .pth/.pt (torch) or .safetensors file -> {key: float32 array}."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'no such weight file: {path}')
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} is not a file')
   ext = os.path.splitext(path)[1].lower()
   if ext == '.safetensors':
     # pylint: disable-next=g-import-not-at-top
     from safetensors.numpy import load_file
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    try:
+      tensors = load_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      # safetensors raises its own SafetensorError for a damaged file.
+      raise ValueError(f'{path} is not a readable .safetensors file '
+                       f'({type(e).__name__}: {e}); expected timm\'s / '
+                       'Hugging Face resnet18 model.safetensors') from e
+    return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
   if ext in ('.pth', '.pt', '.bin'):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -136,7 +145,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       raise ImportError(
           f'reading {path} needs PyTorch (pip install torch); or convert '
           "timm's resnet18 model.safetensors, which needs no torch") from e
-    obj = torch.load(path, weights_only=True, map_location='cpu')
+    try:
+      obj = torch.load(path, weights_only=True, map_location='cpu')
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'{path} is not a readable PyTorch file '
+                       f'({type(e).__name__}: {e}); expected torchvision\'s '
+                       'resnet18-f37072fd.pth') from e
     if isinstance(obj, dict) and isinstance(obj.get('state_dict'), dict):
       obj = obj['state_dict']
     if not isinstance(obj, dict):
@@ -165,7 +179,7 @@ def main(argv=None) -> int:
   try:
     variables = convert_file(args.src, args.out)
   except (OSError, ValueError, ImportError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {args.src}: {e}', file=sys.stderr)
     return 1
   n = sum(v.size for v in _leaves(variables['params']))
   print(f'wrote {args.out}: {n:,} parameters '

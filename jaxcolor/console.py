@@ -1,0 +1,35 @@
+"""What a person sees on the console: jaxcolor's own lines.
+
+Libraries that log through absl (Orbax, Grain, clu's logging writer, JAX)
+print INFO lines of their own, around every checkpoint and log step; by
+default only their warnings and errors are shown, and jaxcolor's INFO lines
+(set-up, a progress line per log step, evaluations, checkpoints). With
+`--verbosity=1` (or more) every line is shown.
+"""
+
+import logging
+import os
+
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+             __file__))), 'main.py'))
+
+
+class _OwnInfoOnly(logging.Filter):
+  """Keeps WARNING and above, and INFO lines logged by jaxcolor itself."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    path = os.path.abspath(record.pathname or '')
+    return path.startswith(_OURS[0]) or path == _OURS[1]
+
+
+def quiet_libraries(verbosity: int) -> None:
+  """Hides other libraries' INFO lines unless `verbosity` >= 1."""
+  if verbosity >= 1:
+    return
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+    handler.addFilter(_OwnInfoOnly())

@@ -129,9 +129,14 @@ def _family_and_apply(config_json: str) -> tuple[families.Family, Callable]:
   return family, jax.jit(family.predict)
 
 
+def _model(config: ml_collections.ConfigDict
+           ) -> tuple[families.Family, Callable]:
+  """(family, jitted predict) of a config, built once per distinct config."""
+  return _family_and_apply(json.dumps(config.to_dict(), sort_keys=True))
+
+
 def _predictor(config, params, mean_chroma, step, source, batch_size):
-  family, apply_fn = _family_and_apply(
-      json.dumps(config.to_dict(), sort_keys=True))
+  family, apply_fn = _model(config)
   params = jax.device_put(jax.tree.map(np.asarray, params))
   return Predictor(config=config, mean_chroma=mean_chroma, params=params,
                    apply_fn=apply_fn, family=family, batch_size=batch_size,
@@ -167,7 +172,7 @@ def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
     checkpoint.DamagedCheckpointError: a file of it is missing or damaged.
   """
   config = checkpoint.read_config(step_dir)
-  family = families.build(config)
+  family, _ = _model(config)
   params = family.from_saved(
       checkpoint.restore_fields(step_dir, family.inference_keys))
   return config, params, int(os.path.basename(os.path.normpath(step_dir)))
@@ -318,7 +323,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
       raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
                        'bundle again with --mode=export')
     config = saved_config.from_dict(meta['config'])
-    params = families.build(config).from_saved(params)
+    params = _model(config)[0].from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None
     if step is not None and step != meta.get('step'):
@@ -333,7 +338,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
     step_dir, (config, params, step) = _restore_newest_intact(path, dirs)
     workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
     mean = _workdir_chroma(workdir, config)
-  _check_params(params, families.build(config), path)
+  _check_params(params, _model(config)[0], path)
   if mean is None:
     logging.warning('%s: the mean training chroma is unknown (no %s).', path,
                     chroma_lib.FILE)

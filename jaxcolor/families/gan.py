@@ -503,7 +503,6 @@ class GANFamily(families.Family):
   def featurizer(self) -> Featurizer:
     """The frozen ResNet of a fresh run of this config, as prepare's
     featurizer (its weights load, or fail, before anything is written)."""
-    self.validate()
     if not self.config.model.use_resnet:
       raise ValueError('config.data.use_feature_cache=True needs the ResNet '
                        'branch, but config.model.use_resnet is False')

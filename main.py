@@ -44,6 +44,10 @@ flags.DEFINE_bool('overwrite', False,
 flags.DEFINE_integer('step', None,
                      'colorize, evaluate, export: the checkpoint step to use '
                      '(default: the newest intact one).')
+flags.DEFINE_enum('chroma_upsampling', 'bilinear', ('bilinear', 'guided'),
+                  'colorize/evaluate/serve: how the model\'s chroma reaches '
+                  'the photo\'s size: bilinear, or guided (a guided filter '
+                  'on the photo\'s own gray keeps colour inside edges).')
 flags.DEFINE_integer('port', 7860, 'serve: the port of the web page.')
 flags.DEFINE_string('host', '127.0.0.1', 'serve: the address to listen on '
                     '(0.0.0.0: every network interface).')
@@ -113,20 +117,23 @@ def main(argv):
       from jaxcolor import colorize  # pylint: disable=g-import-not-at-top
       colorize.run(workdir, FLAGS.input, FLAGS.output,
                    side_by_side_output=FLAGS.side_by_side,
-                   overwrite=FLAGS.overwrite, step=FLAGS.step)
+                   overwrite=FLAGS.overwrite, step=FLAGS.step,
+                   chroma_upsampling=FLAGS.chroma_upsampling)
     elif FLAGS.mode == 'export':
       from jaxcolor import inference  # pylint: disable=g-import-not-at-top
       inference.export(workdir, FLAGS.output, step=FLAGS.step)
     elif FLAGS.mode == 'evaluate':
       from jaxcolor import evaluate  # pylint: disable=g-import-not-at-top
-      evaluate.run(workdir, FLAGS.input, FLAGS.output, step=FLAGS.step)
+      evaluate.run(workdir, FLAGS.input, FLAGS.output, step=FLAGS.step,
+                   chroma_upsampling=FLAGS.chroma_upsampling)
     elif FLAGS.mode == 'report':
       from jaxcolor import report  # pylint: disable=g-import-not-at-top
       for path in report.run(workdir):
         print(path)
     elif FLAGS.mode == 'serve':
       from jaxcolor import serve  # pylint: disable=g-import-not-at-top
-      serve.run(workdir, host=FLAGS.host, port=FLAGS.port)
+      serve.run(workdir, host=FLAGS.host, port=FLAGS.port,
+                chroma_upsampling=FLAGS.chroma_upsampling)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Bad paths, configs, data or checkpoints, and diverged training: the
     # message says what to do; a traceback would only bury it.

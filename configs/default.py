@@ -22,6 +22,11 @@ def get_config():
   model.name = 'edge_saliency_gan'  # or 'scgan' (configs/scgan_baseline.py)
   model.use_edge = True        # input = gray (+ Canny edge)
   model.saliency_head = True   # output = RGB (+ saliency)
+  # What G's image channels are: 'rgb' (the paper: it re-predicts the
+  # luminance it was given) or 'chroma' (two YCrCb chroma offsets, rebuilt
+  # into RGB on the input's own luminance, so every loss still sees RGB;
+  # the last layer starts at zero: an untrained G outputs the gray copy).
+  model.output = 'rgb'
   model.negative_slope = 0.2   # LeakyReLU
   # Generator encoder widths d1..d7; decoder u1..u6 mirror them, u7 emits
   # the output channels. All kernels 4x4; strides 2 except the layer below.
@@ -60,6 +65,10 @@ def get_config():
   # WGAN-GP term on the critic, lambda * E[(|grad D(x_hat)| - 1)^2] at random
   # interpolates of real and generated RGB (0 = off, as in the paper).
   loss.gradient_penalty_weight = 0.0
+  # Adversarial objective, one critic for all (it emits logits): 'paper'
+  # (E[D(fake)] − E[D(real)] on sigmoid probabilities, G: −E[D(G(x))]),
+  # 'nonsaturating' (BCE), 'hinge' or 'lsgan' (jaxcolor/losses.py).
+  loss.gan = 'paper'
 
   # ---------------------------------------------------------------- optimisers
   optim = config.optim = ml_collections.ConfigDict()
@@ -67,5 +76,17 @@ def get_config():
   optim.d_learning_rate = 1e-5
   optim.b1 = 0.9
   optim.b2 = 0.999
+  # Learning-rate schedules, per optimiser: 'constant' (the paper),
+  # 'cosine' or 'linear' decay to end_lr_fraction * peak at decay_steps
+  # (0: num_train_steps), after a linear warmup of warmup_steps (shared).
+  optim.g_lr_schedule = 'constant'
+  optim.d_lr_schedule = 'constant'
+  optim.warmup_steps = 0
+  optim.decay_steps = 0
+  optim.end_lr_fraction = 0.0
+  # EMA of G's parameters, used by evaluation, samples, colorize and export
+  # (0 = off, the paper); ema_warmup: decay min(ema_decay, (1+t)/(10+t)).
+  optim.ema_decay = 0.0
+  optim.ema_warmup = True
 
   return config

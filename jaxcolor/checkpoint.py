@@ -6,6 +6,7 @@ Which keys may differ on resume, and which state fields inference reads,
 come from the model family.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -208,6 +209,28 @@ def clean_interrupted(workdir: str) -> list[str]:
   return removed
 
 
+def _restore_state(manager: ocp.CheckpointManager, step: int, path: str,
+                   abstract_state: Any) -> Any:
+  """The state of `step`. Top-level fields that are None in this state
+  and absent from the saved tree (fields added since, whose switch is
+  off, e.g. a GAN run's EMA) are restored as None."""
+  saved = _state_tree(path)
+  absent = []
+  if dataclasses.is_dataclass(abstract_state) and isinstance(saved, dict):
+    absent = [f.name for f in dataclasses.fields(abstract_state)
+              if getattr(abstract_state, f.name) is None and
+              f.name not in saved]
+  if not absent:
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
+  target = {f.name: getattr(abstract_state, f.name)
+            for f in dataclasses.fields(abstract_state)
+            if f.name not in absent}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))['state']
+  return abstract_state.replace(**restored)
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    data_iterator: Any, config: ml_collections.ConfigDict,
                    writer: bool = True) -> Optional[tuple[int, Any]]:
@@ -231,8 +254,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       check_structure(path, abstract_state)
       with _Quiet():
         try:
-          state = manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state)))['state']
+          state = _restore_state(manager, step, path, abstract_state)
           manager.restore(step, args=ocp.args.Composite(
               data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except Exception as e:  # pylint: disable=broad-except

@@ -11,7 +11,9 @@ model's chroma in YCrCb with OpenCV's constants for 8-bit images:
 RGB and Y are in [0, 255]; chroma is kept as offsets (Cr - 128, Cb - 128).
 `merge` inverts this exactly for Y and shrinks the chroma of a pixel
 towards gray where its colour would leave the RGB cube, so the output's
-luminance is the input's up to rounding to 8 bit.
+luminance is the input's up to rounding to 8 bit. `rgb_from_chroma` is
+the same inverse, differentiable and unclipped, for models that predict
+chroma (the GAN's model.output='chroma').
 
 The training set's mean chroma (the "constant tint" baseline) is written
 once per run to `<workdir>/chroma.json` as (Cr, Cb) in 8-bit units (128 is
@@ -41,6 +43,24 @@ def split(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   y = rgb @ _W
   chroma = np.stack([_CR * (rgb[..., 0] - y), _CB * (rgb[..., 2] - y)], -1)
   return y, chroma
+
+
+def rgb_from_chroma(y, chroma):
+  """Y (..., 1) + chroma offsets (..., 2) -> RGB (..., 3), in Y's units.
+
+  Linear, so it holds in any units that map 0 to 0 (e.g. [-1, 1] images,
+  whose offsets are (Cr - 128) / 127.5): BT.601 Y of the result is `y` up
+  to float rounding. Not clipped: colours may leave the RGB cube. Works on
+  numpy and jax arrays (and is differentiable).
+  """
+  dr = chroma[..., 0:1] * (1.0 / _CR)
+  db = chroma[..., 1:2] * (1.0 / _CB)
+  dg = (dr * -float(_W[0]) - db * float(_W[2])) * (1.0 / float(_W[1]))
+  parts = (y + dr, y + dg, y + db)
+  if isinstance(y, np.ndarray):
+    return np.concatenate(parts, axis=-1)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.concatenate(parts, axis=-1)
 
 
 def merge(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:

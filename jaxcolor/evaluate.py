@@ -139,7 +139,9 @@ def markdown(result: dict) -> str:
       f'{os.path.basename(os.path.normpath(result["input_dir"]))}', '',
       f'{result["num_images"]} colour photos from `{result["input_dir"]}`'
       f' ({result["num_skipped"]} skipped), made gray and colorized at full '
-      f'resolution, and at the model\'s {s} px. Means over the photos.', '',
+      f'resolution (chroma upsampling: '
+      f'{result.get("chroma_upsampling", "bilinear")}), and at the model\'s '
+      f'{s} px. Means over the photos.', '',
       '| ' + ' | '.join(head) + ' |',
       '| --- |' + ' ---: |' * (len(head) - 1)]
   for name in CANDIDATES + ('truth',):
@@ -211,7 +213,9 @@ def _read(path: str, max_pixels: int) -> np.ndarray:
 def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
         batch_size: int = inference.DEFAULT_BATCH_SIZE,
         num_examples: int = 8, example_height: int = 192,
-        step: Optional[int] = None) -> dict[str, Any]:
+        step: Optional[int] = None,
+        chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING
+        ) -> dict[str, Any]:
   """The --mode=evaluate command; returns what evaluation.json holds.
 
   Args:
@@ -223,11 +227,14 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
     num_examples: photos shown in examples.png.
     example_height: their height there, in pixels.
     step: the checkpoint step to evaluate (default: the newest intact one).
+    chroma_upsampling: how the model's chroma reaches full resolution
+      (`colorize.UPSAMPLING`).
 
   Raises:
     FileNotFoundError, ValueError: a missing model or folder, no images, or
       no usable colour photo among them.
   """
+  colorize.check_upsampling(chroma_upsampling)
   files = sources.list_images(input_dir, config_key='--input')
   output_dir = output_dir or default_output_dir(workdir, input_dir)
   out_real = os.path.realpath(output_dir) + os.sep
@@ -268,7 +275,8 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
     grays = [colorize.to_gray(x) for x in truths]
     small = np.stack([colorize.model_gray(g, size) for g in grays])
     rgb_small = predictor(small)
-    outputs = [colorize.combine(g, c) for g, c in zip(grays, rgb_small)]
+    outputs = [colorize.combine(g, c, chroma_upsampling)
+               for g, c in zip(grays, rgb_small)]
     batch_s = time.perf_counter() - t
     colorize_s += batch_s
 
@@ -310,6 +318,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
       'step': predictor.step,
       'model_path': workdir,
       'image_size': size,
+      'chroma_upsampling': chroma_upsampling,
       'mean_chroma_cr_cb': list(mean_chroma) if mean_chroma else None,
       'input_dir': input_dir,
       'output_dir': output_dir,

@@ -1,12 +1,18 @@
-"""The paper's critic and generator losses, and the CIC baseline's.
+"""The GAN objectives (the paper's and three standard ones), L1 terms, CIC.
 
-All images are float in [-1, 1]; critic outputs are patch probabilities in
-(0, 1). Saliency maps enter the weighted L1 as weights in [0, 1] (mapped from
-[-1, 1]): a signed weight would flip the sign of the colours it weights.
+All images are float in [-1, 1]. The critic network emits patch logits;
+each objective owns its final map: 'paper' takes probabilities
+sigmoid(logits) (the paper's critic ends in a sigmoid), the others work on
+the logits. Saliency maps enter the weighted L1 as weights in [0, 1]
+(mapped from [-1, 1]): a signed weight would flip the sign of the colours
+it weights.
 """
 
 import jax
 import jax.numpy as jnp
+
+# config.loss.gan: the adversarial objective of the GAN family.
+GAN_OBJECTIVES = ('paper', 'nonsaturating', 'hinge', 'lsgan')
 
 
 def critic_loss(d_real: jnp.ndarray, d_fake: jnp.ndarray) -> jnp.ndarray:
@@ -17,6 +23,54 @@ def critic_loss(d_real: jnp.ndarray, d_fake: jnp.ndarray) -> jnp.ndarray:
 def gan_loss(d_fake: jnp.ndarray) -> jnp.ndarray:
   """The generator's adversarial term: -E[D(G(x))]."""
   return -jnp.mean(d_fake)
+
+
+def critic_value(objective: str, logits: jnp.ndarray) -> jnp.ndarray:
+  """What `objective` scores (and WGAN-GP differentiates): probabilities
+  sigmoid(logits) for 'paper', the logits themselves otherwise."""
+  return jax.nn.sigmoid(logits) if objective == 'paper' else logits
+
+
+def critic_objective(objective: str, real_logits: jnp.ndarray,
+                     fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """The critic's loss on (B, h, w, 1) patch logits of real and fake pairs.
+
+  paper          E[σ(D(fake))] − E[σ(D(real))]
+  nonsaturating  E[softplus(−D(real))] + E[softplus(D(fake))]  (= BCE)
+  hinge          E[relu(1 − D(real))] + E[relu(1 + D(fake))]
+  lsgan          ½E[(D(real) − 1)²] + ½E[D(fake)²]
+  """
+  r, f = real_logits, fake_logits
+  if objective == 'paper':
+    return critic_loss(jax.nn.sigmoid(r), jax.nn.sigmoid(f))
+  if objective == 'nonsaturating':
+    return jnp.mean(jax.nn.softplus(-r)) + jnp.mean(jax.nn.softplus(f))
+  if objective == 'hinge':
+    return jnp.mean(jax.nn.relu(1.0 - r)) + jnp.mean(jax.nn.relu(1.0 + f))
+  if objective == 'lsgan':
+    return 0.5 * jnp.mean((r - 1.0) ** 2) + 0.5 * jnp.mean(f ** 2)
+  raise ValueError(f'config.loss.gan={objective!r}; expected one of '
+                   f'{GAN_OBJECTIVES}')
+
+
+def generator_adversarial(objective: str,
+                          fake_logits: jnp.ndarray) -> jnp.ndarray:
+  """The generator's adversarial term on the critic's logits of its output.
+
+  paper −E[σ(D(G(x)))]; nonsaturating E[softplus(−D(G(x)))] (= −E[log σ]);
+  hinge −E[D(G(x))]; lsgan ½E[(D(G(x)) − 1)²].
+  """
+  f = fake_logits
+  if objective == 'paper':
+    return gan_loss(jax.nn.sigmoid(f))
+  if objective == 'nonsaturating':
+    return jnp.mean(jax.nn.softplus(-f))
+  if objective == 'hinge':
+    return -jnp.mean(f)
+  if objective == 'lsgan':
+    return 0.5 * jnp.mean((f - 1.0) ** 2)
+  raise ValueError(f'config.loss.gan={objective!r}; expected one of '
+                   f'{GAN_OBJECTIVES}')
 
 
 def l1_loss(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -39,15 +93,15 @@ def saliency_l1_loss(fake_rgb, fake_saliency, real_rgb, real_saliency):
                  to_unit(real_saliency) * real_rgb)
 
 
-def generator_losses(fake_rgb, fake_saliency, real_rgb, real_saliency, d_fake,
+def generator_losses(fake_rgb, fake_saliency, real_rgb, real_saliency, gan,
                      *, l1_weight, gan_weight, saliency_weight):
   """G = l1_weight*L1 + gan_weight*GAN + saliency_weight*saliency-L1.
 
+  `gan` is the adversarial term (`generator_adversarial`).
   `fake_saliency`/`real_saliency` may be None (a model without a saliency
   head): that term is then zero. Returns (total, dict of the parts).
   """
   l1 = l1_loss(fake_rgb, real_rgb)
-  gan = gan_loss(d_fake)
   if fake_saliency is None:
     sal = jnp.zeros((), l1.dtype)
   else:
@@ -76,7 +130,8 @@ def gradient_penalty(critic_fn, gray, real_rgb, fake_rgb, rng):
   """WGAN-GP: E[(||grad_x D(gray ⊕ x)|| - 1)^2] at x = e*real + (1-e)*fake.
 
   Args:
-    critic_fn: (B,H,W,4) -> (B,h,w,1).
+    critic_fn: (B,H,W,4) -> (B,h,w,1), the value the objective scores
+      (`critic_value`).
     gray: (B,H,W,1); real_rgb, fake_rgb: (B,H,W,3), all in [-1, 1].
     rng: key for the per-example mixing weights e ~ U(0, 1).
   """

@@ -189,8 +189,10 @@ class Batcher:
   colorized together (up to the compiled batch size, one model at a time),
   exactly as `colorize_images` batches a folder."""
 
-  def __init__(self, batch_size: int):
+  def __init__(self, batch_size: int,
+               upsampling: str = colorize.DEFAULT_UPSAMPLING):
     self.batch_size = batch_size
+    self.upsampling = upsampling
     self._queue: queue.Queue = queue.Queue()
     self._held = None
     threading.Thread(target=self._work, name='colorize', daemon=True).start()
@@ -220,7 +222,7 @@ class Batcher:
         jobs.append(job)
       try:
         rgbs = colorize.colorize_images(jobs[0][0], [j[1] for j in jobs],
-                                        self.batch_size)
+                                        self.batch_size, self.upsampling)
         for job, rgb in zip(jobs, rgbs):
           job[2].set_result(rgb)
       except Exception as e:  # pylint: disable=broad-except
@@ -285,9 +287,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 # ------------------------------------------------------------------ the app
 def make_app(models: Models, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-             results: Optional[Results] = None) -> Starlette:
+             results: Optional[Results] = None,
+             chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING
+             ) -> Starlette:
   """The Starlette app (`models` should already hold its first model)."""
-  batcher = Batcher(models.batch_size)
+  batcher = Batcher(models.batch_size, chroma_upsampling)
   results = results or Results()
   with open(os.path.join(STATIC_DIR, 'index.html'), 'rb') as f:
     page = f.read()
@@ -390,14 +394,16 @@ def _listen(host: str, port: int) -> socket.socket:
   return sock
 
 
-def run(path: str, *, host: str = '127.0.0.1', port: int = 7860) -> None:
+def run(path: str, *, host: str = '127.0.0.1', port: int = 7860,
+        chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING) -> None:
   """The --mode=serve command: serves until Ctrl-C / SIGTERM."""
+  colorize.check_upsampling(chroma_upsampling)
   start = time.time()
   models = Models(path)
   sock = _listen(host, port)  # a taken port fails before the slow part
   try:
     predictor = models.get()  # load and compile before serving requests
-    app = make_app(models)
+    app = make_app(models, chroma_upsampling=chroma_upsampling)
   except BaseException:
     sock.close()
     raise

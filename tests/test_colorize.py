@@ -99,6 +99,29 @@ def test_combine_keeps_size_and_luminance_and_takes_model_chroma():
   assert np.abs(back.astype(int) - model_u8).mean() < 1.0
 
 
+def test_guided_upsampling_keeps_colour_inside_the_photos_edges():
+  # A dark red left part and a bright blue right part, split at a column
+  # that is no model-pixel boundary; the model output is the photo itself
+  # at 64 px (the best a model can do), whose chroma is blurred at the edge.
+  h, w, edge = 321, 481, 237
+  truth = np.zeros((h, w, 3), np.uint8)
+  truth[:, :edge] = (120, 40, 40)
+  truth[:, edge:] = (120, 170, 250)
+  gray = colorize.to_gray(truth)
+  model_rgb = cv2.resize(truth, (64, 64), interpolation=cv2.INTER_AREA)
+  model_rgb = model_rgb.astype(np.float32) / 255.0
+  errors = {}
+  for method in colorize.UPSAMPLING:
+    out = colorize.combine(gray, model_rgb, method)
+    assert_same_luminance(out, gray)
+    near = slice(edge - 12, edge + 12)
+    errors[method] = np.abs(out[:, near].astype(int) -
+                            truth[:, near].astype(int)).mean()
+  assert errors['guided'] < 0.8 * errors['bilinear'], errors
+  with pytest.raises(ValueError, match='chroma_upsampling'):
+    colorize.combine(gray, model_rgb, 'bicubic')
+
+
 def test_tint_is_constant_chroma_on_own_luminance():
   gray = colorize.to_gray(photo(101, 77))
   out = colorize.tint(gray, (140.0, 110.0))
@@ -282,7 +305,8 @@ def test_export_and_colorize_commands_do_not_import_tensorflow(runs,
   photo_path = imagefactory.write(str(tmp_path / 'in.jpg'),
                                   imagefactory.jpeg_bytes(photo(45, 61)))
   out = run_main('--mode=colorize', f'--workdir={bundle}',
-                 f'--input={photo_path}', f'--output={tmp_path / "out"}')
+                 f'--input={photo_path}', f'--output={tmp_path / "out"}',
+                 '--chroma_upsampling=guided')
   assert 'TF_MODULES []' in out, out
   assert '1 written, 0 skipped' in out
   assert cv2.imread(str(tmp_path / 'out' / 'in.png')).shape == (45, 61, 3)

@@ -16,7 +16,8 @@ import imagefactory
 import helpers
 
 TOP_KEYS = {
-    'model', 'step', 'model_path', 'image_size', 'mean_chroma_cr_cb',
+    'model', 'step', 'model_path', 'image_size', 'chroma_upsampling',
+    'mean_chroma_cr_cb',
     'input_dir', 'output_dir', 'num_files', 'num_images', 'num_skipped',
     'skipped', 'definitions', 'means', 'images', 'timing', 'notes'}
 IMAGE_KEYS = {'file', 'height', 'width', 'colorize_seconds', 'full',
@@ -90,6 +91,7 @@ def test_json_has_every_field(gan_result, photos):
   assert set(saved['definitions']) == DEFINITION_KEYS
   assert set(saved['timing']) == TIMING_KEYS
   assert saved['model'] == 'edge_saliency_gan' and saved['step'] == 2
+  assert saved['chroma_upsampling'] == 'bilinear'
   assert saved['image_size'] == 64 and len(saved['mean_chroma_cr_cb']) == 2
   assert saved['num_files'] == 7 and saved['num_images'] == 4
   first, second = map(os.path.basename, imagefactory.sample_files()[:2])

@@ -12,7 +12,6 @@ import pytest
 
 from configs import tiny
 from jaxcolor import families
-from jaxcolor import losses
 from jaxcolor import models as models_lib
 from jaxcolor import prepare
 from jaxcolor import train
@@ -111,19 +110,14 @@ def test_prepare_stores_the_live_features(photos, records, init_args, dtype):
 
 def _generator_loss(models, config):
   """(state, batch) -> the generator's loss on the batch, as train_step's."""
-  mc, lw = config.model, config.loss
+  mc = config.model
 
   def loss(state, resnet_variables, batch):
     inputs = gan.model_inputs(batch, mc)
     fake = gan.generate(state.g_params, resnet_variables, inputs,
                         models=models, model_config=mc)
-    fake_rgb, fake_sal = gan.split_output(fake, mc)
-    d_fake = gan.critic_apply(models, state.d_params, inputs['gray'],
-                              fake_rgb)
-    return losses.generator_losses(
-        fake_rgb, fake_sal, inputs['rgb'], inputs['saliency'], d_fake,
-        l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
-        saliency_weight=lw.saliency_weight)[0]
+    return gan.generator_loss(fake, state.d_params, inputs, models=models,
+                              config=config)[0]
   return jax.jit(loss)
 
 

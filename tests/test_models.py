@@ -202,7 +202,7 @@ def test_tiny_models_run_and_stay_in_range():
   d = jax.jit(m.critic.init)(KEY, d_in)
   p = jax.jit(m.critic.apply)(d, d_in)
   assert p.shape == (2, 14, 14, 1) and p.dtype == jnp.float32
-  assert float(jnp.min(p)) >= 0.0 and float(jnp.max(p)) <= 1.0
+  assert bool(jnp.all(jnp.isfinite(p)))  # logits: the objective maps them
 
 
 def test_bfloat16_compute_keeps_float32_params():

@@ -3,8 +3,16 @@
 One family, two configs (configs/default.py, configs/scgan_baseline.py):
 a U-Net generator on gray (+ Canny edge) emitting RGB (+ saliency), an
 optional frozen ResNet-18 fused into it, and a PatchGAN critic. Here: the
-train state, the model's inputs, `generate`, the training step (read it
-aloud), the inference apply, and the ResNet side of the feature cache.
+train state, the optimisers and their schedules, the model's inputs,
+`generate`, the training step (read it aloud), the inference apply, and the
+ResNet side of the feature cache.
+
+Opt-in switches beyond the paper, all off in its configs (measured in
+docs/results.md):
+model.output='chroma' (G predicts chroma on the input's own luminance),
+loss.gan (the adversarial objective), optim.*_lr_schedule (warmup, cosine
+or linear decay) and optim.ema_decay (an EMA of G's parameters that
+evaluation, samples, colorize and export use).
 
 Images inside are float32 in [-1, 1]; batches arrive as the pipeline's
 uint8 maps.
@@ -20,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxcolor import chroma
 from jaxcolor import families
 from jaxcolor import losses
 from jaxcolor import models as models_lib
@@ -47,6 +56,8 @@ class TrainState:
       {'batch_stats'} when the branch is trained, None without the branch.
       Never updated by the optimisers.
     rng: raw threefry key (uint32[2]), folded with the step each step.
+    ema_g_params: exponential moving average of g_params
+      (config.optim.ema_decay > 0), else None.
   """
   step: jnp.ndarray
   g_params: Any
@@ -55,6 +66,7 @@ class TrainState:
   d_opt_state: Any
   resnet: Any
   rng: jnp.ndarray
+  ema_g_params: Any = None
 
   def resnet_variables(self) -> Any:
     return resnet_variables(self.g_params, self.resnet)
@@ -69,12 +81,93 @@ def resnet_variables(g_params: Any, resnet: Any) -> Any:
   return resnet
 
 
+# config.optim.g_lr_schedule / d_lr_schedule.
+LR_SCHEDULES = ('constant', 'cosine', 'linear')
+
+
+def decay_steps(config: ml_collections.ConfigDict) -> int:
+  """Steps over which a decaying schedule falls to its end value."""
+  return int(config.optim.get('decay_steps', 0) or config.num_train_steps)
+
+
+def learning_rate(config: ml_collections.ConfigDict, peak: float, kind: str):
+  """A learning rate for optax: the float `peak` (the paper: constant, no
+  warmup) or an optax schedule of the step.
+
+  optim.warmup_steps rises linearly from 0 to `peak`; then 'constant' stays,
+  'cosine' (optax.warmup_cosine_decay_schedule) and 'linear' fall to
+  peak * optim.end_lr_fraction at `decay_steps(config)`.
+  """
+  o = config.optim
+  warmup = int(o.get('warmup_steps', 0))
+  if kind == 'constant' and not warmup:
+    return peak
+  end = peak * float(o.get('end_lr_fraction', 0.0))
+  if kind == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup, decay_steps(config), end)
+  if kind == 'constant':
+    after = optax.constant_schedule(peak)
+  else:
+    after = optax.linear_schedule(peak, end, decay_steps(config) - warmup)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def learning_rates(config: ml_collections.ConfigDict):
+  """(generator's, critic's) learning rate: floats or optax schedules."""
+  o = config.optim
+  return (learning_rate(config, o.g_learning_rate,
+                        o.get('g_lr_schedule', 'constant')),
+          learning_rate(config, o.d_learning_rate,
+                        o.get('d_lr_schedule', 'constant')))
+
+
 def make_optimizers(config: ml_collections.ConfigDict):
   """Adam for the generator and for the critic: (g_tx, d_tx)."""
   o = config.optim
-  g_tx = optax.adam(o.g_learning_rate, b1=o.b1, b2=o.b2)
-  d_tx = optax.adam(o.d_learning_rate, b1=o.b1, b2=o.b2)
+  g_lr, d_lr = learning_rates(config)
+  g_tx = optax.adam(g_lr, b1=o.b1, b2=o.b2)
+  d_tx = optax.adam(d_lr, b1=o.b1, b2=o.b2)
   return g_tx, d_tx
+
+
+def lr_at(lr, step: jnp.ndarray) -> jnp.ndarray:
+  """The learning rate of update number `step` (0-based), float32."""
+  return jnp.asarray(lr(step) if callable(lr) else lr, jnp.float32)
+
+
+# ------------------------------------------------------------------ EMA
+def ema_enabled(config: ml_collections.ConfigDict) -> bool:
+  return float(config.optim.get('ema_decay', 0.0)) > 0.0
+
+
+def ema_decay_at(optim_config, step: jnp.ndarray) -> jnp.ndarray:
+  """The decay of update number `step` (0-based).
+
+  optim.ema_decay, or with optim.ema_warmup min(ema_decay,
+  (1 + step) / (10 + step)) (tf.train.ExponentialMovingAverage's
+  num_updates rule), so a short run's average is not dominated by the
+  initial weights.
+  """
+  decay = jnp.float32(optim_config.ema_decay)
+  if optim_config.get('ema_warmup', True):
+    t = step.astype(jnp.float32)
+    decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return decay
+
+
+def update_ema(ema: Any, params: Any, decay: jnp.ndarray) -> Any:
+  """decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def inference_g_params(state: TrainState) -> Any:
+  """The generator parameters evaluation and inference use: the EMA when
+  the run keeps one, else the trained ones."""
+  if state.ema_g_params is not None:
+    return state.ema_g_params
+  return state.g_params
 
 
 def generator_input_channels(model_config) -> int:
@@ -117,7 +210,9 @@ def create_train_state(rng: jax.Array, resnet: Any, *,
       step=jnp.zeros((), jnp.int32),
       g_params=g_params, g_opt_state=g_tx.init(g_params),
       d_params=d_params, d_opt_state=d_tx.init(d_params),
-      resnet=frozen, rng=jax.random.PRNGKey(config.seed + 1))
+      resnet=frozen, rng=jax.random.PRNGKey(config.seed + 1),
+      ema_g_params=(jax.tree.map(jnp.copy, g_params)
+                    if ema_enabled(config) else None))
 
 
 # ------------------------------------------------------------------ the model
@@ -142,7 +237,10 @@ def model_inputs(batch: dict[str, jnp.ndarray], model_config) -> dict:
 
 
 def generate(g_params, resnet_vars, inputs, *, models, model_config):
-  """G(gray ⊕ edge, ResNet features) -> (B, H, W, 3 [+1]) in [-1, 1].
+  """G(gray ⊕ edge, ResNet features) -> (B, H, W, 3|2 [+1]) in [-1, 1].
+
+  The raw output: RGB, or with model.output='chroma' (Cr, Cb) offsets;
+  `split_output` turns either into RGB (+ saliency).
 
   A frozen ResNet (its params outside g_params) gets no gradient; cached
   features in `inputs` (feature_cache.KEY) replace it.
@@ -163,17 +261,44 @@ def generate(g_params, resnet_vars, inputs, *, models, model_config):
                                 inputs['x'], feats)
 
 
-def split_output(out, model_config):
-  """(B,H,W,C_out) -> (rgb (B,H,W,3), saliency (B,H,W,1) or None)."""
+def split_output(out, gray, model_config):
+  """G's raw output (B,H,W,C_out) -> (rgb (B,H,W,3), saliency (B,H,W,1)
+  or None), in [-1, 1].
+
+  model.output='rgb' (the paper): the first three channels are RGB.
+  'chroma': the first two are (Cr, Cb) offsets in [-1, 1] units (the
+  full 8-bit range), and RGB is rebuilt on `gray` (B,H,W,1), the input's
+  own luminance (`chroma.rgb_from_chroma`): its BT.601 luminance is `gray`
+  exactly, so no loss is spent re-predicting it. That RGB is not clipped
+  (the L1 pulls colours that leave the cube back; `predict` clips).
+  """
+  n = 2 if model_config.get('output', 'rgb') == 'chroma' else 3
+  image, saliency = out[..., :n], None
   if model_config.saliency_head:
-    return out[..., :3], out[..., 3:4]
-  return out, None
+    saliency = out[..., n:n + 1]
+  if n == 2:
+    image = chroma.rgb_from_chroma(gray, image)
+  return image, saliency
 
 
 def critic_apply(models, d_params, gray, rgb):
-  """D(gray ⊕ rgb) -> (B, h, w, 1) patch probabilities."""
+  """D(gray ⊕ rgb) -> (B, h, w, 1) patch logits."""
   return models.critic.apply({'params': d_params},
                              jnp.concatenate([gray, rgb], axis=-1))
+
+
+def generator_loss(fake, d_params, inputs, *, models, config):
+  """G's loss on its raw output `fake` against the critic `d_params`:
+  (total, {'l1', 'gan', 'saliency'}); `inputs` from `model_inputs`."""
+  mc, lw = config.model, config.loss
+  gray = inputs['gray']
+  fake_rgb, fake_sal = split_output(fake, gray, mc)
+  fake_logits = critic_apply(models, d_params, gray, fake_rgb)
+  return losses.generator_losses(
+      fake_rgb, fake_sal, inputs['rgb'], inputs['saliency'],
+      losses.generator_adversarial(lw.get('gan', 'paper'), fake_logits),
+      l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
+      saliency_weight=lw.saliency_weight)
 
 
 # ------------------------------------------------------------------ the step
@@ -181,9 +306,10 @@ def train_step(state: TrainState, batch: dict, *,
                models: models_lib.Models, config: ml_collections.ConfigDict):
   """One critic update, then one generator update, on this device's batch."""
   mc, lw = config.model, config.loss
+  objective = lw.get('gan', 'paper')
   g_tx, d_tx = make_optimizers(config)
   inputs = model_inputs(batch, mc)
-  gray, real_rgb, real_sal = inputs['gray'], inputs['rgb'], inputs['saliency']
+  gray, real_rgb = inputs['gray'], inputs['rgb']
 
   def generate_from(g_params):
     return generate(g_params, state.resnet_variables(), inputs, models=models,
@@ -194,20 +320,23 @@ def train_step(state: TrainState, batch: dict, *,
     fake, generator_vjp = jax.vjp(generate_from, state.g_params)
   else:
     fake = generate_from(state.g_params)
-  fake_rgb, _ = split_output(fake, mc)
+  fake_rgb, _ = split_output(fake, gray, mc)
 
-  # 1. Critic: D = E[D(fake)] - E[D(real)], with the generator held fixed.
+  # 1. Critic, with the generator held fixed. The paper's objective:
+  #    D = E[D(fake)] - E[D(real)] on probabilities (losses.critic_objective).
   def critic_objective(d_params):
-    d_real = critic_apply(models, d_params, gray, real_rgb)
-    d_fake = critic_apply(models, d_params, gray,
-                          jax.lax.stop_gradient(fake_rgb))
-    loss = losses.critic_loss(d_real, d_fake)
+    real_logits = critic_apply(models, d_params, gray, real_rgb)
+    fake_logits = critic_apply(models, d_params, gray,
+                               jax.lax.stop_gradient(fake_rgb))
+    loss = losses.critic_objective(objective, real_logits, fake_logits)
     if lw.gradient_penalty_weight:
       rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
       loss += lw.gradient_penalty_weight * losses.gradient_penalty(
-          lambda x: models.critic.apply({'params': d_params}, x), gray,
-          real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
-    return loss, (jnp.mean(d_real), jnp.mean(d_fake))
+          lambda x: losses.critic_value(
+              objective, models.critic.apply({'params': d_params}, x)),
+          gray, real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
+    return loss, (jnp.mean(jax.nn.sigmoid(real_logits)),
+                  jnp.mean(jax.nn.sigmoid(fake_logits)))
 
   (d_loss, (d_real_mean, d_fake_mean)), d_grads = jax.value_and_grad(
       critic_objective, has_aux=True)(state.d_params)
@@ -218,12 +347,7 @@ def train_step(state: TrainState, batch: dict, *,
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_objective(fake):
-    fake_rgb, fake_sal = split_output(fake, mc)
-    d_fake = critic_apply(models, d_params, gray, fake_rgb)
-    return losses.generator_losses(
-        fake_rgb, fake_sal, real_rgb, real_sal, d_fake,
-        l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
-        saliency_weight=lw.saliency_weight)
+    return generator_loss(fake, d_params, inputs, models=models, config=config)
 
   if mc.reuse_generator_forward:
     (g_loss, parts), d_out = jax.value_and_grad(
@@ -238,6 +362,13 @@ def train_step(state: TrainState, batch: dict, *,
                                        state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
 
+  # 3. The average of the generator's parameters (optim.ema_decay > 0).
+  ema_g_params = state.ema_g_params
+  if ema_g_params is not None:
+    ema_g_params = update_ema(ema_g_params, g_params,
+                              ema_decay_at(config.optim, state.step))
+
+  g_lr, d_lr = learning_rates(config)
   metrics = {
       'g_loss': g_loss, 'd_loss': d_loss, **parts,
       'd_real': d_real_mean, 'd_fake': d_fake_mean,
@@ -246,23 +377,27 @@ def train_step(state: TrainState, batch: dict, *,
       # Non-finite parameters must be caught before they are checkpointed.
       'g_param_norm': optax.global_norm(g_params),
       'd_param_norm': optax.global_norm(d_params),
+      'g_lr': lr_at(g_lr, state.step), 'd_lr': lr_at(d_lr, state.step),
   }
   metrics = jax.lax.pmean(metrics, AXIS)
   new_state = state.replace(
       step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
       d_params=d_params, d_opt_state=d_opt_state,
-      rng=jax.random.fold_in(state.rng, state.step))
+      rng=jax.random.fold_in(state.rng, state.step),
+      ema_g_params=ema_g_params)
   return new_state, metrics
 
 
 def colorize_batch(state: TrainState, batch: dict, *,
                    models: models_lib.Models,
                    config: ml_collections.ConfigDict) -> dict:
-  """G's output for a batch: {'fake_rgb' (B,H,W,3) [, 'fake_saliency']}."""
+  """G's output for a batch: {'fake_rgb' (B,H,W,3) [, 'fake_saliency']},
+  in [-1, 1], from the EMA parameters when the run keeps them."""
   mc = config.model
-  fake = generate(state.g_params, state.resnet_variables(),
-                  model_inputs(batch, mc), models=models, model_config=mc)
-  fake_rgb, fake_sal = split_output(fake, mc)
+  inputs = model_inputs(batch, mc)
+  fake = generate(inference_g_params(state), state.resnet_variables(),
+                  inputs, models=models, model_config=mc)
+  fake_rgb, fake_sal = split_output(fake, inputs['gray'], mc)
   out = {'fake_rgb': fake_rgb}
   if fake_sal is not None:
     out['fake_saliency'] = fake_sal
@@ -272,10 +407,10 @@ def colorize_batch(state: TrainState, batch: dict, *,
 def predict(params: dict, inputs: dict, *, models: models_lib.Models,
             model_config) -> jax.Array:
   """{'g_params', 'resnet'} + uint8 {'gray'[, 'edge']} -> RGB in [0, 1]."""
-  out = generate(params['g_params'], params.get('resnet'),
-                 model_inputs(inputs, model_config), models=models,
-                 model_config=model_config)
-  rgb, _ = split_output(out, model_config)
+  inputs = model_inputs(inputs, model_config)
+  out = generate(params['g_params'], params.get('resnet'), inputs,
+                 models=models, model_config=model_config)
+  rgb, _ = split_output(out, inputs['gray'], model_config)
   return jnp.clip((rgb + 1.0) * 0.5, 0.0, 1.0)
 
 
@@ -352,11 +487,19 @@ class Featurizer:
 # ------------------------------------------------------------------ the family
 # Keys that left the model section's GAN-free configs or moved into it.
 _MOVED_TO_MODEL = ('reuse_generator_forward',)
+# Switches added after the paper, with their paper values: configs saved
+# before them ran exactly these.
+_SWITCH_DEFAULTS = {
+    'model': {'output': 'rgb'},
+    'loss': {'gan': 'paper'},
+    'optim': {'g_lr_schedule': 'constant', 'd_lr_schedule': 'constant',
+              'warmup_steps': 0, 'decay_steps': 0, 'end_lr_fraction': 0.0,
+              'ema_decay': 0.0, 'ema_warmup': True},
+}
 
 
 class GANFamily(families.Family):
   """The proposed model ('edge_saliency_gan') and SCGAN ('scgan')."""
-  inference_keys = ('g_params', 'resnet')
   console_metrics = ('g_loss', 'l1', 'gan', 'saliency', 'd_loss')
   resume_may_differ = ('model.conv_impl', 'model.resnet18_weights',
                        'model.require_resnet18_weights',
@@ -375,6 +518,9 @@ class GANFamily(families.Family):
       if key in saved:
         saved['model'].setdefault(key, saved.pop(key))
     saved['model'].setdefault('reuse_generator_forward', True)
+    for section, defaults in _SWITCH_DEFAULTS.items():
+      for key, value in defaults.items():
+        saved.setdefault(section, {}).setdefault(key, value)
     return saved
 
   @classmethod
@@ -391,7 +537,28 @@ class GANFamily(families.Family):
 
   def validate(self) -> None:
     super().validate()
-    mc = self.config.model
+    mc, o = self.config.model, self.config.optim
+    _check_choice('config.loss.gan', self.config.loss.gan,
+                  losses.GAN_OBJECTIVES)
+    for key in ('g_lr_schedule', 'd_lr_schedule'):
+      _check_choice(f'config.optim.{key}', o[key], LR_SCHEDULES)
+    if not 0.0 <= float(o.ema_decay) < 1.0:
+      raise ValueError(f'config.optim.ema_decay={o.ema_decay}: must be in '
+                       '[0, 1) (0: no EMA)')
+    if int(o.warmup_steps) < 0 or int(o.decay_steps) < 0:
+      raise ValueError('config.optim.warmup_steps and decay_steps must be '
+                       f'>= 0; got {o.warmup_steps} and {o.decay_steps}')
+    if not 0.0 <= float(o.end_lr_fraction) <= 1.0:
+      raise ValueError(f'config.optim.end_lr_fraction={o.end_lr_fraction}: '
+                       'must be in [0, 1]')
+    decaying = [k for k in ('g_lr_schedule', 'd_lr_schedule')
+                if o[k] != 'constant']
+    if decaying and decay_steps(self.config) <= int(o.warmup_steps):
+      raise ValueError(
+          f'config.optim.{decaying[0]}={o[decaying[0]]!r} decays over '
+          'config.optim.decay_steps (0: config.num_train_steps), which must '
+          f'exceed warmup_steps={o.warmup_steps}; got '
+          f'{decay_steps(self.config)} (set decay_steps or num_train_steps)')
     if self.config.data.get('use_feature_cache', False):
       if not mc.use_resnet:
         raise ValueError('config.data.use_feature_cache=True needs the '
@@ -464,8 +631,22 @@ class GANFamily(families.Family):
     return colorize_batch(state, batch, models=self.models, config=self.config)
 
   # ------------------------------------------------------------ inference
+  @property
+  def inference_keys(self):
+    """The state fields inference reads: the EMA generator when kept."""
+    g = 'ema_g_params' if ema_enabled(self.config) else 'g_params'
+    return (g, 'resnet')
+
+  def inference_params(self, state):
+    return {'g_params': inference_g_params(state), 'resnet': state.resnet}
+
   def from_saved(self, tree):
-    return {'g_params': tree['g_params'], 'resnet': tree.get('resnet')}
+    """A checkpoint's fields (`inference_keys`) or a bundle's tree ->
+    {'g_params', 'resnet'}."""
+    g = tree.get('ema_g_params')
+    if g is None:
+      g = tree['g_params']
+    return {'g_params': g, 'resnet': tree.get('resnet')}
 
   def host_inputs(self, gray):
     inputs = {'gray': gray}
@@ -516,10 +697,11 @@ class GANFamily(families.Family):
   @classmethod
   def report_figures(cls, get, config):
     w = config.get('loss', {})
+    objective = w.get('gan', 'paper')
     saliency_title = 'saliency L1(s·G(x), s·y)'
     if not w.get('saliency_weight', 1):
       saliency_title += ' (off: weight 0)'
-    critic_title = 'critic loss: E[D(fake)] − E[D(real)]'
+    critic_title, gan_title = _OBJECTIVE_TITLES[objective]
     if w.get('gradient_penalty_weight'):
       critic_title += f' + {w["gradient_penalty_weight"]:g}·GP'
     total = 'G = ' + ' + '.join(
@@ -531,12 +713,29 @@ class GANFamily(families.Family):
             ({'generator loss': get('train/g_loss')},
              f'generator loss: {total}', 'loss'),
             ({'L1': get('train/l1')}, 'L1(G(x), y)', ''),
-            ({'GAN': get('train/gan')}, 'GAN: −E[D(G(x))]', ''),
+            ({'GAN': get('train/gan')}, gan_title, ''),
             ({'saliency L1': get('train/saliency')}, saliency_title, ''),
         ]},
         {'file': 'critic.png', 'title': 'critic', 'panels': [
             ({'critic loss': get('train/d_loss')}, critic_title, 'loss'),
             ({'D(real)': get('train/d_real'), 'D(fake)': get('train/d_fake')},
-             'mean critic output', 'probability'),
+             'mean critic output σ(D)', 'probability'),
         ]},
     ]
+
+
+# config.loss.gan -> (critic loss, generator's GAN term) titles of report.
+_OBJECTIVE_TITLES = {
+    'paper': ('critic loss: E[D(fake)] − E[D(real)]', 'GAN: −E[D(G(x))]'),
+    'nonsaturating': ('critic loss: BCE (softplus on logits)',
+                      'GAN: E[softplus(−D(G(x)))]'),
+    'hinge': ('critic loss: E[relu(1−D(real))] + E[relu(1+D(fake))]',
+              'GAN: −E[D(G(x))] (logits)'),
+    'lsgan': ('critic loss: ½E[(D(real)−1)²] + ½E[D(fake)²]',
+              'GAN: ½E[(D(G(x))−1)²]'),
+}
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+  if value not in choices:
+    raise ValueError(f'{key}={value!r}; expected one of {choices}')

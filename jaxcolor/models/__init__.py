@@ -25,6 +25,9 @@ Generator = generator_lib.Generator
 PatchGAN = patchgan.PatchGAN
 ResNet18 = resnet18.ResNet18
 
+# config.model.output -> the generator's image channels (before saliency).
+OUTPUT_CHANNELS = {'rgb': 3, 'chroma': 2}
+
 CONVERT_HELP = (
     "Download torchvision's ImageNet weights resnet18-f37072fd.pth "
     '(https://download.pytorch.org/models/resnet18-f37072fd.pth) or timm\'s '
@@ -62,9 +65,14 @@ def build_models(model_config: ml_collections.ConfigDict,
   mc = model_config
   dtype = jnp.dtype(dtype)
   impl = resolve_conv_impl(mc.get('conv_impl', 'auto'))
+  output = mc.get('output', 'rgb')
+  if output not in OUTPUT_CHANNELS:
+    raise ValueError(f'config.model.output={output!r}; expected one of '
+                     f'{tuple(OUTPUT_CHANNELS)}')
   gen = Generator(
       widths=tuple(mc.g_features),
-      out_channels=3 + int(mc.saliency_head),
+      out_channels=OUTPUT_CHANNELS[output] + int(mc.saliency_head),
+      zero_init_output=output == 'chroma',
       kernel_size=mc.g_kernel_size,
       stride1_layer=mc.g_stride1_layer,
       fusion_layer=mc.fusion_layer,

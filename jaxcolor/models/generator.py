@@ -16,7 +16,10 @@ Layer table at 64 px with the default widths (B = batch):
   u4     convT 4x4/2                   16,16,256     ⊕ d3 -> 512
   u5     convT 4x4/2                   32,32,128     ⊕ d2 -> 256
   u6     convT 4x4/2                   64,64,64      ⊕ d1 -> 128
-  u7     conv 4x4/1 SAME (pad 1,2)     64,64,4       tanh (RGB, saliency)
+  u7     conv 4x4/1 SAME (pad 1,2)     64,64,4       tanh (RGB, saliency);
+                                                     2+1 channels (chroma,
+                                                     saliency) with
+                                                     model.output='chroma'
 
 Every layer but u7 is followed by LeakyReLU; there is no normalisation.
 The decoder layer u(8-i) mirrors d_i: same stride, and it is a plain SAME
@@ -55,7 +58,9 @@ class Generator(nn.Module):
   Attributes:
     widths: encoder widths d1..dN (config g_features; N = 7 in the paper);
       the decoder mirrors them and its last layer emits `out_channels`.
-    out_channels: 3 (RGB) + 1 if the saliency head is on.
+    out_channels: 3 (RGB) or 2 (chroma) + 1 if the saliency head is on.
+    zero_init_output: the last layer's kernel starts at zero (its output is
+      then tanh(0) = 0 whatever the input: a chroma head starts at gray).
     kernel_size: square kernel of every layer (4).
     stride1_layer: 1-based encoder layer with stride 1, 0 for none.
     fusion_layer: 1-based encoder layer whose activation gets the global
@@ -68,6 +73,7 @@ class Generator(nn.Module):
   """
   widths: Sequence[int] = (64, 128, 256, 512, 512, 512, 512)
   out_channels: int = 4
+  zero_init_output: bool = False
   kernel_size: int = 4
   stride1_layer: int = 1
   fusion_layer: int = 6
@@ -75,6 +81,11 @@ class Generator(nn.Module):
   negative_slope: float = 0.2
   dtype: Any = jnp.float32
   conv_impl: str = 'fast'
+
+  def _kernel_init(self, last: bool):
+    if last and self.zero_init_output:
+      return nn.initializers.zeros
+    return xavier_uniform
 
   def strides(self) -> list[int]:
     n = len(self.widths)
@@ -102,9 +113,9 @@ class Generator(nn.Module):
       raise ValueError(f'Generator input must be (B,H,W,C) with H and W '
                        f'divisible by {total}; got {x.shape}')
     act = lambda y: nn.leaky_relu(y, self.negative_slope)  # noqa: E731
-    conv = lambda f, s, name: conv_impl.Conv(  # noqa: E731
+    conv = lambda f, s, name, init=xavier_uniform: conv_impl.Conv(  # noqa: E731
         f, k, s, padding=same_padding(k, s), impl=self.conv_impl,
-        dtype=self.dtype, kernel_init=xavier_uniform,
+        dtype=self.dtype, kernel_init=init,
         bias_init=nn.initializers.zeros, name=name)
 
     h = x.astype(self.dtype)
@@ -124,15 +135,17 @@ class Generator(nn.Module):
       m = n - 1 - j  # mirrored encoder layer (0-based)
       width = self.widths[m - 1] if m > 0 else self.out_channels
       name = f'up{j + 1}'
+      last = j == n - 1
       if strides[m] == 1:
-        h = conv(width, 1, name)(h)
+        h = conv(width, 1, name, self._kernel_init(last))(h)
       else:
         h = conv_impl.ConvTranspose(
             width, k, strides[m],
             padding=conv_transpose.transpose_padding(k, strides[m]),
-            impl=self.conv_impl, dtype=self.dtype, kernel_init=xavier_uniform,
+            impl=self.conv_impl, dtype=self.dtype,
+            kernel_init=self._kernel_init(last),
             bias_init=nn.initializers.zeros, name=name)(h)
-      if j == n - 1:
+      if last:
         return jnp.tanh(h).astype(jnp.float32)
       h = jnp.concatenate([act(h), skips.pop()], axis=-1)
     raise AssertionError('unreachable')

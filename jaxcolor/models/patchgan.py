@@ -1,4 +1,4 @@
-"""PatchGAN critic: six convs on gray ⊕ RGB, LeakyReLU, sigmoid patch map.
+"""PatchGAN critic: six convs on gray ⊕ RGB, LeakyReLU, a patch map of logits.
 
 Default table (64 px input, PyTorch-style symmetric padding):
 
@@ -8,9 +8,11 @@ Default table (64 px input, PyTorch-style symmetric padding):
   conv3  3x3/1 pad 1        16,16,256
   conv4  3x3/1 pad 1        16,16,512
   conv5  4x4/1 pad 1        15,15,512
-  conv6  4x4/1 pad 1        14,14,1      sigmoid
+  conv6  4x4/1 pad 1        14,14,1      logits
 
-No normalisation. Each output value is the probability that its patch is real.
+No normalisation. Each output value is a logit for "this patch is real";
+the paper's sigmoid is applied by its objective (`losses.critic_value`),
+so every GAN objective shares this one network.
 """
 
 from typing import Any, Sequence
@@ -23,7 +25,7 @@ from jaxcolor.models import conv_impl
 
 
 class PatchGAN(nn.Module):
-  """(B,H,W,4) gray ⊕ RGB in [-1,1] -> (B,h,w,1) in (0,1), float32.
+  """(B,H,W,4) gray ⊕ RGB in [-1,1] -> (B,h,w,1) logits, float32.
 
   Attributes:
     features, kernel_sizes, strides, paddings: one entry per conv; padding p
@@ -57,4 +59,4 @@ class PatchGAN(nn.Module):
                          name=f'conv{i + 1}')(h)
       if i < n - 1:
         h = nn.leaky_relu(h, self.negative_slope)
-    return nn.sigmoid(h.astype(jnp.float32))
+    return h.astype(jnp.float32)

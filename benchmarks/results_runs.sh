@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The trainings and evaluations behind docs/results.md, one at a time.
+#
+#   bash benchmarks/results_runs.sh DATASETS OUT [ROW ...]
+#
+# DATASETS: the folder holding BSDS500/, ImageNet_sample_subset/, SunHays80/
+# and CBSD68/ (see docs/results.md). OUT: where the photo folder, records,
+# runs and evaluations go. ROW: rows to run (default: all, in table order);
+# a row whose evaluation exists is skipped, an interrupted one resumes
+# exactly from its last checkpoint. Each row has a fixed number of steps,
+# chosen from the model's step time alone on 2 CPU cores (docs/results.md),
+# so a row's figures do not depend on what else the machine was doing.
+set -euo pipefail
+DATASETS=${1:?usage: results_runs.sh DATASETS OUT [ROW ...]}
+OUT=${2:?usage: results_runs.sh DATASETS OUT [ROW ...]}
+shift 2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python}
+cd "$ROOT"
+
+# The 780 training photos (never BSDS500/val: 68 of its photos are CBSD68).
+PHOTOS=$OUT/photos780
+if [ ! -d "$PHOTOS" ]; then
+  mkdir -p "$PHOTOS.tmp"
+  for d in BSDS500/train BSDS500/test ImageNet_sample_subset SunHays80; do
+    for f in "$DATASETS/$d"/*.jpg "$DATASETS/$d"/*.JPEG; do
+      [ -e "$f" ] && ln -s "$(realpath "$f")" "$PHOTOS.tmp/${d//\//_}_$(basename "$f")"
+    done
+  done
+  mv "$PHOTOS.tmp" "$PHOTOS"
+fi
+echo "$(ls "$PHOTOS" | wc -l) training photos in $PHOTOS"
+
+RECORDS=$OUT/records780  # with the ResNet branch's features (seed 0)
+COMMON=(--config.data.prepared_dir="$RECORDS" --config.data.batch_size=16
+        --config.data.eval_batch_size=16 --config.data.num_workers=1
+        --config.log_every_steps=20 --config.eval_every_steps=80
+        --config.image_every_steps=160 --config.checkpoint_every_steps=160)
+if [ ! -f "$RECORDS/metadata.json" ]; then
+  "$PY" main.py --config=configs/default.py --mode=prepare \
+    --config.data.train_dir="$PHOTOS" --config.data.val_dir="$DATASETS/CBSD68" \
+    --config.data.prepared_dir="$RECORDS" --config.data.use_feature_cache=True \
+    --config.model.require_resnet18_weights=False
+fi
+
+GAN=(--config.model.require_resnet18_weights=False)
+CACHE=(--config.data.use_feature_cache=True)
+CHROMA=(--config.model.output=chroma)
+# name | config | steps | flags
+declare -A CONFIG STEPS FLAGS
+ORDER=()
+row() { ORDER+=("$1"); CONFIG[$1]=$2; STEPS[$1]=$3; shift 3; FLAGS[${ORDER[-1]}]="$*"; }
+# 60-minute rows (steps = 60 min / the step time alone, docs/results.md)
+row paper         configs/default.py 640 "${GAN[*]} ${CACHE[*]}"
+row paper_chroma  configs/default.py 640 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
+
+for name in "${@:-${ORDER[@]}}"; do
+  [ -n "${CONFIG[$name]:-}" ] || { echo "unknown row $name"; exit 2; }
+  run=$OUT/runs/$name
+  if [ -f "$run/evaluation/bilinear/evaluation.json" ] && \
+     [ -f "$run/evaluation/guided/evaluation.json" ]; then
+    echo "== $name: done"; continue
+  fi
+  echo "== $name: ${CONFIG[$name]} ${STEPS[$name]} steps ${FLAGS[$name]}"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  "$PY" main.py --config="${CONFIG[$name]}" --workdir="$run" "${COMMON[@]}" \
+    --config.num_train_steps="${STEPS[$name]}" ${FLAGS[$name]}
+  echo "$name trained in $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_times.txt"
+  for up in bilinear guided; do
+    "$PY" main.py --mode=evaluate --workdir="$run" --input="$DATASETS/CBSD68" \
+      --output="$run/evaluation/$up" --chroma_upsampling=$up
+  done
+done

@@ -1,0 +1,262 @@
+"""The GAN family's opt-in switches: chroma output, EMA, learning-rate
+schedules, GAN objectives (and the paper's settings left as they were)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcolor import families
+from jaxcolor import inference
+from jaxcolor import losses
+from jaxcolor import parallel
+from jaxcolor import train
+from jaxcolor.families import gan
+import helpers
+
+# Every switch on at once (the recipe's kind of config), for the tests that
+# pin the machinery rather than one switch.
+ALL_ON = {'model.output': 'chroma', 'loss.gan': 'hinge',
+          'optim.ema_decay': 0.9, 'optim.g_lr_schedule': 'cosine',
+          'optim.d_lr_schedule': 'linear', 'optim.warmup_steps': 1,
+          'optim.decay_steps': 6, 'optim.end_lr_fraction': 0.1}
+
+
+@pytest.fixture(scope='module')
+def batches():
+  return helpers.train_batches(3)
+
+
+def _steps(config, batches, kind='pmap'):
+  """States after each of `len(batches)` steps (host numpy) and the last
+  metrics."""
+  par = parallel.Parallel.create(kind)
+  family, state = helpers.fresh_state(config, par)
+  step_fn = par.compile(family.train_step)
+  s = par.to_step_layout(state)
+  states, metrics = [helpers.host(par.from_step_layout(s))], []
+  for b in batches:
+    s, m = step_fn(s, par.put_batch(b))
+    states.append(helpers.host(par.from_step_layout(s)))
+    metrics.append(par.fetch(m))
+  return states, metrics
+
+
+# ------------------------------------------------------------------ chroma
+def test_rebuilt_rgb_keeps_the_input_luminance_exactly():
+  rng = np.random.default_rng(0)
+  gray = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
+  out = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  mc = helpers.tiny_config(**{'model.output': 'chroma'}).model
+  rgb, saliency = gan.split_output(out, gray, mc)
+  assert rgb.shape == (2, 8, 8, 3) and saliency.shape == (2, 8, 8, 1)
+  y = rgb @ jnp.asarray([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(y, gray[..., 0], atol=2e-6)
+  # The offsets are (Cr, Cb) of the rebuilt colour, in [-1, 1] units.
+  np.testing.assert_allclose(0.713 * (rgb[..., 0] - gray[..., 0]),
+                             out[..., 0], atol=2e-6)
+  np.testing.assert_allclose(0.564 * (rgb[..., 2] - gray[..., 0]),
+                             out[..., 1], atol=2e-6)
+
+
+@pytest.mark.parametrize('make', [helpers.tiny_config, helpers.tiny_scgan])
+def test_untrained_chroma_generator_outputs_the_gray_copy(make, batches):
+  config = make(**{'model.output': 'chroma'})
+  family, state = helpers.fresh_state(config, parallel.Parallel.create('pmap'))
+  state = helpers.host(state)
+  out = family.colorize(state, batches[0])
+  gray = np.asarray(batches[0]['gray'], np.float32) / 127.5 - 1.0
+  assert out['fake_rgb'].shape == gray.shape[:3] + (3,)
+  np.testing.assert_allclose(out['fake_rgb'], np.repeat(gray, 3, -1),
+                             atol=1e-6)
+  # The paper's RGB head starts from random colour instead.
+  rgb_family = families.build(make())
+  rgb_state = helpers.host(train.init_state(
+      rgb_family, parallel.Parallel.create('pmap'), rgb_family.config))
+  rgb_out = rgb_family.colorize(rgb_state, batches[0])['fake_rgb']
+  assert float(np.max(np.abs(rgb_out - np.repeat(gray, 3, -1)))) > 0.05
+
+
+def test_chroma_output_trains_every_generator_layer(batches):
+  states, metrics = _steps(helpers.tiny_config(**{'model.output': 'chroma'}),
+                           batches[:2])
+  first, last = states[0].g_params, states[-1].g_params
+  for layer, params in first['generator'].items():
+    moved = float(np.max(np.abs(params['kernel'] -
+                                last['generator'][layer]['kernel'])))
+    assert moved > 0, layer  # gradients reach past the zero-initialised head
+  assert all(np.isfinite(m['g_loss']) for m in metrics)
+
+
+# ------------------------------------------------------------------ EMA
+def test_ema_leaves_training_alone_and_matches_a_direct_average(batches):
+  plain, _ = _steps(helpers.tiny_config(), batches)
+  decay = 0.95
+  with_ema, _ = _steps(helpers.tiny_config(**{'optim.ema_decay': decay}),
+                       batches)
+  assert all(s.ema_g_params is None for s in plain)  # decay 0: no EMA at all
+  for a, b in zip(plain, with_ema):  # the trained weights are the same
+    assert helpers.max_abs_diff(a.g_params, b.g_params) == 0.0
+    assert helpers.max_abs_diff(a.d_params, b.d_params) == 0.0
+  # e_0 = p_0; e_{t+1} = d_t e_t + (1 - d_t) p_{t+1}, d_t = min(d, (1+t)/(10+t))
+  expect = jax.tree.map(np.float64, plain[0].g_params)
+  for t in range(len(batches)):
+    d = min(decay, (1 + t) / (10 + t))
+    expect = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expect,
+                          plain[t + 1].g_params)
+    assert helpers.max_abs_diff(with_ema[t + 1].ema_g_params, expect) < 1e-6
+  assert helpers.max_abs_diff(with_ema[-1].ema_g_params,
+                              with_ema[-1].g_params) > 1e-6
+
+
+def test_ema_without_warmup_uses_the_decay_from_the_first_step(batches):
+  cfg = helpers.tiny_config(**{'optim.ema_decay': 0.5,
+                               'optim.ema_warmup': False})
+  states, _ = _steps(cfg, batches[:1])
+  expect = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p,
+                        states[0].g_params, states[1].g_params)
+  assert helpers.max_abs_diff(states[1].ema_g_params, expect) < 1e-7
+
+
+def test_ema_resumes_bit_for_bit_and_inference_uses_it(tmp_path):
+  def make(**kw):
+    return helpers.tiny_config(**{'optim.ema_decay': 0.9}, **kw)
+  resumed = str(tmp_path / 'resumed')
+  helpers.train_then_resume(make, resumed)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(make(num_train_steps=4), straight)
+  a, b = helpers.saved_state(resumed, 4), helpers.saved_state(straight, 4)
+  assert helpers.max_abs_diff(a, b) == 0.0
+  assert a['ema_g_params'] is not None
+  # colorize, evaluate and export read the average, not the trained weights.
+  predictor = inference.load(resumed)
+  assert helpers.max_abs_diff(predictor.params['g_params'],
+                              a['ema_g_params']) == 0.0
+  bundle = inference.export(resumed, str(tmp_path / 'bundle'))
+  from_bundle = inference.load(bundle)
+  assert helpers.max_abs_diff(from_bundle.params['g_params'],
+                              a['ema_g_params']) == 0.0
+  gray = np.full((2, 64, 64, 1), 100, np.uint8)
+  np.testing.assert_array_equal(predictor(gray), from_bundle(gray))
+
+
+# ------------------------------------------------------------------ schedules
+@pytest.mark.parametrize('kind', ['cosine', 'linear'])
+def test_logged_learning_rates_follow_optax_schedules(kind, batches):
+  peak, warmup, total, end = 1e-4, 2, 6, 0.1
+  cfg = helpers.tiny_config(**{
+      'optim.g_lr_schedule': kind, 'optim.warmup_steps': warmup,
+      'optim.decay_steps': total, 'optim.end_lr_fraction': end,
+      'optim.g_learning_rate': peak})
+  states, metrics = _steps(cfg, batches)
+  if kind == 'cosine':
+    want = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total,
+                                              peak * end)
+  else:
+    want = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.linear_schedule(peak, peak * end, total - warmup)], [warmup])
+  for step, m in enumerate(metrics):
+    np.testing.assert_allclose(m['g_lr'], want(step), rtol=1e-6)
+    # The critic's 'constant' schedule shares the warmup, then stays.
+    d_peak = cfg.optim.d_learning_rate
+    np.testing.assert_allclose(m['d_lr'], d_peak * min(step / warmup, 1.0),
+                               rtol=1e-6)
+  # The optimiser uses it: the warmup's first rate is 0, no move.
+  assert helpers.max_abs_diff(states[0].g_params, states[1].g_params) == 0.0
+  assert helpers.max_abs_diff(states[1].g_params, states[2].g_params) > 0.0
+
+
+def test_decaying_schedule_needs_the_run_length():
+  cfg = helpers.tiny_config(**{'optim.g_lr_schedule': 'cosine',
+                               'num_train_steps': -1})
+  with pytest.raises(ValueError, match='decay_steps'):
+    families.build(cfg)
+
+
+@pytest.mark.parametrize('key,value', [
+    ('model.output', 'lab'), ('loss.gan', 'wgan'),
+    ('optim.g_lr_schedule', 'step'), ('optim.ema_decay', 1.0),
+    ('optim.end_lr_fraction', 2.0), ('optim.warmup_steps', -1)])
+def test_bad_switch_values_are_one_line_errors(key, value):
+  with pytest.raises(ValueError, match=key.split('.')[-1]) as e:
+    families.build(helpers.tiny_config(**{key: value}))
+  assert '\n' not in str(e.value)
+
+
+# ------------------------------------------------------------------ objectives
+def _sig(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softplus(x):
+  return np.log1p(np.exp(x))
+
+
+REAL = np.array([[-2.0, 0.5], [1.5, 3.0]], np.float32).reshape(1, 2, 2, 1)
+FAKE = np.array([[0.3, -1.0], [-2.5, 0.0]], np.float32).reshape(1, 2, 2, 1)
+CRITIC = {
+    'paper': np.mean(_sig(FAKE)) - np.mean(_sig(REAL)),
+    'nonsaturating': np.mean(_softplus(-REAL)) + np.mean(_softplus(FAKE)),
+    'hinge': (np.mean(np.maximum(0, 1 - REAL)) +
+              np.mean(np.maximum(0, 1 + FAKE))),
+    'lsgan': 0.5 * np.mean((REAL - 1) ** 2) + 0.5 * np.mean(FAKE ** 2),
+}
+GENERATOR = {
+    'paper': -np.mean(_sig(FAKE)),
+    'nonsaturating': -np.mean(np.log(_sig(FAKE))),
+    'hinge': -np.mean(FAKE),
+    'lsgan': 0.5 * np.mean((FAKE - 1) ** 2),
+}
+
+
+@pytest.mark.parametrize('objective', losses.GAN_OBJECTIVES)
+def test_each_objective_is_its_formula(objective):
+  np.testing.assert_allclose(
+      losses.critic_objective(objective, REAL, FAKE), CRITIC[objective],
+      rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.generator_adversarial(objective, FAKE), GENERATOR[objective],
+      rtol=1e-6)
+
+
+def test_paper_objective_is_the_papers_loss_on_probabilities():
+  p_real, p_fake = jax.nn.sigmoid(REAL), jax.nn.sigmoid(FAKE)
+  assert (losses.critic_objective('paper', REAL, FAKE) ==
+          losses.critic_loss(p_real, p_fake))
+  assert losses.generator_adversarial('paper', FAKE) == losses.gan_loss(p_fake)
+
+
+@pytest.mark.parametrize('objective', ['nonsaturating', 'lsgan'])
+def test_each_objective_trains_with_the_gradient_penalty(objective, batches):
+  cfg = helpers.tiny_scgan(**{'loss.gan': objective,
+                              'loss.gradient_penalty_weight': 1.0})
+  _, metrics = _steps(cfg, batches[:2])
+  for m in metrics:
+    assert all(np.isfinite(v) for v in jax.tree.leaves(m))
+    assert 0.0 < m['d_real'] < 1.0 and 0.0 < m['d_fake'] < 1.0
+
+
+# ------------------------------------------------------------------ together
+def test_all_switches_give_equal_steps_under_pmap_and_shard_map(batches):
+  cfg = helpers.tiny_config(**ALL_ON)
+  a, ma = _steps(cfg, batches[:2], 'pmap')
+  b, mb = _steps(cfg, batches[:2], 'shard_map')
+  assert helpers.max_abs_diff(a[-1], b[-1]) < 1e-6
+  for x, y in zip(ma, mb):
+    for k in x:
+      np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-7)
+  assert a[-1].ema_g_params is not None
+
+
+def test_old_configs_get_the_papers_switch_values():
+  saved = helpers.tiny_config().to_dict()
+  for section, key in (('model', 'output'), ('loss', 'gan'),
+                       ('optim', 'ema_decay'), ('optim', 'g_lr_schedule')):
+    del saved[section][key]
+  config = families.upgrade_config(saved)
+  assert config['model']['output'] == 'rgb'
+  assert config['loss']['gan'] == 'paper'
+  assert config['optim']['ema_decay'] == 0.0
+  assert config['optim']['g_lr_schedule'] == 'constant'

@@ -53,6 +53,10 @@ row() { ORDER+=("$1"); CONFIG[$1]=$2; STEPS[$1]=$3; shift 3; FLAGS[${ORDER[-1]}]
 # 60-minute rows (steps = 60 min / the step time alone, docs/results.md)
 row paper         configs/default.py 640 "${GAN[*]} ${CACHE[*]}"
 row paper_chroma  configs/default.py 640 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
+# One switch at a time, at 320 steps (the paper's own row at this budget is
+# the step-320 checkpoint of `paper`: a constant learning rate, so the same
+# weights as a 320-step run).
+row chroma_320    configs/default.py 320 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
 
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${CONFIG[$name]:-}" ] || { echo "unknown row $name"; exit 2; }
@@ -66,9 +70,16 @@ for name in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086
   "$PY" main.py --config="${CONFIG[$name]}" --workdir="$run" "${COMMON[@]}" \
     --config.num_train_steps="${STEPS[$name]}" ${FLAGS[$name]}
-  echo "$name trained in $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_times.txt"
+  echo "$name: main.py --mode=train took $(( $(date +%s) - start )) s (this call; a resumed row counts only its own part)" | tee -a "$OUT/wall_times.txt"
   for up in bilinear guided; do
     "$PY" main.py --mode=evaluate --workdir="$run" --input="$DATASETS/CBSD68" \
       --output="$run/evaluation/$up" --chroma_upsampling=$up
   done
+  if [ "$name" = paper ]; then  # the paper's row of the 320-step budget
+    for up in bilinear guided; do
+      "$PY" main.py --mode=evaluate --workdir="$run" --step=320 \
+        --input="$DATASETS/CBSD68" --output="$run/evaluation_320/$up" \
+        --chroma_upsampling=$up
+    done
+  fi
 done

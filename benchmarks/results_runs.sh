@@ -53,6 +53,8 @@ row() { ORDER+=("$1"); CONFIG[$1]=$2; STEPS[$1]=$3; shift 3; FLAGS[${ORDER[-1]}]
 # 60-minute rows (steps = 60 min / the step time alone, docs/results.md)
 row paper         configs/default.py 640 "${GAN[*]} ${CACHE[*]}"
 row paper_chroma  configs/default.py 640 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
+row scgan         configs/scgan_baseline.py 320 ""
+row cic           configs/cic_baseline.py 2240 ""
 # One switch at a time, at 320 steps (the paper's own row at this budget is
 # the step-320 checkpoint of `paper`: a constant learning rate, so the same
 # weights as a 320-step run).

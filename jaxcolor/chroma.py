@@ -50,17 +50,15 @@ def rgb_from_chroma(y, chroma):
 
   Linear, so it holds in any units that map 0 to 0 (e.g. [-1, 1] images,
   whose offsets are (Cr - 128) / 127.5): BT.601 Y of the result is `y` up
-  to float rounding. Not clipped: colours may leave the RGB cube. Works on
-  numpy and jax arrays (and is differentiable).
+  to float rounding. Not clipped: colours may leave the RGB cube. A jax
+  array, differentiable.
   """
+  # Imported here: the host-side helpers of this module need only numpy.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   dr = chroma[..., 0:1] * (1.0 / _CR)
   db = chroma[..., 1:2] * (1.0 / _CB)
   dg = (dr * -float(_W[0]) - db * float(_W[2])) * (1.0 / float(_W[1]))
-  parts = (y + dr, y + dg, y + db)
-  if isinstance(y, np.ndarray):
-    return np.concatenate(parts, axis=-1)
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return jnp.concatenate(parts, axis=-1)
+  return jnp.concatenate((y + dr, y + dg, y + db), axis=-1)
 
 
 def merge(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:

@@ -55,10 +55,18 @@ row paper         configs/default.py 640 "${GAN[*]} ${CACHE[*]}"
 row paper_chroma  configs/default.py 640 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
 row scgan         configs/scgan_baseline.py 320 ""
 row cic           configs/cic_baseline.py 2240 ""
+row recipe        configs/recipe.py 640 "${GAN[*]} ${CACHE[*]}"
 # One switch at a time, at 320 steps (the paper's own row at this budget is
 # the step-320 checkpoint of `paper`: a constant learning rate, so the same
 # weights as a 320-step run).
 row chroma_320    configs/default.py 320 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
+# The recipe's switches, at 160 steps: the recipe, and the recipe with one
+# switch set back to the paper's value at a time (the paper's own 160-step
+# row is the step-160 checkpoint of chroma_320 for output=chroma).
+row recipe_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]}"
+row recipe_no_ema_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.ema_decay=0"
+row recipe_paper_rates_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.g_learning_rate=1e-4 --config.optim.d_learning_rate=1e-5 --config.optim.g_lr_schedule=constant --config.optim.d_lr_schedule=constant --config.optim.warmup_steps=0"
+row recipe_paper_gan_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=paper --config.loss.gan_weight=0.5"
 
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${CONFIG[$name]:-}" ] || { echo "unknown row $name"; exit 2; }
@@ -77,10 +85,13 @@ for name in "${@:-${ORDER[@]}}"; do
     "$PY" main.py --mode=evaluate --workdir="$run" --input="$DATASETS/CBSD68" \
       --output="$run/evaluation/$up" --chroma_upsampling=$up
   done
-  if [ "$name" = paper ]; then  # the paper's row of the 320-step budget
+  # The rows of the shorter budgets that a constant-rate run holds as an
+  # earlier checkpoint (the same weights as a run of that length).
+  case $name in paper) early=320 ;; chroma_320) early=160 ;; *) early= ;; esac
+  if [ -n "$early" ]; then
     for up in bilinear guided; do
-      "$PY" main.py --mode=evaluate --workdir="$run" --step=320 \
-        --input="$DATASETS/CBSD68" --output="$run/evaluation_320/$up" \
+      "$PY" main.py --mode=evaluate --workdir="$run" --step=$early \
+        --input="$DATASETS/CBSD68" --output="$run/evaluation_$early/$up" \
         --chroma_upsampling=$up
     done
   fi

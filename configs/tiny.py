@@ -1,10 +1,10 @@
-"""A tiny model for tests: the quick start's data and code paths, narrow layers."""
+"""A tiny model for tests: the paper's quick start (data, code paths), narrow layers."""
 
-from configs import quickstart
+from configs import quickstart_paper
 
 
 def get_config():
-  config = quickstart.get_config()
+  config = quickstart_paper.get_config()
   config.data.num_workers = 0
   config.model.g_features = (8, 8, 16, 16, 16, 16, 16)
   config.model.d_features = (8, 8, 16, 16, 16, 1)

@@ -353,6 +353,12 @@ def _train(config, workdir, signals: _Signals) -> Any:
   process_index, process_count = jax.process_index(), jax.process_count()
   family, data = family_and_data(config)
   total_steps = num_train_steps(config, data)
+  if config.num_train_steps != total_steps:
+    # A run given in epochs: its length, known now, is what a decaying
+    # learning-rate schedule spans (and what config.json records).
+    config = config.copy_and_resolve_references()
+    config.num_train_steps = total_steps
+    family = families.build(config)
   k = config.steps_per_call
   if total_steps % k:
     raise ValueError(f'{total_steps} training steps are not a multiple of '

@@ -86,7 +86,11 @@ LR_SCHEDULES = ('constant', 'cosine', 'linear')
 
 
 def decay_steps(config: ml_collections.ConfigDict) -> int:
-  """Steps over which a decaying schedule falls to its end value."""
+  """Steps over which a decaying schedule falls to its end value.
+
+  optim.decay_steps, else num_train_steps; a run given in epochs
+  (num_train_steps -1) has its length set by train before the step is built.
+  """
   return int(config.optim.get('decay_steps', 0) or config.num_train_steps)
 
 
@@ -525,15 +529,20 @@ class GANFamily(families.Family):
 
   @classmethod
   def benchmark_config(cls, config):
-    """Speed does not depend on the ResNet's weights: a random branch."""
-    mc = config.model
-    if not (mc.use_resnet and mc.require_resnet18_weights and
-            not mc.resnet18_weights):
-      return config, []
+    """Speed depends neither on the ResNet's weights (a random branch) nor
+    on the run's length (a decaying schedule of a run given in epochs spans
+    the warmup and one more step)."""
+    mc, notes = config.model, []
     config = config.copy_and_resolve_references()
-    config.model.require_resnet18_weights = False
-    return config, ['no ResNet-18 weights given: measured with a randomly '
-                    'initialised branch (the speed is the same)']
+    o = config.optim
+    if o.g_lr_schedule != 'constant' or o.d_lr_schedule != 'constant':
+      if decay_steps(config) <= 0:
+        config.num_train_steps = int(o.warmup_steps) + 1
+    if mc.use_resnet and mc.require_resnet18_weights and not mc.resnet18_weights:
+      config.model.require_resnet18_weights = False
+      notes.append('no ResNet-18 weights given: measured with a randomly '
+                   'initialised branch (the speed is the same)')
+    return config, notes
 
   def validate(self) -> None:
     super().validate()
@@ -553,10 +562,12 @@ class GANFamily(families.Family):
                        'must be in [0, 1]')
     decaying = [k for k in ('g_lr_schedule', 'd_lr_schedule')
                 if o[k] != 'constant']
-    if decaying and decay_steps(self.config) <= int(o.warmup_steps):
+    length_known = decay_steps(self.config) > 0  # else: from num_epochs
+    if (decaying and length_known and
+        decay_steps(self.config) <= int(o.warmup_steps)):
       raise ValueError(
           f'config.optim.{decaying[0]}={o[decaying[0]]!r} decays over '
-          'config.optim.decay_steps (0: config.num_train_steps), which must '
+          'config.optim.decay_steps (0: the run\'s length), which must '
           f'exceed warmup_steps={o.warmup_steps}; got '
           f'{decay_steps(self.config)} (set decay_steps or num_train_steps)')
     if self.config.data.get('use_feature_cache', False):

@@ -67,6 +67,10 @@ row recipe_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]}"
 row recipe_no_ema_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.ema_decay=0"
 row recipe_paper_rates_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.g_learning_rate=1e-4 --config.optim.d_learning_rate=1e-5 --config.optim.g_lr_schedule=constant --config.optim.d_lr_schedule=constant --config.optim.warmup_steps=0"
 row recipe_paper_gan_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=paper --config.loss.gan_weight=0.5"
+# Levers for more colour, one at a time on the recipe: a larger weight of
+# its GAN loss, a faster critic.
+row recipe_gan_0.3_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan_weight=0.3"
+row recipe_d_4e-4_160       configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.d_learning_rate=4e-4"
 
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${CONFIG[$name]:-}" ] || { echo "unknown row $name"; exit 2; }

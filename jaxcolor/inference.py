@@ -297,6 +297,23 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
 
 
 # ------------------------------------------------------------------ loading
+def check_model_folder(path: str,
+                       expected: str = 'a training workdir or an export '
+                       'bundle') -> None:
+  """That `path` (--workdir) names an existing folder.
+
+  Raises:
+    FileNotFoundError: it does not exist.
+    ValueError: it is empty or a file; the message names `expected`.
+  """
+  if not path:
+    raise ValueError(f'no model given: pass --workdir=RUN ({expected})')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path!r} does not exist (expected {expected})')
+  if not os.path.isdir(path):
+    raise ValueError(f'{path!r} is a file; expected {expected}')
+
+
 def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
          step: Optional[int] = None) -> Predictor:
   """A training workdir (its newest intact checkpoint, or that of `step`) or
@@ -308,15 +325,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
       bundle, a bundle of another format, or its arrays do not match the
       model the code builds from its config.
   """
-  if not path:
-    raise ValueError('no model given: pass --workdir=RUN (a training workdir '
-                     'or an export bundle)')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path!r} does not exist (expected a training '
-                            'workdir or an export bundle folder)')
-  if not os.path.isdir(path):
-    raise ValueError(f'{path!r} is a file; expected a training workdir or an '
-                     'export bundle folder')
+  check_model_folder(path)
   if is_bundle(path):
     meta, params = _read_bundle(path)
     if not isinstance(meta.get('config'), dict):

@@ -85,15 +85,8 @@ def discover(path: str) -> list[Choice]:
     ValueError: nothing under it is a model (the message says what was
       expected).
   """
-  if not path:
-    raise ValueError('no model given: pass --workdir=RUN (a training workdir, '
-                     'an export bundle, or a folder of them)')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path!r} does not exist (expected a training '
-                            'workdir, an export bundle, or a folder of them)')
-  if not os.path.isdir(path):
-    raise ValueError(f'{path!r} is a file; expected a training workdir, an '
-                     'export bundle, or a folder of them')
+  inference.check_model_folder(
+      path, 'a training workdir, an export bundle, or a folder of them')
   if inference.is_bundle(path):
     return [Choice('0', f'{os.path.basename(os.path.normpath(path))} '
                    f'({_bundle_label(path)})', path)]

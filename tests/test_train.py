@@ -121,6 +121,40 @@ def test_checkpoint_round_trip(tmp_path, batches):
     np.testing.assert_array_equal(got_next[k], expected_next[k])
 
 
+def test_saving_replicated_state_compiles_nothing(tmp_path):
+  # Orbax's CPU/TPU default slices each replicated array across its
+  # replicas first, one compiled program per array shape and device; for
+  # the real state that made every process's first save block for seconds.
+  # Shapes no other test uses (no earlier save has warmed JAX's caches),
+  # their first axis divisible by the 4 devices (orbax slices along it).
+  config = tiny_config()
+  par = parallel.Parallel.create('shard_map')
+  state = {name: jax.device_put(np.arange(np.prod(s), dtype=np.float32)
+                                .reshape(s), par.replicated)
+           for name, s in (('a', (12, 13)), ('b', (20, 3, 11)), ('c', (36,)))}
+  it = iter(pipeline.build_train_dataset(config, process_index=0,
+                                         process_count=1))
+  manager = checkpoint.create_manager(str(tmp_path), config)
+  lowered = []
+
+  def listener(event, unused_secs, **unused_kw):
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    checkpoint.save(manager, 1, state, it, config)
+    manager.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not lowered
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  _, restored = checkpoint.restore_latest(manager, abstract, it, config)
+  assert max_abs_diff(host(restored), host(state)) == 0
+  assert restored['a'].sharding.is_equivalent_to(par.replicated, 2)
+
+
 def test_checkpoint_from_other_model_is_refused(tmp_path, batches):
   _, state, it = checkpoint_after_one_step(str(tmp_path), batches)
   other = tiny_config(**{'model.g_features': (8, 8, 16, 16, 16, 16, 32)})

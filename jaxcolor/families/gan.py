@@ -91,7 +91,7 @@ def decay_steps(config: ml_collections.ConfigDict) -> int:
   optim.decay_steps, else num_train_steps; a run given in epochs
   (num_train_steps -1) has its length set by train before the step is built.
   """
-  return int(config.optim.get('decay_steps', 0) or config.num_train_steps)
+  return int(config.optim.decay_steps or config.num_train_steps)
 
 
 def learning_rate(config: ml_collections.ConfigDict, peak: float, kind: str):
@@ -103,10 +103,10 @@ def learning_rate(config: ml_collections.ConfigDict, peak: float, kind: str):
   peak * optim.end_lr_fraction at `decay_steps(config)`.
   """
   o = config.optim
-  warmup = int(o.get('warmup_steps', 0))
+  warmup = int(o.warmup_steps)
   if kind == 'constant' and not warmup:
     return peak
-  end = peak * float(o.get('end_lr_fraction', 0.0))
+  end = peak * float(o.end_lr_fraction)
   if kind == 'cosine':
     return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup, decay_steps(config), end)
@@ -121,16 +121,14 @@ def learning_rate(config: ml_collections.ConfigDict, peak: float, kind: str):
 def learning_rates(config: ml_collections.ConfigDict):
   """(generator's, critic's) learning rate: floats or optax schedules."""
   o = config.optim
-  return (learning_rate(config, o.g_learning_rate,
-                        o.get('g_lr_schedule', 'constant')),
-          learning_rate(config, o.d_learning_rate,
-                        o.get('d_lr_schedule', 'constant')))
+  return (learning_rate(config, o.g_learning_rate, o.g_lr_schedule),
+          learning_rate(config, o.d_learning_rate, o.d_lr_schedule))
 
 
-def make_optimizers(config: ml_collections.ConfigDict):
-  """Adam for the generator and for the critic: (g_tx, d_tx)."""
+def make_optimizers(config: ml_collections.ConfigDict, g_lr, d_lr):
+  """Adam for the generator and for the critic, at the rates of
+  `learning_rates(config)`: (g_tx, d_tx)."""
   o = config.optim
-  g_lr, d_lr = learning_rates(config)
   g_tx = optax.adam(g_lr, b1=o.b1, b2=o.b2)
   d_tx = optax.adam(d_lr, b1=o.b1, b2=o.b2)
   return g_tx, d_tx
@@ -143,7 +141,7 @@ def lr_at(lr, step: jnp.ndarray) -> jnp.ndarray:
 
 # ------------------------------------------------------------------ EMA
 def ema_enabled(config: ml_collections.ConfigDict) -> bool:
-  return float(config.optim.get('ema_decay', 0.0)) > 0.0
+  return float(config.optim.ema_decay) > 0.0
 
 
 def ema_decay_at(optim_config, step: jnp.ndarray) -> jnp.ndarray:
@@ -155,7 +153,7 @@ def ema_decay_at(optim_config, step: jnp.ndarray) -> jnp.ndarray:
   initial weights.
   """
   decay = jnp.float32(optim_config.ema_decay)
-  if optim_config.get('ema_warmup', True):
+  if optim_config.ema_warmup:
     t = step.astype(jnp.float32)
     decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
   return decay
@@ -209,7 +207,7 @@ def create_train_state(rng: jax.Array, resnet: Any, *,
       g_params['resnet'] = resnet['params']
       frozen = {k: v for k, v in resnet.items() if k != 'params'}
 
-  g_tx, d_tx = make_optimizers(config)
+  g_tx, d_tx = make_optimizers(config, *learning_rates(config))
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_params, g_opt_state=g_tx.init(g_params),
@@ -276,7 +274,7 @@ def split_output(out, gray, model_config):
   exactly, so no loss is spent re-predicting it. That RGB is not clipped
   (the L1 pulls colours that leave the cube back; `predict` clips).
   """
-  n = 2 if model_config.get('output', 'rgb') == 'chroma' else 3
+  n = 2 if model_config.output == 'chroma' else 3
   image, saliency = out[..., :n], None
   if model_config.saliency_head:
     saliency = out[..., n:n + 1]
@@ -300,7 +298,7 @@ def generator_loss(fake, d_params, inputs, *, models, config):
   fake_logits = critic_apply(models, d_params, gray, fake_rgb)
   return losses.generator_losses(
       fake_rgb, fake_sal, inputs['rgb'], inputs['saliency'],
-      losses.generator_adversarial(lw.get('gan', 'paper'), fake_logits),
+      losses.generator_adversarial(lw.gan, fake_logits),
       l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
       saliency_weight=lw.saliency_weight)
 
@@ -310,8 +308,8 @@ def train_step(state: TrainState, batch: dict, *,
                models: models_lib.Models, config: ml_collections.ConfigDict):
   """One critic update, then one generator update, on this device's batch."""
   mc, lw = config.model, config.loss
-  objective = lw.get('gan', 'paper')
-  g_tx, d_tx = make_optimizers(config)
+  g_lr, d_lr = learning_rates(config)
+  g_tx, d_tx = make_optimizers(config, g_lr, d_lr)
   inputs = model_inputs(batch, mc)
   gray, real_rgb = inputs['gray'], inputs['rgb']
 
@@ -332,12 +330,12 @@ def train_step(state: TrainState, batch: dict, *,
     real_logits = critic_apply(models, d_params, gray, real_rgb)
     fake_logits = critic_apply(models, d_params, gray,
                                jax.lax.stop_gradient(fake_rgb))
-    loss = losses.critic_objective(objective, real_logits, fake_logits)
+    loss = losses.critic_objective(lw.gan, real_logits, fake_logits)
     if lw.gradient_penalty_weight:
       rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
       loss += lw.gradient_penalty_weight * losses.gradient_penalty(
           lambda x: losses.critic_value(
-              objective, models.critic.apply({'params': d_params}, x)),
+              lw.gan, models.critic.apply({'params': d_params}, x)),
           gray, real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
     return loss, (jnp.mean(jax.nn.sigmoid(real_logits)),
                   jnp.mean(jax.nn.sigmoid(fake_logits)))
@@ -372,7 +370,6 @@ def train_step(state: TrainState, batch: dict, *,
     ema_g_params = update_ema(ema_g_params, g_params,
                               ema_decay_at(config.optim, state.step))
 
-  g_lr, d_lr = learning_rates(config)
   metrics = {
       'g_loss': g_loss, 'd_loss': d_loss, **parts,
       'd_real': d_real_mean, 'd_fake': d_fake_mean,
@@ -562,14 +559,13 @@ class GANFamily(families.Family):
                        'must be in [0, 1]')
     decaying = [k for k in ('g_lr_schedule', 'd_lr_schedule')
                 if o[k] != 'constant']
-    length_known = decay_steps(self.config) > 0  # else: from num_epochs
-    if (decaying and length_known and
-        decay_steps(self.config) <= int(o.warmup_steps)):
+    length = decay_steps(self.config)  # <= 0: from num_epochs, resolved later
+    if decaying and 0 < length <= int(o.warmup_steps):
       raise ValueError(
           f'config.optim.{decaying[0]}={o[decaying[0]]!r} decays over '
           'config.optim.decay_steps (0: the run\'s length), which must '
           f'exceed warmup_steps={o.warmup_steps}; got '
-          f'{decay_steps(self.config)} (set decay_steps or num_train_steps)')
+          f'{length} (set decay_steps or num_train_steps)')
     if self.config.data.get('use_feature_cache', False):
       if not mc.use_resnet:
         raise ValueError('config.data.use_feature_cache=True needs the '
@@ -708,7 +704,7 @@ class GANFamily(families.Family):
   @classmethod
   def report_figures(cls, get, config):
     w = config.get('loss', {})
-    objective = w.get('gan', 'paper')
+    objective = w['gan']
     saliency_title = 'saliency L1(s·G(x), s·y)'
     if not w.get('saliency_weight', 1):
       saliency_title += ' (off: weight 0)'

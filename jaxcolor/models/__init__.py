@@ -65,7 +65,7 @@ def build_models(model_config: ml_collections.ConfigDict,
   mc = model_config
   dtype = jnp.dtype(dtype)
   impl = resolve_conv_impl(mc.get('conv_impl', 'auto'))
-  output = mc.get('output', 'rgb')
+  output = mc.output
   if output not in OUTPUT_CHANNELS:
     raise ValueError(f'config.model.output={output!r}; expected one of '
                      f'{tuple(OUTPUT_CHANNELS)}')

@@ -69,6 +69,13 @@ def get_config():
   # (E[D(fake)] − E[D(real)] on sigmoid probabilities, G: −E[D(G(x))]),
   # 'nonsaturating' (BCE), 'hinge' or 'lsgan' (jaxcolor/losses.py).
   loss.gan = 'paper'
+  # Class-rebalanced L1: each pixel's L1 weighted by Zhang et al.'s
+  # rebalancing weight of its true colour's ab bin (ImageNet prior),
+  # w ∝ ((1 - lambda) p̃ + lambda / 313)^-1, so rare, saturated colours weigh
+  # more than the grays and browns that L1 alone regresses to. Off in the
+  # paper; lambda = 1 weighs all colours alike.
+  loss.l1_rebalance = False
+  loss.l1_rebalance_lambda = 0.5
 
   # ---------------------------------------------------------------- optimisers
   optim = config.optim = ml_collections.ConfigDict()

@@ -77,6 +77,16 @@ def l1_loss(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   return jnp.mean(jnp.abs(a - b))
 
 
+def weighted_l1_loss(a: jnp.ndarray, b: jnp.ndarray,
+                     pixel_weights: jnp.ndarray) -> jnp.ndarray:
+  """mean(w * |a - b|): a, b (B, H, W, C); pixel_weights (B, H, W).
+
+  A plain mean of weighted terms (not divided by the batch's weight sum),
+  so it splits over devices like the unweighted L1.
+  """
+  return jnp.mean(pixel_weights[..., None] * jnp.abs(a - b))
+
+
 def to_unit(x: jnp.ndarray) -> jnp.ndarray:
   """[-1, 1] -> [0, 1]."""
   return (x + 1.0) * 0.5
@@ -94,14 +104,20 @@ def saliency_l1_loss(fake_rgb, fake_saliency, real_rgb, real_saliency):
 
 
 def generator_losses(fake_rgb, fake_saliency, real_rgb, real_saliency, gan,
-                     *, l1_weight, gan_weight, saliency_weight):
+                     *, l1_weight, gan_weight, saliency_weight,
+                     l1_pixel_weights=None):
   """G = l1_weight*L1 + gan_weight*GAN + saliency_weight*saliency-L1.
 
   `gan` is the adversarial term (`generator_adversarial`).
   `fake_saliency`/`real_saliency` may be None (a model without a saliency
-  head): that term is then zero. Returns (total, dict of the parts).
+  head): that term is then zero. `l1_pixel_weights` (B, H, W), if given,
+  weight the L1 per pixel (`weighted_l1_loss`). Returns (total, dict of
+  the parts).
   """
-  l1 = l1_loss(fake_rgb, real_rgb)
+  if l1_pixel_weights is None:
+    l1 = l1_loss(fake_rgb, real_rgb)
+  else:
+    l1 = weighted_l1_loss(fake_rgb, real_rgb, l1_pixel_weights)
   if fake_saliency is None:
     sal = jnp.zeros((), l1.dtype)
   else:

@@ -13,6 +13,7 @@ the step was compiled; `to_step_layout`/`from_step_layout` convert.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 from absl import logging
@@ -93,28 +94,36 @@ class Parallel:
   # ------------------------------------------------------------ state layout
   def to_step_layout(self, tree: Any) -> Any:
     """Mesh-replicated global arrays -> the layout the compiled step takes."""
-    if self.kind == 'shard_map':
-      return tree
-    sharding = NamedSharding(self.mesh, P(AXIS))
-    n = self.mesh.size
-
-    def expand(x):
-      shards = [s.data[None] for s in x.addressable_shards]
-      return jax.make_array_from_single_device_arrays(
-          (n,) + x.shape, sharding, shards)
-    return jax.tree.map(expand, tree)
+    return tree if self.kind == 'shard_map' else self._add_device_axis(tree)
 
   def from_step_layout(self, tree: Any) -> Any:
     """The compiled step's layout -> mesh-replicated global arrays."""
     if self.kind == 'shard_map':
       return tree
-    sharding = self.replicated
+    # Across processes pmap returns process-local arrays (leading axis: this
+    # process's devices): the same device buffers, viewed as one global array.
+    n, sharding = self.mesh.size, self.batch_sharding
 
-    def squeeze(x):
-      shards = [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
-      return jax.make_array_from_single_device_arrays(x.shape[1:], sharding,
-                                                      shards)
-    return jax.tree.map(squeeze, tree)
+    def as_global(x):
+      return jax.make_array_from_single_device_arrays(
+          (n,) + x.shape[1:], sharding, [s.data for s in x.addressable_shards])
+    return self._drop_device_axis(jax.tree.map(as_global, tree))
+
+  # One compiled program per tree structure (rather than one eager op per
+  # array shape); each device converts its own copy, nothing is sent.
+  @functools.cached_property
+  def _add_device_axis(self) -> Callable:
+    return jax.jit(jax.shard_map(
+        lambda tree: jax.tree.map(lambda x: x[None], tree), mesh=self.mesh,
+        in_specs=P(), out_specs=P(AXIS)))
+
+  @functools.cached_property
+  def _drop_device_axis(self) -> Callable:
+    # The pmap step keeps its copies equal (its updates are `pmean`-ed), so
+    # each device's own copy is the replicated value.
+    return jax.jit(jax.shard_map(
+        lambda tree: jax.tree.map(lambda x: x[0], tree), mesh=self.mesh,
+        in_specs=P(AXIS), out_specs=P(), check_vma=False))
 
   # ------------------------------------------------------------ batches
   def put_batch(self, local_batch: dict[str, np.ndarray], *,

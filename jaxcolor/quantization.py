@@ -150,6 +150,34 @@ def rebalance_weights(prior: np.ndarray, lam: float = 0.5, sigma: float = 5.0,
   return w.astype(np.float32)
 
 
+# Lab a and b of sRGB colours lie within [-GRID_EXTENT, GRID_EXTENT].
+GRID_EXTENT = 128
+
+
+def weight_grid(bins: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """Per-colour weights on the integer ab grid, (2E+1, 2E+1) float32.
+
+  grid[a + E, b + E] = weights[nearest bin of (a, b)] for integer a, b in
+  [-E, E], E = GRID_EXTENT: a per-pixel lookup (`grid_lookup`) in place of
+  a distance to all Q bins for every pixel.
+  """
+  axis = np.arange(-GRID_EXTENT, GRID_EXTENT + 1, dtype=np.float32)
+  ab = np.stack(np.meshgrid(axis, axis, indexing='ij'), -1).reshape(-1, 2)
+  bins = np.asarray(bins, np.float32)
+  d2 = (np.sum(ab * ab, -1)[:, None] - 2.0 * ab @ bins.T
+        + np.sum(bins * bins, -1)[None, :])
+  nearest = np.argmin(d2, axis=-1)
+  return np.asarray(weights, np.float32)[nearest].reshape(axis.size, axis.size)
+
+
+def grid_lookup(grid: jnp.ndarray, ab: jnp.ndarray) -> jnp.ndarray:
+  """`weight_grid` values at ab (..., 2) in Lab units, rounded to integers:
+  (...,) float32. ab beyond the grid takes its edge."""
+  i = jnp.clip(jnp.round(ab).astype(jnp.int32) + GRID_EXTENT, 0,
+               2 * GRID_EXTENT)
+  return jnp.asarray(grid)[i[..., 0], i[..., 1]]
+
+
 def _encode(ab: jnp.ndarray, bins: jnp.ndarray, k: int, sigma: float):
   """(soft-encoding (..., Q), nearest bin index (...,))."""
   ab = jnp.asarray(ab, jnp.float32)

@@ -9,10 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+from jaxcolor import color
 from jaxcolor import families
 from jaxcolor import inference
 from jaxcolor import losses
 from jaxcolor import parallel
+from jaxcolor import quantization
 from jaxcolor import train
 from jaxcolor.families import gan
 import helpers
@@ -23,7 +25,7 @@ ALL_ON = {'model.output': 'chroma', 'loss.gan': 'hinge',
           'optim.ema_decay': 0.9, 'optim.g_lr_schedule': 'cosine',
           'optim.d_lr_schedule': 'constant', 'optim.warmup_steps': 1,
           'optim.decay_steps': 6, 'optim.end_lr_fraction': 0.1,
-          'loss.gradient_penalty_weight': 1.0}
+          'loss.gradient_penalty_weight': 1.0, 'loss.l1_rebalance': True}
 
 
 @pytest.fixture(scope='module')
@@ -198,7 +200,8 @@ def _tb_value(event):
 @pytest.mark.parametrize('key,value', [
     ('model.output', 'lab'), ('loss.gan', 'wgan'),
     ('optim.g_lr_schedule', 'step'), ('optim.ema_decay', 1.0),
-    ('optim.end_lr_fraction', 2.0), ('optim.warmup_steps', -1)])
+    ('optim.end_lr_fraction', 2.0), ('optim.warmup_steps', -1),
+    ('loss.l1_rebalance_lambda', 0.0)])
 def test_bad_switch_values_are_one_line_errors(key, value):
   with pytest.raises(ValueError, match=key.split('.')[-1]) as e:
     families.build(helpers.tiny_config(**{key: value}))
@@ -248,6 +251,50 @@ def test_paper_objective_is_the_papers_loss_on_probabilities():
   assert losses.generator_adversarial('paper', FAKE) == losses.gan_loss(p_fake)
 
 
+# ------------------------------------------------------------------ rebalanced L1
+def test_rebalanced_l1_weighs_each_pixel_by_its_colours_bin():
+  loss_config = helpers.tiny_config(**{'loss.l1_rebalance': True,
+                                       'loss.l1_rebalance_lambda': 0.3}).loss
+  grid = gan.l1_weight_grid(loss_config)
+  bins = quantization.load_bins()
+  weights = quantization.rebalance_weights(quantization.load_prior(), lam=0.3)
+  rng = np.random.default_rng(0)
+  real = rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+  real[0, 0, 0] = 0.0                    # mid gray
+  real[0, 0, 1] = [-1.0, -0.2, 1.0]      # saturated blue
+  w = np.asarray(gan.l1_pixel_weights(jnp.asarray(real), grid))
+  # Zhang et al.'s weight of the nearest bin to the colour's ab (rounded to
+  # whole Lab units).
+  ab = np.asarray(color.rgb_to_lab((real + 1.0) / 2.0))[..., 1:]
+  want = weights[np.asarray(quantization.nearest_bin(np.round(ab), bins))]
+  np.testing.assert_array_equal(w, want)
+  assert w[0, 0, 1] > 3 * w[0, 0, 0]     # the rare colour weighs more
+  fake = rng.uniform(-1, 1, real.shape).astype(np.float32)
+  np.testing.assert_allclose(
+      losses.weighted_l1_loss(fake, real, w),
+      np.mean(w[..., None] * np.abs(fake - real)), rtol=1e-6)
+
+
+def test_rebalanced_l1_off_or_at_lambda_1_is_the_plain_l1(batches):
+  config = helpers.tiny_config()
+  assert families.build(config).l1_grid is None    # the paper: no weights
+  family, state = helpers.fresh_state(config, parallel.Parallel.create('pmap'))
+  state = helpers.host(state)
+  inputs = gan.model_inputs(batches[0], config.model)
+  fake = gan.generate(state.g_params, state.resnet_variables(), inputs,
+                      models=family.models, model_config=config.model)
+  plain, plain_parts = gan.generator_loss(
+      fake, state.d_params, inputs, models=family.models, config=config)
+  flat = gan.l1_weight_grid(helpers.tiny_config(**{
+      'loss.l1_rebalance': True, 'loss.l1_rebalance_lambda': 1.0}).loss)
+  np.testing.assert_allclose(flat, 1.0, rtol=1e-6)
+  ones, ones_parts = gan.generator_loss(
+      fake, state.d_params, inputs, models=family.models, config=config,
+      l1_grid=flat)
+  np.testing.assert_allclose(ones, plain, rtol=1e-6)
+  np.testing.assert_allclose(ones_parts['l1'], plain_parts['l1'], rtol=1e-6)
+
+
 # ------------------------------------------------------------------ together
 def test_all_switches_train_and_give_equal_steps_under_pmap_and_shard_map(
     batches):
@@ -279,11 +326,13 @@ def test_all_switches_train_and_give_equal_steps_under_pmap_and_shard_map(
 def test_old_configs_get_the_papers_switch_values():
   saved = helpers.tiny_config().to_dict()
   for section, key in (('model', 'output'), ('loss', 'gan'),
-                       ('optim', 'ema_decay'), ('optim', 'g_lr_schedule')):
+                       ('loss', 'l1_rebalance'), ('optim', 'ema_decay'),
+                       ('optim', 'g_lr_schedule')):
     del saved[section][key]
   config = families.upgrade_config(saved)
   assert config['model']['output'] == 'rgb'
   assert config['loss']['gan'] == 'paper'
+  assert config['loss']['l1_rebalance'] is False
   assert config['optim']['ema_decay'] == 0.0
   assert config['optim']['g_lr_schedule'] == 'constant'
 

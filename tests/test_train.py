@@ -103,6 +103,41 @@ def checkpoint_after_one_step(workdir, batches):
   return config, state, it
 
 
+def test_pmap_layout_converts_a_whole_tree_in_one_program():
+  # One program per direction and tree structure, not one per array shape
+  # (the state has hundreds of arrays); each device keeps its own copy.
+  par = parallel.Parallel.create('pmap')
+  tree = {name: jax.device_put(np.arange(np.prod(s), dtype=dt).reshape(s),
+                               par.replicated)
+          for name, s, dt in (('a', (5, 7), np.float32), ('b', (), np.int32),
+                              ('c', (2, 3, 9), np.uint32))}
+  tree['none'] = None
+  lowered = []
+
+  def listener(event, unused_secs, **unused_kw):
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    step_layout = par.to_step_layout(tree)
+    back = par.from_step_layout(step_layout)
+    assert len(lowered) == 2
+    par.from_step_layout(par.to_step_layout(tree))
+    assert len(lowered) == 2
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  n = jax.device_count()
+  assert step_layout['none'] is None and back['none'] is None
+  for name in ('a', 'b', 'c'):
+    x, y = step_layout[name], back[name]
+    assert x.shape == (n,) + tree[name].shape and x.dtype == tree[name].dtype
+    assert x.sharding.is_equivalent_to(par.batch_sharding, x.ndim)
+    for shard in x.addressable_shards:
+      np.testing.assert_array_equal(shard.data[0], np.asarray(tree[name]))
+    assert y.sharding.is_equivalent_to(par.replicated, y.ndim)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(tree[name]))
+
+
 def test_checkpoint_round_trip(tmp_path, batches):
   config, state, it = checkpoint_after_one_step(str(tmp_path), batches)
   expected_next = next(it)

@@ -10,8 +10,9 @@ ResNet side of the feature cache.
 Opt-in switches beyond the paper, all off in its configs (measured in
 docs/results.md):
 model.output='chroma' (G predicts chroma on the input's own luminance),
-loss.gan (the adversarial objective), optim.*_lr_schedule (warmup, cosine
-or linear decay) and optim.ema_decay (an EMA of G's parameters that
+loss.gan (the adversarial objective), loss.l1_rebalance (the L1 weighted
+by the rarity of each pixel's true colour), optim.*_lr_schedule (warmup,
+cosine or linear decay) and optim.ema_decay (an EMA of G's parameters that
 evaluation, samples, colorize and export use).
 
 Images inside are float32 in [-1, 1]; batches arrive as the pipeline's
@@ -29,10 +30,12 @@ import numpy as np
 import optax
 
 from jaxcolor import chroma
+from jaxcolor import color
 from jaxcolor import families
 from jaxcolor import losses
 from jaxcolor import models as models_lib
 from jaxcolor import parallel
+from jaxcolor import quantization
 from jaxcolor.data import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.models import resnet18
@@ -289,24 +292,58 @@ def critic_apply(models, d_params, gray, rgb):
                              jnp.concatenate([gray, rgb], axis=-1))
 
 
-def generator_loss(fake, d_params, inputs, *, models, config):
+def rebalance_lambda(loss_config) -> float:
+  """loss.l1_rebalance_lambda, checked: in (0, 1]."""
+  lam = float(loss_config.l1_rebalance_lambda)
+  if not 0.0 < lam <= 1.0:
+    raise ValueError(f'config.loss.l1_rebalance_lambda={lam}: must be in '
+                     '(0, 1] (1: every colour weighs the same)')
+  return lam
+
+
+def l1_weight_grid(loss_config) -> np.ndarray | None:
+  """The rebalanced L1's weight per integer ab (`quantization.weight_grid`)
+  from the ImageNet prior, or None when loss.l1_rebalance is off."""
+  if not loss_config.l1_rebalance:
+    return None
+  weights = quantization.rebalance_weights(quantization.load_prior(),
+                                           lam=rebalance_lambda(loss_config))
+  return quantization.weight_grid(quantization.load_bins(), weights)
+
+
+def l1_pixel_weights(real_rgb, grid):
+  """Each pixel's rebalancing weight (B, H, W) from its true colour
+  `real_rgb` (B, H, W, 3) in [-1, 1]; `grid` from `l1_weight_grid`."""
+  ab = color.rgb_to_lab(losses.to_unit(real_rgb))[..., 1:]
+  return quantization.grid_lookup(grid, ab)
+
+
+def generator_loss(fake, d_params, inputs, *, models, config, l1_grid=None):
   """G's loss on its raw output `fake` against the critic `d_params`:
-  (total, {'l1', 'gan', 'saliency'}); `inputs` from `model_inputs`."""
+  (total, {'l1', 'gan', 'saliency'}); `inputs` from `model_inputs`,
+  `l1_grid` from `l1_weight_grid` (None: the plain L1)."""
   mc, lw = config.model, config.loss
   gray = inputs['gray']
   fake_rgb, fake_sal = split_output(fake, gray, mc)
   fake_logits = critic_apply(models, d_params, gray, fake_rgb)
+  pixel_weights = None
+  if l1_grid is not None:
+    pixel_weights = l1_pixel_weights(inputs['rgb'], l1_grid)
   return losses.generator_losses(
       fake_rgb, fake_sal, inputs['rgb'], inputs['saliency'],
       losses.generator_adversarial(lw.gan, fake_logits),
       l1_weight=lw.l1_weight, gan_weight=lw.gan_weight,
-      saliency_weight=lw.saliency_weight)
+      saliency_weight=lw.saliency_weight, l1_pixel_weights=pixel_weights)
 
 
 # ------------------------------------------------------------------ the step
 def train_step(state: TrainState, batch: dict, *,
-               models: models_lib.Models, config: ml_collections.ConfigDict):
-  """One critic update, then one generator update, on this device's batch."""
+               models: models_lib.Models, config: ml_collections.ConfigDict,
+               l1_grid: np.ndarray | None = None):
+  """One critic update, then one generator update, on this device's batch.
+
+  `l1_grid`: the rebalanced L1's weights (`l1_weight_grid`), None: plain L1.
+  """
   mc, lw = config.model, config.loss
   g_lr, d_lr = learning_rates(config)
   g_tx, d_tx = make_optimizers(config, g_lr, d_lr)
@@ -349,7 +386,8 @@ def train_step(state: TrainState, batch: dict, *,
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_objective(fake):
-    return generator_loss(fake, d_params, inputs, models=models, config=config)
+    return generator_loss(fake, d_params, inputs, models=models, config=config,
+                          l1_grid=l1_grid)
 
   if mc.reuse_generator_forward:
     (g_loss, parts), d_out = jax.value_and_grad(
@@ -492,7 +530,7 @@ _MOVED_TO_MODEL = ('reuse_generator_forward',)
 # before them ran exactly these.
 _SWITCH_DEFAULTS = {
     'model': {'output': 'rgb'},
-    'loss': {'gan': 'paper'},
+    'loss': {'gan': 'paper', 'l1_rebalance': False, 'l1_rebalance_lambda': 0.5},
     'optim': {'g_lr_schedule': 'constant', 'd_lr_schedule': 'constant',
               'warmup_steps': 0, 'decay_steps': 0, 'end_lr_fraction': 0.0,
               'ema_decay': 0.0, 'ema_warmup': True},
@@ -512,6 +550,7 @@ class GANFamily(families.Family):
         config.model, dtype=families.compute_dtype(config))
     # Inference runs float32 whatever the training dtype.
     self._inference_models = models_lib.build_models(config.model)
+    self.l1_grid = l1_weight_grid(config.loss)  # None: the plain L1
 
   @classmethod
   def upgrade_config(cls, saved: dict) -> dict:
@@ -548,6 +587,7 @@ class GANFamily(families.Family):
                   losses.GAN_OBJECTIVES)
     for key in ('g_lr_schedule', 'd_lr_schedule'):
       _check_choice(f'config.optim.{key}', o[key], LR_SCHEDULES)
+    rebalance_lambda(self.config.loss)
     if not 0.0 <= float(o.ema_decay) < 1.0:
       raise ValueError(f'config.optim.ema_decay={o.ema_decay}: must be in '
                        '[0, 1) (0: no EMA)')
@@ -632,7 +672,8 @@ class GANFamily(families.Family):
 
   # ------------------------------------------------------------ steps
   def train_step(self, state, batch):
-    return train_step(state, batch, models=self.models, config=self.config)
+    return train_step(state, batch, models=self.models, config=self.config,
+                      l1_grid=self.l1_grid)
 
   def colorize(self, state, batch):
     return colorize_batch(state, batch, models=self.models, config=self.config)

@@ -1,5 +1,6 @@
 """The trainer: one step, data parallelism, checkpoints, logs, divergence."""
 
+import contextlib
 import glob
 import os
 
@@ -103,6 +104,21 @@ def checkpoint_after_one_step(workdir, batches):
   return config, state, it
 
 
+@contextlib.contextmanager
+def counting_lowerings():
+  """Yields a list that gets one entry per JAX program lowered meanwhile."""
+  lowered = []
+
+  def listener(event, unused_secs, **unused_kw):
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield lowered
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_pmap_layout_converts_a_whole_tree_in_one_program():
   # One program per direction and tree structure, not one per array shape
   # (the state has hundreds of arrays); each device keeps its own copy.
@@ -112,20 +128,12 @@ def test_pmap_layout_converts_a_whole_tree_in_one_program():
           for name, s, dt in (('a', (5, 7), np.float32), ('b', (), np.int32),
                               ('c', (2, 3, 9), np.uint32))}
   tree['none'] = None
-  lowered = []
-
-  def listener(event, unused_secs, **unused_kw):
-    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
-      lowered.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with counting_lowerings() as lowered:
     step_layout = par.to_step_layout(tree)
     back = par.from_step_layout(step_layout)
     assert len(lowered) == 2
     par.from_step_layout(par.to_step_layout(tree))
     assert len(lowered) == 2
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   n = jax.device_count()
   assert step_layout['none'] is None and back['none'] is None
   for name in ('a', 'b', 'c'):
@@ -170,17 +178,9 @@ def test_saving_replicated_state_compiles_nothing(tmp_path):
   it = iter(pipeline.build_train_dataset(config, process_index=0,
                                          process_count=1))
   manager = checkpoint.create_manager(str(tmp_path), config)
-  lowered = []
-
-  def listener(event, unused_secs, **unused_kw):
-    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
-      lowered.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with counting_lowerings() as lowered:
     checkpoint.save(manager, 1, state, it, config)
     manager.wait_until_finished()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert not lowered
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),

@@ -46,6 +46,10 @@ fi
 GAN=(--config.model.require_resnet18_weights=False)
 CACHE=(--config.data.use_feature_cache=True)
 CHROMA=(--config.model.output=chroma)
+# The paper's rates on a config with others: Adam G 1e-4 / D 1e-5, constant.
+PAPER_RATES=(--config.optim.g_learning_rate=1e-4 --config.optim.d_learning_rate=1e-5
+             --config.optim.g_lr_schedule=constant --config.optim.d_lr_schedule=constant
+             --config.optim.warmup_steps=0)
 # name | config | steps | flags
 declare -A CONFIG STEPS FLAGS
 ORDER=()
@@ -65,7 +69,7 @@ row chroma_320    configs/default.py 320 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
 # row is the step-160 checkpoint of chroma_320 for output=chroma).
 row recipe_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]}"
 row recipe_no_ema_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.ema_decay=0"
-row recipe_paper_rates_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.g_learning_rate=1e-4 --config.optim.d_learning_rate=1e-5 --config.optim.g_lr_schedule=constant --config.optim.d_lr_schedule=constant --config.optim.warmup_steps=0"
+row recipe_paper_rates_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${PAPER_RATES[*]}"
 row recipe_paper_gan_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=paper --config.loss.gan_weight=0.5"
 # Levers for more colour, one at a time on the recipe: a larger weight of
 # its GAN loss, a faster critic.
@@ -73,9 +77,6 @@ row recipe_gan_0.3_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --confi
 row recipe_d_4e-4_160       configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.d_learning_rate=4e-4"
 # The paper's constant rates won over the recipe's at 160 steps: the same
 # comparison at the 60-minute budget, and with the larger GAN weight.
-PAPER_RATES=(--config.optim.g_learning_rate=1e-4 --config.optim.d_learning_rate=1e-5
-             --config.optim.g_lr_schedule=constant --config.optim.d_lr_schedule=constant
-             --config.optim.warmup_steps=0)
 row recipe_paper_rates      configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} ${PAPER_RATES[*]}"
 row recipe_paper_rates_gan_0.3_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${PAPER_RATES[*]} --config.loss.gan_weight=0.3"
 # Zhang et al.'s class rebalancing on the recipe's L1 (more weight on rare,

@@ -163,10 +163,7 @@ def weight_grid(bins: np.ndarray, weights: np.ndarray) -> np.ndarray:
   """
   axis = np.arange(-GRID_EXTENT, GRID_EXTENT + 1, dtype=np.float32)
   ab = np.stack(np.meshgrid(axis, axis, indexing='ij'), -1).reshape(-1, 2)
-  bins = np.asarray(bins, np.float32)
-  d2 = (np.sum(ab * ab, -1)[:, None] - 2.0 * ab @ bins.T
-        + np.sum(bins * bins, -1)[None, :])
-  nearest = np.argmin(d2, axis=-1)
+  nearest = np.asarray(nearest_bin(ab, bins))
   return np.asarray(weights, np.float32)[nearest].reshape(axis.size, axis.size)
 
 

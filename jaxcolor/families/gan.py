@@ -314,7 +314,7 @@ def l1_weight_grid(loss_config) -> np.ndarray | None:
 def l1_pixel_weights(real_rgb, grid):
   """Each pixel's rebalancing weight (B, H, W) from its true colour
   `real_rgb` (B, H, W, 3) in [-1, 1]; `grid` from `l1_weight_grid`."""
-  ab = color.rgb_to_lab(losses.to_unit(real_rgb))[..., 1:]
+  ab = color.rgb_to_lab(color.to_unit_rgb(real_rgb))[..., 1:]
   return quantization.grid_lookup(grid, ab)
 
 

@@ -350,16 +350,30 @@ def _flat(config):
           if isinstance(sec, dict) for k, v in sec.items()}
 
 
-@pytest.mark.parametrize('pair', [('default', 'recipe'),
-                                  ('quickstart_paper', 'quickstart')])
-def test_the_recipe_is_the_papers_model_with_only_training_switches(pair):
-  import importlib  # pylint: disable=g-import-not-at-top
-  paper, recipe = (importlib.import_module(f'configs.{n}').get_config()
-                   for n in pair)
-  assert paper.to_dict().keys() == recipe.to_dict().keys()
-  a, b = _flat(paper), _flat(recipe)
+def test_the_recipe_is_the_papers_model_with_only_training_switches():
+  from configs import default, recipe  # pylint: disable=g-import-not-at-top,g-multiple-import
+  paper, ours = default.get_config(), recipe.get_config()
+  assert paper.to_dict().keys() == ours.to_dict().keys()
+  a, b = _flat(paper), _flat(ours)
   changed = {k for k in a if a[k] != b[k]}
   assert changed and changed <= SWITCH_KEYS, changed - SWITCH_KEYS
   assert {k: v for k, v in paper.items() if not hasattr(v, 'keys')} == \
-      {k: v for k, v in recipe.items() if not hasattr(v, 'keys')}
-  families.build(recipe)  # validates every switch value
+      {k: v for k, v in ours.items() if not hasattr(v, 'keys')}
+  families.build(ours)  # validates every switch value
+
+
+def test_the_quick_start_is_the_recipe_at_half_width_and_longer():
+  from configs import quickstart, quickstart_paper, recipe  # pylint: disable=g-import-not-at-top,g-multiple-import
+  want = quickstart_paper.bundled_photos(recipe.get_config())
+  got = quickstart.get_config()
+  a, b = _flat(want), _flat(got)
+  assert {k for k in a if a[k] != b[k]} == {'model.g_features',
+                                            'model.d_features'}
+  assert b['model.g_features'] == (32, 64, 128, 256, 256, 256, 256)
+  assert b['model.d_features'] == (32, 64, 128, 256, 256, 1)
+  top = lambda c: {k: v for k, v in c.items() if not hasattr(v, 'keys')}
+  changed = {k for k in top(want) if top(want)[k] != top(got)[k]}
+  assert changed == {'num_train_steps', 'eval_every_steps',
+                     'image_every_steps', 'checkpoint_every_steps'}
+  assert got.num_train_steps == 400
+  families.build(got)

@@ -1,5 +1,7 @@
 """conv_impl: every convolution form equals flax's conv in value and grads."""
 
+import functools
+
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,42 +46,50 @@ def _value_and_grads(fn, x, w, cot):
   return (y, *vjp(cot))
 
 
-def _check(fn, ref, x, w):
-  cot = jax.random.normal(jax.random.key(2), jax.eval_shape(ref, x, w).shape)
-  want = _value_and_grads(ref, x, w, cot)
-  got = _value_and_grads(fn, x, w, cot)
-  for name, a, b in zip(('value', 'input grad', 'weight grad'), got, want):
-    assert a.shape == b.shape and a.dtype == b.dtype, name
-    assert _rel(a, b) < RTOL, (name, _rel(a, b))
+def _normal(seed, shape):
+  return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
+def _check_all(forms, ref, x, w):
+  """Each `forms[impl](x, w)` against `ref` in value, input and weight
+  grads; `ref` and every form in one compiled program (eager ops would
+  compile one by one)."""
+  cot = _normal(2, jax.eval_shape(ref, x, w).shape)
+  want, got = jax.jit(lambda x, w, cot: (
+      _value_and_grads(ref, x, w, cot),
+      {impl: _value_and_grads(fn, x, w, cot) for impl, fn in forms.items()}))(
+          x, w, cot)
+  for impl, outs in got.items():
+    for name, a, b in zip(('value', 'input grad', 'weight grad'), outs, want):
+      assert a.shape == b.shape and a.dtype == b.dtype, (impl, name)
+      assert _rel(a, b) < RTOL, (impl, name, _rel(a, b))
 
 
 @pytest.mark.parametrize('shape', CONVS, ids=str)
 def test_conv_forms_match_flax(shape):
   h, cin, cout, k, s, pad = shape
-  x = jax.random.normal(jax.random.key(0), (2, h, h, cin))
-  w = jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+  x, w = _normal(0, (2, h, h, cin)), _normal(1, (k, k, cin, cout))
   ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
       {'params': {'kernel': w}}, x)
   impls = _rotations(FORMS) + ['fast']
   if s == 1:  # the tap form is for stride 1
     impls += _rotations(('tap', 'xla', 'mm'))
-  for impl in impls:
-    _check(jax.jit(lambda x, w: conv_impl.conv(x, w, s, pad, impl)), ref,
-           x, w)
+  _check_all({str(impl): functools.partial(conv_impl.conv, stride=s,
+                                           padding=pad, impl=impl)
+              for impl in impls}, ref, x, w)
 
 
 @pytest.mark.parametrize('side', [1, 2, 4, 5, 16])
 def test_conv_transpose_forms_match_flax(side):
   pad = conv_transpose.transpose_padding(4, 2)
-  x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
-  w = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+  x, w = _normal(0, (2, side, side, 3)), _normal(1, (4, 4, 3, 5))
   ref = lambda x, w: nn.ConvTranspose(5, (4, 4), (2, 2), pad,
                                       use_bias=False).apply(
                                           {'params': {'kernel': w}}, x)
   impls = _rotations(TFORMS) + ['fast']
-  for impl in impls:
-    _check(jax.jit(lambda x, w: conv_impl.conv_transpose(x, w, 2, pad, impl)),
-           ref, x, w)
+  _check_all({str(impl): functools.partial(conv_impl.conv_transpose,
+                                           stride=2, padding=pad, impl=impl)
+              for impl in impls}, ref, x, w)
 
 
 def test_fast_forms_for_the_model_shapes():
@@ -112,10 +122,12 @@ def _gan_outputs(impl):
   mc = tiny.get_config().model
   mc.conv_impl = impl
   m = models.build_models(mc)
-  x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 2), minval=-1.)
-  feats = jax.random.normal(jax.random.key(4), (2, 2, 2, 512))
-  g_vars = m.generator.init(KEY, x, feats)
-  d_vars = m.critic.init(KEY, jnp.zeros((2, 64, 64, 4)))
+  x = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 2)).astype(
+      np.float32)
+  feats = _normal(4, (2, 2, 2, 512))
+  # Jitted: flax's init run op by op compiles every op on its own.
+  g_vars = jax.jit(m.generator.init)(KEY, x, feats)
+  d_vars = jax.jit(m.critic.init)(KEY, jnp.zeros((2, 64, 64, 4)))
 
   def loss(g_params, d_params, x, feats):
     out = m.generator.apply({'params': g_params}, x, feats)

@@ -94,9 +94,13 @@ def test_untrained_chroma_generator_outputs_the_gray_copy(make, batches):
 
 
 # ------------------------------------------------------------------ EMA
+# One decay for the EMA step tests: the step they compile is then one
+# program (the session's compilation cache compiles it once).
+EMA_DECAY = 0.9
+
 def test_ema_leaves_training_alone_and_matches_a_direct_average(batches):
   plain, _ = _steps(helpers.tiny_config(), batches)
-  decay = 0.95
+  decay = EMA_DECAY
   with_ema, _ = _steps(helpers.tiny_config(**{'optim.ema_decay': decay}),
                        batches)
   assert all(s.ema_g_params is None for s in plain)  # decay 0: no EMA at all
@@ -130,7 +134,7 @@ def test_ema_decay_with_and_without_warmup():
 
 def test_ema_resumes_bit_for_bit_and_inference_uses_it(tmp_path):
   def make(**kw):
-    return helpers.tiny_config(**{'optim.ema_decay': 0.9}, **kw)
+    return helpers.tiny_config(**{'optim.ema_decay': EMA_DECAY}, **kw)
   resumed = str(tmp_path / 'resumed')
   helpers.train_then_resume(make, resumed)
   straight = str(tmp_path / 'straight')
@@ -186,7 +190,7 @@ def test_decaying_schedule_must_outlast_its_warmup():
 
 
 def test_a_run_given_in_epochs_decays_over_its_length(tmp_path):
-  # The recipe's kind of schedule with num_train_steps -1: train resolves
+  # A warmup and cosine decay with num_train_steps -1: train resolves
   # the length from the data (1 epoch of the tiny set) before the step.
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   peak = 1e-3
@@ -370,7 +374,11 @@ def test_the_recipe_is_the_papers_model_with_only_training_switches():
   assert paper.to_dict().keys() == ours.to_dict().keys()
   a, b = _flat(paper), _flat(ours)
   changed = {k for k in a if a[k] != b[k]}
-  assert changed and changed <= SWITCH_KEYS, changed - SWITCH_KEYS
+  assert changed <= SWITCH_KEYS, changed - SWITCH_KEYS
+  # At the paper's learning rates (docs/results.md measures the recipe's
+  # earlier warmup and cosine decay against them).
+  assert changed == {'model.output', 'loss.gan', 'loss.gan_weight',
+                     'optim.ema_decay'}
   assert {k: v for k, v in paper.items() if not hasattr(v, 'keys')} == \
       {k: v for k, v in ours.items() if not hasattr(v, 'keys')}
   families.build(ours)  # validates every switch value

@@ -98,6 +98,7 @@ def test_untrained_chroma_generator_outputs_the_gray_copy(make, batches):
 # program (the session's compilation cache compiles it once).
 EMA_DECAY = 0.9
 
+
 def test_ema_leaves_training_alone_and_matches_a_direct_average(batches):
   plain, _ = _steps(helpers.tiny_config(), batches)
   decay = EMA_DECAY

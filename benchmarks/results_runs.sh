@@ -66,6 +66,9 @@ row recipe_cosine configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} ${COSINE_RATES[*]
 # The one colour lever that cost no PSNR at 160 steps (the class-rebalanced
 # L1 on the recipe), at the 60-minute budget.
 row recipe_rebalance configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.l1_rebalance=True"
+# The same with the EMA at its full decay from the first step (its warmup
+# keeps the decay below 0.995 for 1790 steps: at step 640 it is 0.986).
+row recipe_rebalance_ema_no_warmup configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.l1_rebalance=True --config.optim.ema_warmup=False"
 # One switch at a time, at 320 steps (the paper's own row at this budget is
 # the step-320 checkpoint of `paper`: a constant learning rate, so the same
 # weights as a 320-step run).

@@ -343,12 +343,16 @@ def test_all_switches_train_and_give_equal_steps_under_pmap_and_shard_map(
 
 
 def test_old_configs_get_the_papers_switch_values():
-  saved = helpers.tiny_config().to_dict()
-  for section, key in (('model', 'output'), ('loss', 'gan'),
-                       ('loss', 'l1_rebalance'), ('optim', 'ema_decay'),
-                       ('optim', 'g_lr_schedule')):
-    del saved[section][key]
+  paper = helpers.tiny_config().to_dict()
+  saved = json.loads(json.dumps(paper))
+  for section, defaults in gan._SWITCH_DEFAULTS.items():
+    for key in defaults:
+      del saved[section][key]
   config = families.upgrade_config(saved)
+  # Every switch comes back at the paper's configuration's value.
+  for section, defaults in gan._SWITCH_DEFAULTS.items():
+    for key in defaults:
+      assert config[section][key] == paper[section][key], (section, key)
   assert config['model']['output'] == 'rgb'
   assert config['loss']['gan'] == 'paper'
   assert config['loss']['l1_rebalance'] is False

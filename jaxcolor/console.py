@@ -29,6 +29,12 @@ def quiet_libraries(verbosity: int) -> None:
   """Hides other libraries' INFO lines unless `verbosity` >= 1."""
   if verbosity >= 1:
     return
+  # TensorFlow (imported by clu's writers, for TensorBoard files only)
+  # prints C++ INFO lines as it loads, before absl's filter can see them: on
+  # Intel CPUs a notice that its oneDNN ops round differently. jaxcolor
+  # runs no TensorFlow op, so those ops are turned off and the lines hidden.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):

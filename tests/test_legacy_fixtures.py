@@ -1,7 +1,18 @@
 """Runs written by older code (tests/fixtures/legacy, made at commit 314c1d9
-by tests/fixtures/make_legacy_fixtures.py) still colorize and resume bit for
-bit: the same RGB from the workdir and its export bundle, and the same state
-after resuming the workdir from step 2 to step 4.
+by tests/fixtures/make_legacy_fixtures.py) still colorize and resume as
+they did: the same RGB from the workdir and its export bundle, and the same
+state after resuming the workdir from step 2 to step 4.
+
+The same means bit for bit on a CPU like the one that made the fixtures.
+XLA's CPU kernels follow the instruction set (an AVX-512 Xeon sums in
+another order than a Zen 3), so elsewhere the last bits differ, and a GAN's
+steps amplify them: on such a Xeon the colorized RGB differed by 1.4e-6
+(relative), the resumed parameters by up to 2e-5 and an Adam moment of a
+critic bias by 3e-4 of its leaf's largest value. The comparison allows
+1e-5 on the RGB and 1e-3 of each state leaf's largest value: a change of
+the computation (a loss weight, a rate, an objective, a layer) moves the
+optimiser's moments by far more. Exact resume on one machine is pinned by
+tests/test_train_process.py.
 
 JAXCOLOR_LEGACY_FIXTURES=DIR points the test at other fixtures.
 """
@@ -21,6 +32,19 @@ FIXTURES = os.environ.get('JAXCOLOR_LEGACY_FIXTURES',
                           os.path.join(HERE, 'fixtures', 'legacy'))
 SAMPLES = os.path.join(os.path.dirname(HERE), 'jaxcolor', 'data', 'samples')
 MODELS = ('edge_saliency_gan', 'scgan', 'cic')
+# Float rounding across CPUs (see above), relative to each array's largest
+# magnitude. Integer arrays stay exact.
+RGB_TOLERANCE, STATE_TOLERANCE = 1e-5, 1e-3
+
+
+def assert_as_before(got, want, tolerance, err_msg):
+  want = np.asarray(want)
+  if not np.issubdtype(want.dtype, np.floating):
+    np.testing.assert_array_equal(got, want, err_msg=err_msg)
+  else:
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance * scale,
+                               err_msg=err_msg)
 
 
 def legacy_config(model: str, num_train_steps: int):
@@ -88,8 +112,8 @@ def test_workdir_and_bundle_colorize_as_before(model, tmp_path):
     path = str(tmp_path / source)
     shutil.copytree(os.path.join(FIXTURES, model, source), path)
     got = inference.load(path)(want['colorize_gray'])
-    np.testing.assert_array_equal(
-        got, want['colorize_rgb'],
+    assert_as_before(
+        got, want['colorize_rgb'], RGB_TOLERANCE,
         err_msg=f'{model} {source}: RGB differs from the legacy output')
 
 
@@ -106,5 +130,5 @@ def test_workdir_resumes_as_before(model, tmp_path):
       f'missing ({len(missing)}):\n  ' + '\n  '.join(missing) +
       f'\nextra ({len(extra)}):\n  ' + '\n  '.join(extra))
   for key in sorted(want):
-    np.testing.assert_array_equal(
-        got[key], want[key], err_msg=f'{model}: {key} differs after resuming')
+    assert_as_before(got[key], want[key], STATE_TOLERANCE,
+                     err_msg=f'{model}: {key} differs after resuming')

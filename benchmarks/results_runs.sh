@@ -69,6 +69,8 @@ row recipe_rebalance configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.
 # The same with the EMA at its full decay from the first step (its warmup
 # keeps the decay below 0.995 for 1790 steps: at step 640 it is 0.986).
 row recipe_rebalance_ema_no_warmup configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.l1_rebalance=True --config.optim.ema_warmup=False"
+# The least-squares objective, the best PSNR of the 160-step rows.
+row recipe_lsgan   configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.gan=lsgan"
 # One switch at a time, at 320 steps (the paper's own row at this budget is
 # the step-320 checkpoint of `paper`: a constant learning rate, so the same
 # weights as a 320-step run).
@@ -78,12 +80,14 @@ row chroma_320    configs/default.py 320 "${GAN[*]} ${CACHE[*]} ${CHROMA[*]}"
 # row is the step-160 checkpoint of chroma_320 for output=chroma), then
 # levers for more colour, one at a time: a larger weight of its GAN loss,
 # Zhang et al.'s class rebalancing on its L1 (more weight on rare,
-# saturated colours).
+# saturated colours), the other two objectives on the critic's logits.
 row recipe_160                configs/recipe.py 160 "${GAN[*]} ${CACHE[*]}"
 row recipe_no_ema_160         configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.optim.ema_decay=0"
 row recipe_paper_gan_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=paper --config.loss.gan_weight=0.5"
 row recipe_gan_0.3_160        configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan_weight=0.3"
 row recipe_rebalance_160      configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.l1_rebalance=True"
+row recipe_hinge_160          configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=hinge"
+row recipe_lsgan_160          configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} --config.loss.gan=lsgan"
 # The same with the recipe's earlier rates (the rows that chose the switches
 # above, and a faster critic).
 row recipe_cosine_160            configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${COSINE_RATES[*]}"

@@ -8,8 +8,10 @@ come from the model family.
 
 import dataclasses
 import json
+import logging as py_logging
 import os
 import shutil
+import sys
 from typing import Any, Optional, Sequence
 
 from absl import logging
@@ -140,6 +142,10 @@ def check_files(step_dir: str) -> None:
 
 
 def _first_line(e: BaseException) -> str:
+  """The first line of the error's root cause (Orbax wraps TensorStore's
+  'byte range not valid' in a message that names only an array index)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
   text = str(e).strip().splitlines()
   text = text[0].split(' See full TensorStore details')[0] if text else ''
   return f'{type(e).__name__}: {text}'[:300]
@@ -196,12 +202,57 @@ def check_structure(step_dir: str, abstract_state: Any) -> None:
                      'wrote it.')
 
 
+# A damaged checkpoint fails Orbax's read of every array it touches: Orbax
+# raises the first failure and leaves the other reads running on an event
+# loop it has already closed. Each of those then reports itself, with a
+# traceback, when it finishes or is garbage-collected, possibly steps later:
+# through asyncio's logger ('Task/Future exception was never retrieved') and
+# sys.unraisablehook (the read's own exception; 'Event loop is closed' from
+# TensorStore's callback). `restore` has already named the damage in one
+# line, so these reports are dropped; every other one passes.
+def _is_failed_read(text: str) -> bool:
+  return ('Encountered error while reading array index' in text or
+          ' in OCDBT database at ' in text)
+
+
+class _OrphanedReadLogs(py_logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' for Orbax's reads."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not ('never retrieved' in message and _is_failed_read(message))
+
+
+class _OrphanedReadHook:
+  """A sys.unraisablehook that drops the orphaned reads' reports."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    error = unraisable.exc_value
+    if _is_failed_read(str(error)) or (
+        isinstance(error, RuntimeError) and unraisable.object is None and
+        str(error) == 'Event loop is closed'):
+      return
+    self.previous(unraisable)
+
+
+def _drop_orphaned_read_reports() -> None:
+  """Installs the filter and the hook above, once per process."""
+  reads = py_logging.getLogger('asyncio')
+  if not any(isinstance(f, _OrphanedReadLogs) for f in reads.filters):
+    reads.addFilter(_OrphanedReadLogs())
+  if not isinstance(sys.unraisablehook, _OrphanedReadHook):
+    sys.unraisablehook = _OrphanedReadHook(sys.unraisablehook)
+
+
 class _Quiet:
   """Silences library logging while a damaged checkpoint may be read (its
   reader logs a traceback per array before raising once)."""
 
   def __enter__(self):
-    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    _drop_orphaned_read_reports()
     self._logger = py_logging.getLogger('absl')
     self._level = self._logger.level
     self._logger.setLevel(py_logging.CRITICAL)

@@ -249,7 +249,8 @@ def _drop_orphaned_read_reports() -> None:
 
 class _Quiet:
   """Silences library logging while a damaged checkpoint may be read (its
-  reader logs a traceback per array before raising once)."""
+  reader logs a traceback per array before raising once), and installs the
+  drop of its leftover reads' later reports (above), which outlive it."""
 
   def __enter__(self):
     _drop_orphaned_read_reports()

@@ -73,7 +73,7 @@ row recipe_rebalance_ema_no_warmup configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} 
 row recipe_lsgan   configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.gan=lsgan"
 # The two together: the least-squares objective with the rebalanced L1.
 row recipe_lsgan_rebalance configs/recipe.py 640 "${GAN[*]} ${CACHE[*]} --config.loss.gan=lsgan --config.loss.l1_rebalance=True"
-# The recipe at half the paper's widths (as the quick start): its step
+# The recipe at half the paper's widths (the earlier quick start's): its step
 # costs a third (1.40 s against 4.22 s, batch 16, measured back to back),
 # so the same 60 minutes buy three times the steps.
 HALF=(--config.model.g_features=\(32,64,128,256,256,256,256\)

@@ -389,18 +389,21 @@ def test_the_recipe_is_the_papers_model_with_only_training_switches():
   families.build(ours)  # validates every switch value
 
 
-def test_the_quick_start_is_the_recipe_at_half_width_and_longer():
+def test_the_quick_start_is_the_recipe_narrower_without_resnet_and_longer():
   from configs import quickstart, quickstart_paper, recipe  # pylint: disable=g-import-not-at-top,g-multiple-import
   want = quickstart_paper.bundled_photos(recipe.get_config())
   got = quickstart.get_config()
   a, b = _flat(want), _flat(got)
   assert {k for k in a if a[k] != b[k]} == {'model.g_features',
-                                            'model.d_features'}
-  assert b['model.g_features'] == (32, 64, 128, 256, 256, 256, 256)
-  assert b['model.d_features'] == (32, 64, 128, 256, 256, 1)
+                                            'model.d_features',
+                                            'model.use_resnet'}
+  assert b['model.g_features'] == (16, 32, 64, 128, 128, 128, 128)
+  assert b['model.d_features'] == (16, 32, 64, 128, 128, 1)
+  assert b['model.use_resnet'] is False
   top = lambda c: {k: v for k, v in c.items() if not hasattr(v, 'keys')}
   changed = {k for k in top(want) if top(want)[k] != top(got)[k]}
   assert changed == {'num_train_steps', 'eval_every_steps',
-                     'image_every_steps', 'checkpoint_every_steps'}
-  assert got.num_train_steps == 400
+                     'image_every_steps', 'checkpoint_every_steps',
+                     'log_every_steps'}
+  assert got.num_train_steps == 2400
   families.build(got)

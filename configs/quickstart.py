@@ -12,11 +12,12 @@ learning rates) on the quick start's photos, with two changes for a
   widths it would cost more than the rest of the step (3.5 GFLOP per image
   against 1.9).
 
-A step of batch 8 then costs 0.16 s instead of 3.8 s at the paper's widths
-with the branch, so 2400 steps train in about 7.5 minutes on 2 CPU cores of
-a Zen 3 (438 s), where the paper's widths manage 160 steps, whose colour is
-a warm wash; these give object colour (blue sky, green foliage, an orange
-tiger; docs/results.md). The paper's exact model on the same photos and its
+A step of batch 8 then costs a fifth of the half-width model's with the
+branch (156 ms against 747 ms, `--mode=benchmark` back to back on 2 CPU
+cores of a Zen 3), so 1800 steps train in under 10 minutes on 2 CPU cores,
+where the paper's widths manage 160 steps, whose colour is a warm wash;
+these give object colour (blue sky, green foliage, an orange tiger;
+docs/results.md). The paper's exact model on the same photos and its
 160-step schedule: configs/quickstart_paper.py.
 """
 
@@ -38,9 +39,9 @@ def narrower(config, divisor):
 def get_config():
   config = narrower(quickstart_paper.bundled_photos(recipe.get_config()), 4)
   config.model.use_resnet = False
-  config.num_train_steps = 2400
-  config.eval_every_steps = 600
-  config.image_every_steps = 600
-  config.checkpoint_every_steps = 600
+  config.num_train_steps = 1800
+  config.eval_every_steps = 450
+  config.image_every_steps = 450
+  config.checkpoint_every_steps = 450
   config.log_every_steps = 50
   return config

@@ -7,7 +7,7 @@ TensorBoard logs and a PNG grid. No ImageNet weights can be
 downloaded, so the ResNet-18 branch runs with random weights (a WARNING says
 so); point `--config.model.resnet18_weights` at a converted file to use real
 ones. configs/quickstart.py trains the recommended recipe, at a quarter of
-these widths without the ResNet branch, for 2400 steps.
+these widths without the ResNet branch, for 1800 steps.
 """
 
 import os

@@ -405,5 +405,5 @@ def test_the_quick_start_is_the_recipe_narrower_without_resnet_and_longer():
   assert changed == {'num_train_steps', 'eval_every_steps',
                      'image_every_steps', 'checkpoint_every_steps',
                      'log_every_steps'}
-  assert got.num_train_steps == 2400
+  assert got.num_train_steps == 1800
   families.build(got)

@@ -11,9 +11,11 @@
   python main.py --mode=report --workdir=RUN
   python main.py --mode=serve --workdir=RUN [--port=7860] [--host=127.0.0.1]
 
-Each mode's module is imported only when chosen, so light modes start fast.
+Each mode is one module of jaxcolor/modes/ with a `main(config, args)`,
+imported only when chosen, so light modes start fast.
 """
 
+import importlib
 import sys
 
 from absl import app
@@ -21,16 +23,17 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-MODES = ('train', 'prepare', 'benchmark', 'colorize', 'export', 'evaluate',
-         'report', 'serve')
-# Modes that read the run's config from --workdir (a workdir or a bundle).
-NO_CONFIG_MODES = ('colorize', 'export', 'evaluate', 'report', 'serve')
+from jaxcolor import modes
+
+# --mode -> the module that runs it.
+MODES = {name: f'jaxcolor.modes.{name}' for name in modes.NAMES}
+NO_CONFIG_MODES = modes.CONFIG_FROM_WORKDIR
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
-flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_enum('mode', 'train', tuple(MODES), 'What to do.')
 flags.DEFINE_string('input', None,
                     'colorize: a photo or a folder (recursive); evaluate: a '
                     'folder of colour photos.')
@@ -93,47 +96,24 @@ def main(argv):
     raise app.UsageError('--input=DIR (colour photos) is required for '
                          '--mode=evaluate')
 
-  from jaxcolor import console  # pylint: disable=g-import-not-at-top
+  from jaxcolor.runtime import console  # pylint: disable=g-import-not-at-top
   console.quiet_libraries(FLAGS.verbosity)
   try:
     # Before anything computes: XLA reads XLA_FLAGS once, at backend start.
-    from jaxcolor import xla_flags  # pylint: disable=g-import-not-at-top
+    from jaxcolor.runtime import xla_flags  # pylint: disable=g-import-not-at-top
     xla_flags.apply(xla_flags.DEFAULT if config is None
                     else config.get('xla_cpu_convolutions', xla_flags.DEFAULT))
     if config is not None:  # every shared count and size, before any work
-      from jaxcolor import config_check  # pylint: disable=g-import-not-at-top
+      from jaxcolor.runtime import config_check  # pylint: disable=g-import-not-at-top
       config_check.check(config)
-    if FLAGS.mode == 'train':
-      from jaxcolor import train  # pylint: disable=g-import-not-at-top
-      train.train_and_evaluate(config, workdir)
-    elif FLAGS.mode == 'prepare':
-      from jaxcolor import prepare  # pylint: disable=g-import-not-at-top
-      prepare.prepare(config)
-    elif FLAGS.mode == 'benchmark':
-      from jaxcolor import benchmark  # pylint: disable=g-import-not-at-top
-      benchmark.run(config, workdir, config_flags.get_config_filename(
-          FLAGS['config']))
-    elif FLAGS.mode == 'colorize':
-      from jaxcolor import colorize  # pylint: disable=g-import-not-at-top
-      colorize.run(workdir, FLAGS.input, FLAGS.output,
-                   side_by_side_output=FLAGS.side_by_side,
-                   overwrite=FLAGS.overwrite, step=FLAGS.step,
-                   chroma_upsampling=FLAGS.chroma_upsampling)
-    elif FLAGS.mode == 'export':
-      from jaxcolor import inference  # pylint: disable=g-import-not-at-top
-      inference.export(workdir, FLAGS.output, step=FLAGS.step)
-    elif FLAGS.mode == 'evaluate':
-      from jaxcolor import evaluate  # pylint: disable=g-import-not-at-top
-      evaluate.run(workdir, FLAGS.input, FLAGS.output, step=FLAGS.step,
-                   chroma_upsampling=FLAGS.chroma_upsampling)
-    elif FLAGS.mode == 'report':
-      from jaxcolor import report  # pylint: disable=g-import-not-at-top
-      for path in report.run(workdir):
-        print(path)
-    elif FLAGS.mode == 'serve':
-      from jaxcolor import serve  # pylint: disable=g-import-not-at-top
-      serve.run(workdir, host=FLAGS.host, port=FLAGS.port,
-                chroma_upsampling=FLAGS.chroma_upsampling)
+    args = modes.Args(
+        workdir=workdir, input=FLAGS.input, output=FLAGS.output,
+        step=FLAGS.step, side_by_side=FLAGS.side_by_side,
+        overwrite=FLAGS.overwrite, chroma_upsampling=FLAGS.chroma_upsampling,
+        port=FLAGS.port, host=FLAGS.host,
+        config_name=(config_flags.get_config_filename(FLAGS['config'])
+                     if config is not None else None))
+    importlib.import_module(MODES[FLAGS.mode]).main(config, args)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Bad paths, configs, data or checkpoints, and diverged training: the
     # message says what to do; a traceback would only bury it.

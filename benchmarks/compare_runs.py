@@ -3,7 +3,7 @@
   python benchmarks/compare_runs.py runs/qs_f32 runs/qs_bf16 \
       --labels float32,bfloat16 --out docs/quickstart_f32_vs_bf16.png
 
-Reads every run's TensorBoard scalars (`jaxcolor.report.read_scalars`),
+Reads every run's TensorBoard scalars (`jaxcolor.modes.report.read_scalars`),
 prints per tag the last logged value of each run, the mean over the run,
 and how far each run is from the first one: the mean over the common
 logged steps of |run - first|, relative to the mean |first|. Draws the
@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxcolor import report  # pylint: disable=g-import-not-at-top
+from jaxcolor.modes import report  # pylint: disable=g-import-not-at-top
 
 TAGS = ('train/g_loss', 'train/l1', 'train/gan', 'train/saliency',
         'train/d_loss', 'train/d_real', 'train/d_fake', 'train/loss',

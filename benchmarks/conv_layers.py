@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxcolor import xla_flags
+from jaxcolor.runtime import xla_flags
 from jaxcolor.models import conv_impl as conv_lib
 from jaxcolor.models import conv_transpose
 

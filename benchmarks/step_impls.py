@@ -18,11 +18,11 @@ import jax
 import numpy as np
 
 from configs import default as default_config
-from jaxcolor import benchmark
+from jaxcolor.modes import benchmark
 from jaxcolor import families
-from jaxcolor import parallel
-from jaxcolor import train
-from jaxcolor import xla_flags
+from jaxcolor.runtime import parallel
+from jaxcolor import trainer
+from jaxcolor.runtime import xla_flags
 
 
 def build(impl, batch, overrides):
@@ -38,7 +38,7 @@ def build(impl, batch, overrides):
     sub[last] = type(sub[last])(value)
   family = families.build(config)
   par = parallel.Parallel.create('pmap')
-  state = par.to_step_layout(train.init_state(family, par, config))
+  state = par.to_step_layout(trainer.init_state(family, par, config))
   step = par.compile(family.train_step, donate_state=False)
   # The benchmark's batch: with data.use_feature_cache it also holds the
   # ResNet features, so the step really skips the ResNet.

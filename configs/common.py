@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel = 'pmap'     # or 'shard_map' (jax.jit over a 1-D device mesh)
   # XLA CPU's convolution kernels: 'eigen' (faster for this model) or
   # 'default' (XLA's choice: YNNPACK in jaxlib 0.10). Set by main.py through
-  # XLA_FLAGS before JAX starts (jaxcolor/xla_flags.py); CPU only.
+  # XLA_FLAGS before JAX starts (jaxcolor/runtime/xla_flags.py); CPU only.
   config.xla_cpu_convolutions = 'eigen'
   dist = config.distributed = ml_collections.ConfigDict()
   dist.enabled = False         # jax.distributed.initialize() (multi-host)
@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- benchmark
   bench = config.benchmark = ml_collections.ConfigDict()
-  bench.what = 'step'          # or 'e2e', 'input', 'all' (jaxcolor/benchmark.py)
+  bench.what = 'step'          # or 'e2e', 'input', 'all' (jaxcolor/modes/benchmark.py)
   bench.num_steps = 20         # step/e2e: timed calls of the compiled step
   bench.warmup_steps = 3       # step/e2e: untimed calls after compiling
   bench.num_batches = 20       # input: timed batches

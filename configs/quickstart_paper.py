@@ -1,12 +1,12 @@
 """The paper's exact model on the bundled sample photos, sized for a CPU.
 
 The quick start's photos and a 160-step schedule (`bundled_photos`) with
-every setting of configs/default.py: about 11 minutes on 2 CPU cores of a
-Zen 3 (3.8 s per step of batch 8, `--mode=benchmark`), leaving a checkpoint,
-TensorBoard logs and a PNG grid. No ImageNet weights can be
-downloaded, so the ResNet-18 branch runs with random weights (a WARNING says
-so); point `--config.model.resnet18_weights` at a converted file to use real
-ones. configs/quickstart.py trains the recommended recipe, at a quarter of
+every setting of configs/default.py (its time on 2 CPU cores is in the
+README's quick start), leaving a checkpoint, TensorBoard logs and a PNG
+grid. No ImageNet weights can be downloaded, so the ResNet-18 branch runs
+with random weights (a WARNING says so); point
+`--config.model.resnet18_weights` at a converted file to use real ones.
+configs/quickstart.py trains the recommended recipe, at a quarter of
 these widths without the ResNet branch, for 1800 steps.
 """
 

@@ -1,4 +1,4 @@
-"""A trained colorizer as a function: gray at model size -> RGB.
+"""A trained colorizer as a function: gray at model size -> chroma.
 
 `load(path)` reads a training workdir (its newest checkpoint) or an export
 bundle (`--mode=export`, see `write_bundle`) and returns a `Predictor`.
@@ -28,10 +28,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcolor import checkpoint
-from jaxcolor import chroma as chroma_lib
 from jaxcolor import families
-from jaxcolor import saved_config
+from jaxcolor.color import mean_chroma as mean_chroma_lib
+from jaxcolor.color import recombine
+from jaxcolor.runtime import checkpoint
 
 BUNDLE_FORMAT = 'jaxcolor-inference-bundle'
 BUNDLE_VERSION = 1
@@ -47,10 +47,10 @@ class Predictor:
   Attributes:
     config: the run's config.
     mean_chroma: the training set's mean (Cr, Cb) in 8-bit units (see
-      `jaxcolor.chroma`), or None when unknown.
+      `jaxcolor.color.mean_chroma`), or None when unknown.
     params: the model's arrays (on the device).
-    apply_fn: jitted (params, host inputs of b gray images) -> RGB float32
-      (b,S,S,3) in [0, 1], for b = batch_size (`Family.predict`).
+    apply_fn: jitted (params, host inputs of b gray images) -> chroma
+      float32 (b,S,S,2), for b = batch_size (`Family.predict`).
     family: the model's family (`jaxcolor.families`).
     batch_size: the compiled batch; other sizes are split and padded.
     step: the training step the parameters come from.
@@ -74,7 +74,8 @@ class Predictor:
     return self.config.model.name
 
   def __call__(self, gray: np.ndarray) -> np.ndarray:
-    """gray uint8 (B, S, S, 1) -> RGB float32 (B, S, S, 3) in [0, 1]."""
+    """gray uint8 (B, S, S, 1) -> chroma float32 (B, S, S, 2): (Cr - 128,
+    Cb - 128) in 8-bit YCrCb units, not clipped to any gamut."""
     gray = np.asarray(gray)
     s = self.image_size
     if gray.dtype != np.uint8 or gray.ndim != 4 or gray.shape[1:] != (s, s, 1):
@@ -91,7 +92,7 @@ class Predictor:
                 for k, v in part.items()}
       out.append(np.asarray(self.apply_fn(self.params, part))[:n])
     if not out:
-      return np.zeros((0, s, s, 3), np.float32)
+      return np.zeros((0, s, s, 2), np.float32)
     return np.concatenate(out).astype(np.float32)
 
 
@@ -125,7 +126,7 @@ def _family_and_apply(config_json: str) -> tuple[families.Family, Callable]:
   """The family of a config and its jitted `predict`; shared by equal
   configs, so a model loaded twice (e.g. a workdir and its bundle)
   compiles once."""
-  family = families.build(saved_config.from_dict(json.loads(config_json)))
+  family = families.build(families.config_from_saved(json.loads(config_json)))
   return family, jax.jit(family.predict)
 
 
@@ -171,7 +172,7 @@ def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
   Raises:
     checkpoint.DamagedCheckpointError: a file of it is missing or damaged.
   """
-  config = checkpoint.read_config(step_dir)
+  config = families.config_from_saved(checkpoint.read_saved_config(step_dir))
   family, _ = _model(config)
   params = family.from_saved(
       checkpoint.restore_fields(step_dir, family.inference_keys))
@@ -199,19 +200,20 @@ def _restore_newest_intact(path: str, dirs: list[str]):
 
 def _workdir_chroma(workdir: str, config) -> Optional[tuple[float, float]]:
   """chroma.json of the run; for older runs computed from its data."""
-  mean = chroma_lib.read(workdir)
+  mean = mean_chroma_lib.read(workdir)
   if mean is not None:
     return mean
   try:
-    mean, images = chroma_lib.training_mean(config)
+    mean, images = mean_chroma_lib.training_mean(config)
   except (ValueError, OSError) as e:
     logging.warning('%s has no %s and its training data is not readable '
-                    '(%s): mean_chroma is unknown.', workdir, chroma_lib.FILE,
+                    '(%s): mean_chroma is unknown.', workdir,
+                    mean_chroma_lib.FILE,
                     e)
     return None
   if mean is not None:
     try:
-      chroma_lib.write(workdir, mean, images)
+      mean_chroma_lib.write(workdir, mean, images)
     except OSError:
       pass  # a read-only workdir: computed again next time
   return mean
@@ -331,7 +333,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
     if not isinstance(meta.get('config'), dict):
       raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
                        'bundle again with --mode=export')
-    config = saved_config.from_dict(meta['config'])
+    config = families.config_from_saved(meta['config'])
     params = _model(config)[0].from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None
@@ -350,17 +352,23 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
   _check_params(params, _model(config)[0], path)
   if mean is None:
     logging.warning('%s: the mean training chroma is unknown (no %s).', path,
-                    chroma_lib.FILE)
+                    mean_chroma_lib.FILE)
   return _predictor(config, params, mean, step, path, batch_size)
 
 
-def export(path: str, out_dir: str, step: Optional[int] = None) -> str:
-  """`--mode=export`: the model at `path` (its checkpoint of `step`, default
-  the newest intact) -> a bundle at `out_dir`; its path."""
-  if not out_dir:
-    raise ValueError('--output=DIR is required for --mode=export')
-  predictor = load(path, step=step)
-  write_bundle(predictor, out_dir)
-  logging.info('Exported %s (%s, step %d) to %s', path, predictor.model_name,
-               predictor.step, out_dir)
-  return out_dir
+# ------------------------------------------------------------------ photos
+def read_photo(path: str, max_pixels: int) -> np.ndarray:
+  """A photo file -> RGB uint8 (H, W, 3) (`preprocess.decode_image`);
+  BadImageError (a ValueError) for an unusable file."""
+  from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
+  return preprocess.decode_image(preprocess.read_file(path),
+                                 max_pixels=max_pixels)
+
+
+def colorize_photos(predictor: Predictor, images: list[np.ndarray],
+                    upsampling: str = recombine.DEFAULT_UPSAMPLING
+                    ) -> list[np.ndarray]:
+  """Decoded photos (any size; gray, RGB or RGBA uint8) -> RGB uint8 of the
+  same sizes (`recombine.colorize_photos` with this model)."""
+  return recombine.colorize_photos(predictor, predictor.image_size, images,
+                                   predictor.batch_size, upsampling)

@@ -11,8 +11,21 @@ it weights.
 import jax
 import jax.numpy as jnp
 
+from jaxcolor.data import preprocess
+
 # config.loss.gan: the adversarial objective of the GAN family.
 GAN_OBJECTIVES = ('paper', 'nonsaturating', 'hinge', 'lsgan')
+
+# config.loss.gan -> (critic loss, generator's GAN term): report's titles.
+OBJECTIVE_TITLES = {
+    'paper': ('critic loss: E[D(fake)] − E[D(real)]', 'GAN: −E[D(G(x))]'),
+    'nonsaturating': ('critic loss: BCE (softplus on logits)',
+                      'GAN: E[softplus(−D(G(x)))]'),
+    'hinge': ('critic loss: E[relu(1−D(real))] + E[relu(1+D(fake))]',
+              'GAN: −E[D(G(x))] (logits)'),
+    'lsgan': ('critic loss: ½E[(D(real)−1)²] + ½E[D(fake)²]',
+              'GAN: ½E[(D(G(x))−1)²]'),
+}
 
 
 def critic_loss(d_real: jnp.ndarray, d_fake: jnp.ndarray) -> jnp.ndarray:
@@ -87,11 +100,6 @@ def weighted_l1_loss(a: jnp.ndarray, b: jnp.ndarray,
   return jnp.mean(pixel_weights[..., None] * jnp.abs(a - b))
 
 
-def to_unit(x: jnp.ndarray) -> jnp.ndarray:
-  """[-1, 1] -> [0, 1]."""
-  return (x + 1.0) * 0.5
-
-
 def saliency_l1_loss(fake_rgb, fake_saliency, real_rgb, real_saliency):
   """L1(sal_fake * RGB_fake, sal_real * RGB_real).
 
@@ -99,8 +107,8 @@ def saliency_l1_loss(fake_rgb, fake_saliency, real_rgb, real_saliency):
     fake_rgb, real_rgb: (B, H, W, 3) in [-1, 1].
     fake_saliency, real_saliency: (B, H, W, 1) in [-1, 1], used as [0, 1].
   """
-  return l1_loss(to_unit(fake_saliency) * fake_rgb,
-                 to_unit(real_saliency) * real_rgb)
+  return l1_loss(preprocess.to_unit(fake_saliency) * fake_rgb,
+                 preprocess.to_unit(real_saliency) * real_rgb)
 
 
 def generator_losses(fake_rgb, fake_saliency, real_rgb, real_saliency, gan,

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from jaxcolor import xla_flags  # pylint: disable=g-import-not-at-top
+from jaxcolor.runtime import xla_flags  # pylint: disable=g-import-not-at-top
 
 # Must happen before jax is imported anywhere in the test process. The
 # convolution kernels are the ones main.py picks by default.

@@ -14,9 +14,10 @@ import orbax.checkpoint as ocp
 from configs import cic_baseline
 from configs import scgan_baseline
 from configs import tiny
-from jaxcolor import checkpoint
+from jaxcolor.runtime import checkpoint
 from jaxcolor import families
-from jaxcolor import train
+from jaxcolor import trainer
+from jaxcolor.modes import train
 from jaxcolor.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +91,7 @@ def max_abs_diff(a, b):
 def fresh_state(config, par):
   """(family, a fresh replicated state) of `config`."""
   family = families.build(config)
-  return family, train.init_state(family, par, config)
+  return family, trainer.init_state(family, par, config)
 
 
 def run_steps(config, par, batches):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcolor import benchmark
+from jaxcolor.modes import benchmark
 from jaxcolor.data import pipeline
+from jaxcolor.runtime import config_check
 import imagefactory
 import helpers
 
@@ -195,8 +196,8 @@ def test_bad_settings_fail_before_any_work():
   with pytest.raises(ValueError, match="what='train'; supported: 'step'"):
     benchmark.run(config, None)
   config = override(tiny.get_config(), {'benchmark.num_steps': 0})
-  with pytest.raises(ValueError, match='num_steps must be positive'):
-    benchmark.run(config, None)
+  with pytest.raises(ValueError, match='benchmark.num_steps=0'):
+    config_check.check(config)  # main.py's one check of the shared keys
   config = override(tiny.get_config(), {'benchmark.what': 'e2e',
                                         'data.train_dir': ''})
   with pytest.raises(ValueError, match='set config.data.train_dir'):

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcolor import color
+from jaxcolor.color import cielab
 from jaxcolor import losses
-from jaxcolor import quantization as qz
+from jaxcolor.color import ab_bins as qz
 from jaxcolor.models import cic
 
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'jaxcolor',
@@ -59,7 +59,7 @@ def test_tables(bins, prior):
 
 
 def test_soft_encode(bins, batch):
-  ab = color.rgb_to_lab(batch[:1].astype(np.float32) / 255)[..., 1:]
+  ab = cielab.rgb_to_lab(batch[:1].astype(np.float32) / 255)[..., 1:]
   soft = np.asarray(qz.soft_encode(ab, bins))
   assert soft.shape == ab.shape[:-1] + (313,)
   np.testing.assert_allclose(soft.sum(-1), 1, atol=1e-5)
@@ -90,7 +90,7 @@ def test_rebalance_weights(bins, prior):
 
 
 def test_prior_from_ab(bins, batch):
-  ab = np.asarray(color.rgb_to_lab(batch.astype(np.float32) / 255)[..., 1:])
+  ab = np.asarray(cielab.rgb_to_lab(batch.astype(np.float32) / 255)[..., 1:])
   p = qz.prior_from_ab(ab, bins, chunk=4096)
   assert p.shape == (313,) and abs(p.sum() - 1) < 1e-12
   counts = np.bincount(np.asarray(qz.nearest_bin(ab, bins)).ravel(),
@@ -129,12 +129,12 @@ def test_annealed_mean_of_peaked_distribution(bins):
 def test_decode_rgb_reproduces_encoded_photo(bins, prior, batch):
   """log(soft target) decoded with L restores the photo's colours."""
   soft, _ = qz.encode_targets(batch, bins, qz.rebalance_weights(prior), 16)
-  lab = color.rgb_to_lab(batch.astype(np.float32) / 255)
+  lab = cielab.rgb_to_lab(batch.astype(np.float32) / 255)
   rgb = qz.decode_rgb(jnp.log(soft + 1e-8), lab[..., :1], bins, 0.38)
   assert rgb.shape == (4, 64, 64, 3)
   assert float(rgb.min()) >= 0 and float(rgb.max()) <= 1
   err = np.abs(np.asarray(rgb) - batch / 255.0).mean()
-  gray = np.asarray(jnp.clip(color.lab_to_rgb(
+  gray = np.asarray(jnp.clip(cielab.lab_to_rgb(
       lab * jnp.array([1.0, 0.0, 0.0])), 0, 1))
   assert err < 0.5 * np.abs(gray - batch / 255.0).mean()
 
@@ -169,7 +169,7 @@ def test_sgd_nesterov_lowers_loss(bins, prior, batch, tiny):
   model, variables = tiny
   w = qz.rebalance_weights(prior)
   soft, pw = qz.encode_targets(batch, bins, w, 16)
-  x = color.normalize_l(color.rgb_to_lab(batch.astype(np.float32) / 255)
+  x = cielab.normalize_l(cielab.rgb_to_lab(batch.astype(np.float32) / 255)
                         [..., :1])
   tx = optax.sgd(0.01, momentum=0.9, nesterov=True)
 

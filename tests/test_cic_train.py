@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxcolor import families
-from jaxcolor import parallel
+from jaxcolor.runtime import parallel
 from jaxcolor.data import pipeline
 import helpers
 from helpers import tiny_cic

@@ -11,9 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import checkpoint
-from jaxcolor import chroma
-from jaxcolor import colorize
+from jaxcolor.runtime import checkpoint
+from jaxcolor.color import mean_chroma
+from jaxcolor.color import recombine
+from jaxcolor.color import ycrcb
+from jaxcolor.modes import colorize
+from jaxcolor.modes import export
 from jaxcolor import families
 from jaxcolor import inference
 from jaxcolor.data import pipeline
@@ -60,7 +63,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('runs')
   out = {name: write_run(make(), str(root / name))
          for name, make in CONFIGS.items()}
-  chroma.ensure_written(CONFIGS['gan'](), out['gan'])  # as training does
+  mean_chroma.ensure_written(CONFIGS['gan'](), out['gan'])  # as training does
   return out
 
 
@@ -72,85 +75,12 @@ def photo(h, w, i=0):
 
 def assert_same_luminance(out, gray):
   assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
-  diff = np.abs(colorize.to_gray(out).astype(int) - gray)
+  diff = np.abs(recombine.to_gray(out).astype(int) - gray)
   assert diff.max() <= 1, diff.max()
 
 
 def has_colour(rgb):
   return float(np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean())
-
-
-# ------------------------------------------------------------------ pixels
-def test_combine_keeps_size_and_luminance_and_takes_model_chroma():
-  gray = colorize.to_gray(photo(333, 517))
-  model_rgb = photo(64, 64, 3).astype(np.float32) / 255.0
-  # Saturated model colours on a photo with black and white areas: chroma
-  # must give way rather than the luminance.
-  model_rgb[:8] = (1.0, 0.0, 0.0)
-  gray[:40] = 255
-  gray[-40:] = 3
-  for g in (gray, gray.T.copy()):  # landscape and portrait
-    out = colorize.combine(g, model_rgb)
-    assert_same_luminance(out, g)
-    assert has_colour(out) > 5
-  # The chroma is the model's: combining its own gray returns about it.
-  model_u8 = np.round(model_rgb[8:] * 255).astype(np.uint8)
-  back = colorize.combine(colorize.to_gray(model_u8), model_rgb[8:])
-  assert np.abs(back.astype(int) - model_u8).mean() < 1.0
-
-
-def test_guided_upsampling_keeps_colour_inside_the_photos_edges():
-  # A dark red left part and a bright blue right part, split at a column
-  # that is no model-pixel boundary; the model output is the photo itself
-  # at 64 px (the best a model can do), whose chroma is blurred at the edge.
-  h, w, edge = 321, 481, 237
-  truth = np.zeros((h, w, 3), np.uint8)
-  truth[:, :edge] = (120, 40, 40)
-  truth[:, edge:] = (120, 170, 250)
-  gray = colorize.to_gray(truth)
-  model_rgb = cv2.resize(truth, (64, 64), interpolation=cv2.INTER_AREA)
-  model_rgb = model_rgb.astype(np.float32) / 255.0
-  errors = {}
-  for method in colorize.UPSAMPLING:
-    out = colorize.combine(gray, model_rgb, method)
-    assert_same_luminance(out, gray)
-    near = slice(edge - 12, edge + 12)
-    errors[method] = np.abs(out[:, near].astype(int) -
-                            truth[:, near].astype(int)).mean()
-  assert errors['guided'] < 0.8 * errors['bilinear'], errors
-  with pytest.raises(ValueError, match='chroma_upsampling'):
-    colorize.combine(gray, model_rgb, 'bicubic')
-
-
-def test_tint_is_constant_chroma_on_own_luminance():
-  gray = colorize.to_gray(photo(101, 77))
-  out = colorize.tint(gray, (140.0, 110.0))
-  assert_same_luminance(out, gray)
-  _, c = chroma.split(out)
-  mid = (gray > 60) & (gray < 190)  # away from gamut limits
-  np.testing.assert_allclose(np.median(c[mid], 0), (12.0, -18.0), atol=1.0)
-
-
-def test_to_gray_is_trainings_gray():
-  rgb = photo(50, 70)
-  np.testing.assert_array_equal(
-      colorize.to_gray(rgb), preprocess.compute_maps(
-          rgb, preprocess.Options())['gray'][..., 0])
-  g = colorize.to_gray(rgb)
-  np.testing.assert_array_equal(colorize.to_gray(np.stack([g] * 3, -1)), g)
-  rgba = np.concatenate([rgb, np.full((50, 70, 1), 128, np.uint8)], -1)
-  decoded = preprocess.decode_image(imagefactory.png_bytes(rgba))
-  assert np.abs(colorize.to_gray(rgba).astype(int) -
-                colorize.to_gray(decoded)).max() <= 1
-
-
-def test_model_gray_is_the_whole_picture_resized():
-  gray = colorize.to_gray(photo(333, 517))
-  small = colorize.model_gray(gray, 64)
-  assert small.shape == (64, 64, 1) and small.dtype == np.uint8
-  # Left and right halves of the photo land in the model input's halves.
-  assert abs(small[:, :32].mean() - gray[:, :258].mean()) < 2
-  assert abs(small[:, 32:].mean() - gray[:, 259:].mean()) < 2
 
 
 # ------------------------------------------------------------------ models
@@ -159,26 +89,26 @@ def test_export_then_colorize_any_size(runs, tmp_path, name):
   p = inference.load(runs[name], batch_size=2)
   assert p.model_name == CONFIGS[name]().model.name
   assert p.image_size == 64 and p.step == 2
-  bundle = inference.export(runs[name], str(tmp_path / 'bundle'))
+  bundle = export.export(runs[name], str(tmp_path / 'bundle'))
   assert sorted(os.listdir(bundle)) == [inference.BUNDLE_FILE,
                                         inference.PARAMS_FILE]
   q = inference.load(bundle, batch_size=2)
   assert q.config.to_dict() == p.config.to_dict()
   assert q.mean_chroma == p.mean_chroma and q.step == 2
 
-  gray = np.stack([colorize.model_gray(colorize.to_gray(photo(80, 90, i)), 64)
+  gray = np.stack([recombine.model_gray(recombine.to_gray(photo(80, 90, i)), 64)
                    for i in range(3)])
-  rgb = p(gray)  # 3 photos in batches of 2: the last one padded
-  assert rgb.shape == (3, 64, 64, 3) and rgb.dtype == np.float32
-  assert 0 <= rgb.min() and rgb.max() <= 1
-  np.testing.assert_array_equal(q(gray), rgb)
-  np.testing.assert_allclose(p(gray[2:]), rgb[2:], atol=1e-6)
+  chroma = p(gray)  # 3 photos in batches of 2: the last one padded
+  assert chroma.shape == (3, 64, 64, 2) and chroma.dtype == np.float32
+  assert np.all(np.isfinite(chroma))
+  np.testing.assert_array_equal(q(gray), chroma)
+  np.testing.assert_allclose(p(gray[2:]), chroma[2:], atol=1e-3)
 
-  images = [photo(333, 517), colorize.to_gray(photo(517, 333, 1)),
+  images = [photo(333, 517), recombine.to_gray(photo(517, 333, 1)),
             photo(31, 45, 2)]
-  outs = colorize.colorize_images(q, images, batch_size=2)
+  outs = inference.colorize_photos(q, images)
   for image, out in zip(images, outs):
-    assert_same_luminance(out, colorize.to_gray(image))
+    assert_same_luminance(out, recombine.to_gray(image))
   assert has_colour(outs[0]) > 0.5
 
 
@@ -209,7 +139,7 @@ def test_colorize_folder_mirrors_skips_and_keeps_inputs(runs, tmp_path):
     image = preprocess.decode_image((src / rel).read_bytes())
     result = cv2.imread(str(out / names[rel]), cv2.IMREAD_COLOR)
     assert_same_luminance(cv2.cvtColor(result, cv2.COLOR_BGR2RGB),
-                          colorize.to_gray(image))
+                          recombine.to_gray(image))
   assert {p: hashlib.md5(p.read_bytes()).hexdigest()
           for p in before} == before
 
@@ -257,10 +187,10 @@ def test_load_gives_clear_errors(runs, tmp_path):
     inference.load(str(tmp_path / 'empty'))
   for target in (tmp_path, tmp_path / 'empty'):  # not (our) bundles
     with pytest.raises(ValueError, match='not an export bundle'):
-      inference.export(runs['scgan'], str(target))
+      export.export(runs['scgan'], str(target))
 
   # A bundle whose config builds another model: the differing keys named.
-  bundle = inference.export(runs['scgan'], str(tmp_path / 'b'))
+  bundle = export.export(runs['scgan'], str(tmp_path / 'b'))
   meta_path = os.path.join(bundle, inference.BUNDLE_FILE)
   with open(meta_path) as f:
     meta = json.load(f)
@@ -273,16 +203,16 @@ def test_load_gives_clear_errors(runs, tmp_path):
 
 
 def test_mean_chroma_is_stored_with_the_model(runs, tmp_path):
-  mean = chroma.read(runs['gan'])
+  mean = mean_chroma.read(runs['gan'])
   assert mean is not None
   # The bundled photos are warm on average: Cb (blue) below neutral.
-  assert mean[1] < chroma.NEUTRAL - 2 and abs(mean[0] - chroma.NEUTRAL) < 20
+  assert mean[1] < ycrcb.NEUTRAL - 2 and abs(mean[0] - ycrcb.NEUTRAL) < 20
   assert inference.load(runs['gan']).mean_chroma == mean
   # A run without chroma.json (older code): computed from its config's data.
   old = write_run(helpers.tiny_cic(), str(tmp_path / 'old'))
-  assert chroma.read(old) is None
+  assert mean_chroma.read(old) is None
   np.testing.assert_allclose(inference.load(old).mean_chroma, mean)
-  assert chroma.read(old) == inference.load(old).mean_chroma
+  assert mean_chroma.read(old) == inference.load(old).mean_chroma
 
 
 def run_main(*args):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from jaxcolor import checkpoint
+from jaxcolor.runtime import checkpoint
+from jaxcolor import families
 from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
@@ -166,7 +167,8 @@ def test_a_checkpoint_resumes_under_another_conv_impl():
   config = tiny.get_config()
   saved = config.to_dict()
   saved['model']['conv_impl'] = 'fast'
-  checkpoint.check_compatible(saved, config, 'ckpt')  # no error
+  may_differ = families.build(config).resume_may_differ
+  checkpoint.check_compatible(saved, config, 'ckpt', may_differ)  # no error
   saved['model']['g_features'] = [4] * 7
   with pytest.raises(ValueError, match='g_features'):
-    checkpoint.check_compatible(saved, config, 'ckpt')
+    checkpoint.check_compatible(saved, config, 'ckpt', may_differ)

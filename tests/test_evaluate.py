@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxcolor import colorize
-from jaxcolor import evaluate
+from jaxcolor.modes import evaluate
 from jaxcolor import inference
 from jaxcolor import metrics
+from jaxcolor.color import recombine
 import imagefactory
 import helpers
 
@@ -138,7 +138,7 @@ def test_baselines_on_a_known_image_equal_direct_computations(gan_result):
   mse = np.mean((truth / 255.0 - gray[..., None] / 255.0) ** 2)
   assert record['full']['gray']['psnr'] == pytest.approx(
       10 * np.log10(1 / mse), abs=1e-3)
-  tint = colorize.tint(gray, result['mean_chroma_cr_cb'])
+  tint = recombine.tint(gray, result['mean_chroma_cr_cb'])
   mse = np.mean((truth / 255.0 - tint / 255.0) ** 2)
   assert record['full']['tint']['psnr'] == pytest.approx(
       10 * np.log10(1 / mse), abs=1e-3)
@@ -152,7 +152,7 @@ def test_scores_what_colorize_writes(gan_result):
   workdir, result = gan_result
   truth = known_rgb()
   predictor = inference.load(workdir)
-  (out,) = colorize.colorize_images(predictor, [truth])
+  (out,) = inference.colorize_photos(predictor, [truth])
   record = by_file(result, 'known.png')['full']['model']
   assert record['psnr'] == pytest.approx(metrics.psnr(truth, out), abs=1e-3)
   assert record['colourfulness'] == pytest.approx(

@@ -16,7 +16,6 @@ from configs import cic_baseline
 from configs import default
 from configs import scgan_baseline
 from jaxcolor import families
-from jaxcolor import saved_config
 import helpers
 import imagefactory
 
@@ -70,10 +69,10 @@ def _old_cic_dict():
 
 
 def test_old_saved_configs_are_translated_on_load():
-  gan = saved_config.from_dict(_old_gan_dict())
+  gan = families.config_from_saved(_old_gan_dict())
   want = default.get_config()
   assert gan.to_dict() == want.to_dict()
-  cic = saved_config.from_dict(_old_cic_dict())
+  cic = families.config_from_saved(_old_cic_dict())
   assert cic.model.to_dict() == {'name': 'cic', 'widths': (8, 16),
                                  'num_convs': (2, 2), 'temperature': 0.38}
   assert cic.loss.prior == 'train' and cic.loss.soft_encoding_k == 5
@@ -82,8 +81,8 @@ def test_old_saved_configs_are_translated_on_load():
   # Today's configs pass through unchanged, and so do unknown models.
   for config in (default.get_config(), cic_baseline.get_config()):
     d = json.loads(json.dumps(config.to_dict()))
-    assert saved_config.from_dict(d).to_dict() == config.to_dict()
-  assert saved_config.upgrade({'model': {'name': 'x'}}) == {
+    assert families.config_from_saved(d).to_dict() == config.to_dict()
+  assert families.upgrade_config({'model': {'name': 'x'}}) == {
       'model': {'name': 'x'}, 'data': {}}
 
 

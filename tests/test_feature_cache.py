@@ -13,13 +13,15 @@ import pytest
 from configs import tiny
 from jaxcolor import families
 from jaxcolor import models as models_lib
-from jaxcolor import prepare
-from jaxcolor import train
+from jaxcolor import records as records_lib
+from jaxcolor import trainer
+from jaxcolor.modes import train
 from jaxcolor.data import feature_cache
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
-from jaxcolor.families import gan
+from jaxcolor.families.gan import state as gan_state
+from jaxcolor.families.gan import step as gan_step
 from jaxcolor.models import resnet18
 import imagefactory
 
@@ -64,7 +66,7 @@ def records(photos, tmp_path_factory):
   def get(dtype):
     if dtype not in made:
       out = str(tmp_path_factory.mktemp(f'records-{dtype}'))
-      prepare.prepare(_config(photos, out, cache=dtype != 'none',
+      records_lib.prepare(_config(photos, out, cache=dtype != 'none',
                               dtype='float16' if dtype == 'none' else dtype))
       made[dtype] = out
     return made[dtype]
@@ -113,10 +115,10 @@ def _generator_loss(models, config):
   mc = config.model
 
   def loss(state, resnet_variables, batch):
-    inputs = gan.model_inputs(batch, mc)
-    fake = gan.generate(state.g_params, resnet_variables, inputs,
+    inputs = gan_step.model_inputs(batch, mc)
+    fake = gan_step.generate(state.g_params, resnet_variables, inputs,
                         models=models, model_config=mc)
-    return gan.generator_loss(fake, state.d_params, inputs, models=models,
+    return gan_step.generator_loss(fake, state.d_params, inputs, models=models,
                               config=config)[0]
   return jax.jit(loss)
 
@@ -127,7 +129,7 @@ def test_cached_features_give_the_live_generator_loss(photos, records,
   models = models_lib.build_models(config.model)
   init_rng, resnet = init_args
   state = jax.jit(functools.partial(
-      gan.create_train_state, models=models, config=config))(
+      gan_state.create_train_state, models=models, config=config))(
           init_rng, resnet)
   loss = _generator_loss(models, config)
   for dtype, rtol in LOSS_RTOL.items():
@@ -167,7 +169,7 @@ def test_fingerprint_names_the_weights_files(photos, records, init_args,
   path = str(tmp_path / 'resnet.msgpack')
   resnet18.save_variables(path, init_args[1])
   config.model.resnet18_weights = path
-  family, data = train.family_and_data(config)
+  family, data = trainer.family_and_data(config)
   # The same weights from a file: accepted.
   family.check_features(data.feature_entry, models_lib.init_resnet_variables(
       config.model, None))
@@ -196,17 +198,17 @@ def test_misuse_is_refused(photos, records, overrides, match):
     section, name = key.split('.')
     config[section][name] = value
   with pytest.raises(ValueError, match=match):
-    train.family_and_data(config)
+    trainer.family_and_data(config)
 
 
 def test_records_without_features_and_prepare_misuse(photos, records):
   config = _config(photos, records('none'))
   with pytest.raises(ValueError, match='hold no cached features'):
-    train.family_and_data(config)
+    trainer.family_and_data(config)
   no_resnet = _config(photos, records('none') + '-x')
   no_resnet.model.use_resnet = False
   with pytest.raises(ValueError, match='use_resnet is False'):
-    prepare.prepare(no_resnet)
+    records_lib.prepare(no_resnet)
   assert not os.path.exists(no_resnet.data.prepared_dir)
   # Records with features serve a config without the cache: key dropped.
   config = _config(photos, records('float16'), cache=False)

@@ -9,14 +9,18 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcolor import color
+from jaxcolor.color import cielab
 from jaxcolor import families
 from jaxcolor import inference
 from jaxcolor import losses
-from jaxcolor import parallel
-from jaxcolor import quantization
-from jaxcolor import train
-from jaxcolor.families import gan
+from jaxcolor.runtime import parallel
+from jaxcolor.color import ab_bins
+from jaxcolor import trainer
+from jaxcolor.modes import train
+from jaxcolor.families.gan import family as gan_family
+from jaxcolor.families.gan import optim as gan_optim
+from jaxcolor.families.gan import step as gan_step
+from jaxcolor.modes import export
 import helpers
 
 # Every switch on at once (the recipe's kind of config), for the tests that
@@ -64,7 +68,7 @@ def test_rebuilt_rgb_keeps_the_input_luminance_exactly():
   gray = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 1)), jnp.float32)
   out = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
   mc = helpers.tiny_config(**{'model.output': 'chroma'}).model
-  rgb, saliency = gan.split_output(out, gray, mc)
+  rgb, saliency = gan_step.split_output(out, gray, mc)
   assert rgb.shape == (2, 8, 8, 3) and saliency.shape == (2, 8, 8, 1)
   y = rgb @ jnp.asarray([0.299, 0.587, 0.114])
   np.testing.assert_allclose(y, gray[..., 0], atol=2e-6)
@@ -87,7 +91,7 @@ def test_untrained_chroma_generator_outputs_the_gray_copy(make, batches):
                              atol=1e-6)
   # The paper's RGB head starts from random colour instead.
   rgb_family = families.build(make())
-  rgb_state = helpers.host(train.init_state(
+  rgb_state = helpers.host(trainer.init_state(
       rgb_family, parallel.Parallel.create('pmap'), rgb_family.config))
   rgb_out = rgb_family.colorize(rgb_state, batches[0])['fake_rgb']
   assert float(np.max(np.abs(rgb_out - np.repeat(gray, 3, -1)))) > 0.05
@@ -124,12 +128,12 @@ def test_ema_decay_with_and_without_warmup():
   # above, with warmup); without warmup it is ema_decay from the first step.
   steps = jnp.arange(0, 200, 7)
   optim = helpers.tiny_config(**{'optim.ema_decay': 0.9}).optim
-  np.testing.assert_allclose(gan.ema_decay_at(optim, steps),
+  np.testing.assert_allclose(gan_optim.ema_decay_at(optim, steps),
                              np.minimum(0.9, (1 + steps) / (10 + steps)),
                              rtol=1e-6)
   optim.ema_warmup = False
   np.testing.assert_allclose(
-      np.broadcast_to(gan.ema_decay_at(optim, steps), steps.shape), 0.9,
+      np.broadcast_to(gan_optim.ema_decay_at(optim, steps), steps.shape), 0.9,
       rtol=1e-7)
 
 
@@ -147,7 +151,7 @@ def test_ema_resumes_bit_for_bit_and_inference_uses_it(tmp_path):
   predictor = inference.load(resumed)
   assert helpers.max_abs_diff(predictor.params['g_params'],
                               a['ema_g_params']) == 0.0
-  bundle = inference.export(resumed, str(tmp_path / 'bundle'))
+  bundle = export.export(resumed, str(tmp_path / 'bundle'))
   from_bundle = inference.load(bundle)
   assert helpers.max_abs_diff(from_bundle.params['g_params'],
                               a['ema_g_params']) == 0.0
@@ -175,12 +179,12 @@ def test_logged_learning_rates_follow_optax_schedules(all_on_runs):
 def test_constant_schedule_with_warmup_rises_then_stays():
   # (The step logs lr_at of these schedules; pinned above for two kinds.)
   cfg = helpers.tiny_config(**{'optim.warmup_steps': 4})
-  lr = gan.learning_rate(cfg, 2e-4, 'constant')
-  got = [float(gan.lr_at(lr, jnp.int32(t))) for t in range(8)]
+  lr = gan_optim.learning_rate(cfg, 2e-4, 'constant')
+  got = [float(gan_optim.lr_at(lr, jnp.int32(t))) for t in range(8)]
   np.testing.assert_allclose(got, [0, 5e-5, 1e-4, 1.5e-4] + [2e-4] * 4,
                              rtol=1e-6)
   # The paper's: a plain float, no schedule.
-  assert gan.learning_rate(helpers.tiny_config(), 1e-4, 'constant') == 1e-4
+  assert gan_optim.learning_rate(helpers.tiny_config(), 1e-4, 'constant') == 1e-4
 
 
 def test_decaying_schedule_must_outlast_its_warmup():
@@ -279,18 +283,18 @@ def test_paper_objective_is_the_papers_loss_on_probabilities():
 def test_rebalanced_l1_weighs_each_pixel_by_its_colours_bin():
   loss_config = helpers.tiny_config(**{'loss.l1_rebalance': True,
                                        'loss.l1_rebalance_lambda': 0.3}).loss
-  grid = gan.l1_weight_grid(loss_config)
-  bins = quantization.load_bins()
-  weights = quantization.rebalance_weights(quantization.load_prior(), lam=0.3)
+  grid = gan_step.l1_weight_grid(loss_config)
+  bins = ab_bins.load_bins()
+  weights = ab_bins.rebalance_weights(ab_bins.load_prior(), lam=0.3)
   rng = np.random.default_rng(0)
   real = rng.uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
   real[0, 0, 0] = 0.0                    # mid gray
   real[0, 0, 1] = [-1.0, -0.2, 1.0]      # saturated blue
-  w = np.asarray(gan.l1_pixel_weights(jnp.asarray(real), grid))
+  w = np.asarray(gan_step.l1_pixel_weights(jnp.asarray(real), grid))
   # Zhang et al.'s weight of the nearest bin to the colour's ab (rounded to
   # whole Lab units).
-  ab = np.asarray(color.rgb_to_lab((real + 1.0) / 2.0))[..., 1:]
-  want = weights[np.asarray(quantization.nearest_bin(np.round(ab), bins))]
+  ab = np.asarray(cielab.rgb_to_lab((real + 1.0) / 2.0))[..., 1:]
+  want = weights[np.asarray(ab_bins.nearest_bin(np.round(ab), bins))]
   np.testing.assert_array_equal(w, want)
   assert w[0, 0, 1] > 3 * w[0, 0, 0]     # the rare colour weighs more
   fake = rng.uniform(-1, 1, real.shape).astype(np.float32)
@@ -304,15 +308,15 @@ def test_rebalanced_l1_off_or_at_lambda_1_is_the_plain_l1(batches):
   assert families.build(config).l1_grid is None    # the paper: no weights
   family, state = helpers.fresh_state(config, parallel.Parallel.create('pmap'))
   state = helpers.host(state)
-  inputs = gan.model_inputs(batches[0], config.model)
-  fake = gan.generate(state.g_params, state.resnet_variables(), inputs,
+  inputs = gan_step.model_inputs(batches[0], config.model)
+  fake = gan_step.generate(state.g_params, state.resnet_variables(), inputs,
                       models=family.models, model_config=config.model)
-  plain, plain_parts = gan.generator_loss(
+  plain, plain_parts = gan_step.generator_loss(
       fake, state.d_params, inputs, models=family.models, config=config)
-  flat = gan.l1_weight_grid(helpers.tiny_config(**{
+  flat = gan_step.l1_weight_grid(helpers.tiny_config(**{
       'loss.l1_rebalance': True, 'loss.l1_rebalance_lambda': 1.0}).loss)
   np.testing.assert_allclose(flat, 1.0, rtol=1e-6)
-  ones, ones_parts = gan.generator_loss(
+  ones, ones_parts = gan_step.generator_loss(
       fake, state.d_params, inputs, models=family.models, config=config,
       l1_grid=flat)
   np.testing.assert_allclose(ones, plain, rtol=1e-6)
@@ -345,12 +349,12 @@ def test_all_switches_train_and_give_equal_steps_under_pmap_and_shard_map(
 def test_old_configs_get_the_papers_switch_values():
   paper = helpers.tiny_config().to_dict()
   saved = json.loads(json.dumps(paper))
-  for section, defaults in gan._SWITCH_DEFAULTS.items():
+  for section, defaults in gan_family._SWITCH_DEFAULTS.items():
     for key in defaults:
       del saved[section][key]
   config = families.upgrade_config(saved)
   # Every switch comes back at the paper's configuration's value.
-  for section, defaults in gan._SWITCH_DEFAULTS.items():
+  for section, defaults in gan_family._SWITCH_DEFAULTS.items():
     for key in defaults:
       assert config[section][key] == paper[section][key], (section, key)
   assert config['model']['output'] == 'rgb'

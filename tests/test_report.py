@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from jaxcolor import report
-from jaxcolor import train
+from jaxcolor.modes import report
+from jaxcolor.modes import train
 import helpers
 
 GAN_FILES = ('losses.png', 'critic.png', 'validation.png')

@@ -333,10 +333,9 @@ def cic_run(tmp_path_factory):
 def test_the_console_of_a_run_is_readable(cic_run):
   lines = _CONSOLE['train'].splitlines()
   assert max(len(line) for line in lines) <= 300
-  ours = {n for n in os.listdir(os.path.join(helpers.ROOT, 'jaxcolor'))
-          if n.endswith('.py')} | {'main.py'}
-  for sub in ('data', 'families', 'models'):
-    ours |= set(os.listdir(os.path.join(helpers.ROOT, 'jaxcolor', sub)))
+  ours = {'main.py'} | {  # the file names of every jaxcolor module
+      n for _, _, files in os.walk(os.path.join(helpers.ROOT, 'jaxcolor'))
+      for n in files if n.endswith('.py')}
   third_party_info = [
       line for line in lines if line.startswith('I') and '] ' in line and
       line.split('] ')[0].split()[-1].split(':')[0] not in ours]
@@ -369,7 +368,7 @@ def test_benchmark_of_the_paper_config_needs_no_weights(tmp_path):
 def test_only_the_reports_of_a_damaged_reads_leftovers_are_dropped():
   # Which of these a damaged checkpoint produces varies run to run (see
   # checkpoint.py); the probes below meet them at random, this pins each.
-  from jaxcolor import checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxcolor.runtime import checkpoint  # pylint: disable=g-import-not-at-top
   read = ('Error reading "params.conv.kernel/0.0.0.0" in OCDBT database at '
           'local file "run/checkpoints/4/state/": Requested byte range')
   logs = checkpoint._OrphanedReadLogs()
@@ -568,3 +567,31 @@ def test_one_run_per_workdir_and_prompt_sigterm(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert ('Taking over the lock' in result.stderr and
           'process 999999 on elsewhere' in result.stderr)
+
+
+def test_an_intact_restore_leaves_pythons_error_hooks_alone():
+  # The drop above is installed only after a failed read: a process that
+  # restores intact checkpoints still reports every unraisable error,
+  # 'Event loop is closed' too.
+  step_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'fixtures', 'legacy', 'scgan', 'run', 'checkpoints',
+                          '2')
+  code = f'''
+import sys
+from jaxcolor.runtime import checkpoint
+checkpoint.restore_fields({step_dir!r}, ['g_params'])
+assert sys.unraisablehook is sys.__unraisablehook__, sys.unraisablehook
+
+class Leaky:
+  def __del__(self):
+    raise RuntimeError('Event loop is closed')
+
+Leaky()
+print('restored', flush=True)
+'''
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', code], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'restored' in result.stdout
+  assert 'Event loop is closed' in result.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from configs import scgan_baseline
 from jaxcolor import models as models_lib
-from jaxcolor import parallel
+from jaxcolor.runtime import parallel
 import helpers
 
 

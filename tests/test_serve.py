@@ -28,9 +28,11 @@ import pytest
 
 import helpers
 import imagefactory
-from jaxcolor import colorize
+from jaxcolor.modes import colorize
 from jaxcolor import inference
-from jaxcolor import serve
+from jaxcolor.modes import serve
+from jaxcolor.color import recombine
+from jaxcolor.modes import export
 
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -75,9 +77,9 @@ def colorize_outputs(model_path, folder, out_dir) -> dict[str, np.ndarray]:
 def model_folder(tmp_path_factory):
   """A folder of two bundles: a_scgan (the default) and b_cic."""
   root = tmp_path_factory.mktemp('serve_models')
-  inference.export(helpers.untrained('scgan', tmp_path_factory),
+  export.export(helpers.untrained('scgan', tmp_path_factory),
                    str(root / 'a_scgan'))
-  inference.export(helpers.untrained('cic', tmp_path_factory),
+  export.export(helpers.untrained('cic', tmp_path_factory),
                    str(root / 'b_cic'))
   return root
 
@@ -284,7 +286,7 @@ def test_page_shows_model_and_colorizes_like_colorize_mode(
     gray = cv2.imdecode(np.frombuffer(r.read(), np.uint8),
                         cv2.IMREAD_UNCHANGED)
   np.testing.assert_array_equal(
-      gray, colorize.to_gray(colorize.read_photo(photo, 10**8)))
+      gray, recombine.to_gray(inference.read_photo(photo, 10**8)))
   # The download link saves the same PNG.
   link = card.find_element('css selector', 'a.download')
   assert link.get_attribute('download') == 'odd.png'

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import parallel
-from jaxcolor import train
+from jaxcolor import families
+from jaxcolor.runtime import parallel
+from jaxcolor import trainer
+from jaxcolor.runtime import config_check
 import helpers
 from helpers import host
 from helpers import max_abs_diff
@@ -23,13 +25,13 @@ def run_calls(config, kind, batches):
   """Trains through `make_train_fn`; returns (host state, host metrics)."""
   par = parallel.Parallel.create(kind)
   family, state = helpers.fresh_state(config, par)
-  fn = train.make_train_fn(family, par, config)
+  fn = trainer.make_train_fn(family, par, config)
   s = par.to_step_layout(state)
   k = config.steps_per_call
   metrics = []
   for i in range(0, len(batches), k):
-    s, m = fn(s, train.put_train_batches(par, batches[i:i + k], config))
-    metrics.extend(train.split_metrics(par.fetch(m), k))
+    s, m = fn(s, trainer.put_train_batches(par, batches[i:i + k], config))
+    metrics.extend(trainer.split_metrics(par.fetch(m), k))
   return host(par.from_step_layout(s)), metrics
 
 
@@ -78,12 +80,12 @@ def test_bfloat16_step_runs_with_finite_losses_near_float32(batches, make):
 
 def test_unknown_dtype_is_refused():
   with pytest.raises(ValueError, match='config.dtype'):
-    train.validate_config(tiny_config(dtype='float16'))
+    families.build(tiny_config(dtype='float16'))
 
 
 def test_schedule_must_be_multiple_of_steps_per_call():
   with pytest.raises(ValueError, match='multiple of config.steps_per_call=4'):
-    train.validate_config(tiny_config(steps_per_call=4))
+    config_check.check(tiny_config(steps_per_call=4))
 
 
 def test_training_loop_with_steps_per_call_checkpoints_and_resumes(tmp_path):

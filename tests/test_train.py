@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcolor import checkpoint
-from jaxcolor import parallel
-from jaxcolor import train
+from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import parallel
+from jaxcolor.modes import train
 from jaxcolor.data import pipeline
 from helpers import fresh_state
 from helpers import host

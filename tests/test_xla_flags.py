@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxcolor import xla_flags
+from jaxcolor.runtime import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # fresh process and prints which kernels XLA gave the convolutions.
 PROBE = """
 import os, sys
-from jaxcolor import xla_flags
+from jaxcolor.runtime import xla_flags
 try:
   print('FLAGS', xla_flags.apply(sys.argv[1]))
 except ValueError as e:

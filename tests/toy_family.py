@@ -19,7 +19,8 @@ import optax
 from configs import common
 from configs import tiny
 from jaxcolor import families
-from jaxcolor import parallel
+from jaxcolor.color import ycrcb
+from jaxcolor.runtime import parallel
 from jaxcolor.data import preprocess
 
 
@@ -62,7 +63,8 @@ class ToyTint(families.Family):
 
   def predict(self, params, inputs):
     tint = params['params']  # {inference key: its state field}
-    return jnp.clip((self._rgb(tint, inputs['gray']) + 1.0) * 0.5, 0.0, 1.0)
+    rgb = self._rgb(tint, inputs['gray'])  # [-1, 1]
+    return ycrcb.chroma_from_rgb(rgb) * 127.5  # 8-bit (Cr, Cb) offsets
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -70,6 +70,11 @@ def normalize(x):
   return x.astype('float32') / 127.5 - 1.0
 
 
+def to_unit(x):
+  """[-1, 1] (numpy or jax; the model's image range) -> [0, 1], unclipped."""
+  return (x + 1.0) * 0.5
+
+
 # ---------------------------------------------------------------- headers
 def _jpeg_info(data: bytes) -> tuple[Optional[tuple[int, int]], Optional[int]]:
   """(width, height) from the first SOFn marker, and the first SOS offset."""

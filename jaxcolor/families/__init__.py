@@ -23,10 +23,13 @@ functions of (state, batch); batches are the pipeline's uint8 dicts, see
   init(*inputs) -> state     pure; jitted with the replicated out-shardings
   train_step(state, batch) -> (state, metrics)   per device, pmean-ed
   colorize(state, batch) -> {'fake_rgb' (B,S,S,3) in [-1, 1], ...}
+  sample_columns(outputs)    the family's own columns of the sample grids
   inference_keys             the state fields that make up the model for
                              inference (saved into bundles, partially
                              restored from checkpoints)
-  host_inputs(gray) / predict(params, inputs) -> RGB (B,S,S,3) in [0, 1]
+  host_inputs(gray) / predict(params, inputs) -> chroma (B,S,S,2): (Cr - 128,
+                             Cb - 128) in 8-bit YCrCb units, unclipped
+                             (`jaxcolor.color.recombine` lays it on a photo)
 """
 
 import importlib
@@ -35,6 +38,8 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+
+from jaxcolor.runtime import saved_config
 
 # name -> 'module:Class'. Imported on first use, so a light mode imports
 # only the family it runs.
@@ -122,6 +127,12 @@ class Family:
   def colorize(self, state: Any, batch: dict) -> dict:
     raise NotImplementedError
 
+  def sample_columns(self, outputs: dict) -> list:
+    """Columns (B,S,S,1|3) in [-1, 1] that sample grids show after gray |
+    generated | real, from `colorize`'s outputs (host arrays)."""
+    del outputs
+    return []
+
   # ------------------------------------------------------------ inference
   def inference_params(self, state: Any) -> dict:
     """The inference model's arrays out of a train state."""
@@ -144,7 +155,8 @@ class Family:
 
   def predict(self, params: dict, inputs: dict) -> jax.Array:
     """Jittable: inference params ({inference key: its state field}) + host
-    inputs -> RGB (B,S,S,3) in [0, 1]."""
+    inputs -> chroma float32 (B,S,S,2), (Cr - 128, Cb - 128) in 8-bit
+    YCrCb units (`jaxcolor.color.ycrcb`), not clipped to any gamut."""
     raise NotImplementedError
 
   # ------------------------------------------------------------ prepare
@@ -236,3 +248,8 @@ def upgrade_config(saved: dict) -> dict:
   except ValueError:
     return saved
   return cls.upgrade_config(saved)
+
+
+def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved with a run, checkpoint or bundle -> today's ConfigDict."""
+  return saved_config.to_config(upgrade_config(saved))

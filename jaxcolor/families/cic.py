@@ -15,15 +15,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcolor import color
 from jaxcolor import families
 from jaxcolor import losses
-from jaxcolor import parallel
-from jaxcolor import quantization
+from jaxcolor.color import ab_bins
+from jaxcolor.color import cielab
+from jaxcolor.color import ycrcb
 from jaxcolor.models import cic
+from jaxcolor.runtime import parallel
 
 AXIS = parallel.AXIS
-NUM_BINS = 313
 PRIORS = ('imagenet', 'train')
 
 
@@ -56,8 +56,8 @@ def build_network(config: ml_collections.ConfigDict) -> cic.CICNet:
 
 def lab_input(rgb: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """uint8 RGB (B,H,W,3) -> (Lab (B,H,W,3), normalised L (B,H,W,1) in [-1, 1])."""
-  lab = color.rgb_to_lab(color.to_unit_rgb(rgb))
-  return lab, color.normalize_l(lab[..., :1])
+  lab = cielab.rgb_to_lab(cielab.to_unit_rgb(rgb))
+  return lab, cielab.normalize_l(lab[..., :1])
 
 
 def create_state(rng: jax.Array, class_weights: np.ndarray, *,
@@ -80,7 +80,7 @@ def train_step(state: CICState, batch: dict, *, net: cic.CICNet,
   """One SGD step on the rebalanced cross-entropy, on this device's batch."""
   lc = config.loss
   lab, x = lab_input(batch['rgb'])
-  soft, pixel_weights = quantization.encode_ab_targets(
+  soft, pixel_weights = ab_bins.encode_ab_targets(
       lab[..., 1:], bins, state.class_weights, config.data.image_size // 4,
       k=lc.soft_encoding_k, sigma=lc.soft_encoding_sigma)
 
@@ -110,7 +110,7 @@ def decode(params: dict, rgb: jnp.ndarray, *, net: cic.CICNet,
   """Annealed-mean colours on the L of uint8 `rgb`: RGB (B,H,W,3) in [0, 1]."""
   lab, x = lab_input(rgb)
   logits = net.apply(params, x, train=False)
-  return quantization.decode_rgb(logits, lab[..., :1], bins, temperature)
+  return ab_bins.decode_rgb(logits, lab[..., :1], bins, temperature)
 
 
 def class_weights(config: ml_collections.ConfigDict, train_batches) -> np.ndarray:
@@ -121,15 +121,16 @@ def class_weights(config: ml_collections.ConfigDict, train_batches) -> np.ndarra
   """
   lc = config.loss
   if lc.prior == 'imagenet':
-    prior = quantization.load_prior()
+    prior = ab_bins.load_prior()
   elif lc.prior == 'train':
-    to_ab = jax.jit(lambda rgb: color.rgb_to_lab(color.to_unit_rgb(rgb))[..., 1:])
-    prior = quantization.prior_from_ab(
+    to_ab = jax.jit(
+        lambda rgb: cielab.rgb_to_lab(cielab.to_unit_rgb(rgb))[..., 1:])
+    prior = ab_bins.prior_from_ab(
         np.asarray(to_ab(b['rgb'])) for b in train_batches())
   else:
     raise ValueError(f'config.loss.prior={lc.prior!r}; expected one of '
                      f'{PRIORS}')
-  return np.asarray(quantization.rebalance_weights(
+  return np.asarray(ab_bins.rebalance_weights(
       prior, lam=lc.rebalance_lambda, sigma=lc.soft_encoding_sigma))
 
 
@@ -151,7 +152,7 @@ class CICFamily(families.Family):
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
     self.net = build_network(config)
-    self.bins = quantization.load_bins()
+    self.bins = ab_bins.load_bins()
 
   @classmethod
   def upgrade_config(cls, saved: dict) -> dict:
@@ -173,7 +174,7 @@ class CICFamily(families.Family):
       self.featurizer()  # raises: CIC caches nothing
 
   def abstract_init_inputs(self, key):
-    return key, jax.ShapeDtypeStruct((NUM_BINS,), jnp.float32)
+    return key, jax.ShapeDtypeStruct((ab_bins.NUM_BINS,), jnp.float32)
 
   def init_inputs(self, key, data=None):
     """(key, class weights); the 'train' prior makes a pass over `data`."""
@@ -199,11 +200,14 @@ class CICFamily(families.Family):
     return {'fake_rgb': rgb01 * 2.0 - 1.0}
 
   def predict(self, params, inputs):
+    """The chroma of the annealed-mean colours (RGB through Lab, which
+    keeps them in the cube), in 8-bit YCrCb offsets."""
     # L of the gray photo as RGB (R = G = B). Training saw the colour
     # photo's L, which differs slightly from the L of its BT.601 gray.
-    return decode(params, jnp.repeat(inputs['gray'], 3, axis=-1),
-                  net=self.net, bins=self.bins,
-                  temperature=self.config.model.temperature)
+    rgb01 = decode(params, jnp.repeat(inputs['gray'], 3, axis=-1),
+                   net=self.net, bins=self.bins,
+                   temperature=self.config.model.temperature)
+    return ycrcb.chroma_from_rgb(rgb01 * 255.0)
 
   @classmethod
   def report_figures(cls, get, config):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
-from jaxcolor.quantization import NUM_BINS
+from jaxcolor.color.ab_bins import NUM_BINS
 
 DOWNSAMPLE = 8   # total stride before the up-sampling
 OUTPUT_STRIDE = 4  # input size / output size

@@ -1,9 +1,8 @@
 """Transposed convolution computed as `stride**2` ordinary convolutions.
 
 `lax.conv_transpose` convolves a zero-dilated input. XLA's CPU backend runs
-the weight gradient of such a dilated convolution 10-30x slower than an
-ordinary one (measured on 2 CPU cores: 10.8 s vs 0.38 s for the generator's
-8->16 px, 1024->512 layer at batch 16, forward + backward). Every output
+the weight gradient of such a dilated convolution many times slower than
+an ordinary one (docs/benchmarks.md, "Transposed convolutions"). Every output
 phase (o mod stride) of a transposed conv only meets every stride-th kernel
 tap, so the same result is the interleaving of `stride**2` small VALID
 convolutions over the undilated input: no multiply by an inserted zero, and

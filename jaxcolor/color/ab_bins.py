@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcolor import color
+from jaxcolor.color import cielab
 
 NUM_BINS = 313
-TABLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                         'colorization')
+TABLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'data', 'colorization')
 
 
 def _load_table(name: str, path: str = '') -> np.ndarray:
@@ -82,7 +82,7 @@ def prior_from_ab(ab: Union[np.ndarray, Iterable[np.ndarray]],
 
   Args:
     ab: an array (..., 2) of ab values in Lab units, or an iterable of such
-      arrays (e.g. one per training image: `color.rgb_to_lab(rgb)[..., 1:]`).
+      arrays (e.g. one per training image: `cielab.rgb_to_lab(rgb)[..., 1:]`).
     bins: (313, 2) bin centres; default `load_bins()`.
     chunk: values per device call (bounds memory at chunk * 313 floats).
   """
@@ -234,7 +234,7 @@ def encode_targets(rgb: jnp.ndarray, bins: jnp.ndarray, weights: jnp.ndarray,
   if rgb.ndim != 4 or rgb.shape[-1] != 3:
     raise ValueError(f'encode_targets expects (B, H, W, 3) RGB; got '
                      f'{rgb.shape}')
-  ab = color.rgb_to_lab(color.to_unit_rgb(rgb))[..., 1:]
+  ab = cielab.rgb_to_lab(cielab.to_unit_rgb(rgb))[..., 1:]
   return encode_ab_targets(ab, bins, weights, out_size, k, sigma)
 
 
@@ -282,4 +282,4 @@ def decode_rgb(logits: jnp.ndarray, l_full: jnp.ndarray, bins: jnp.ndarray,
   b, hh, ww, _ = l_full.shape
   ab = jax.image.resize(ab, (b, hh, ww, 2), method='bilinear')
   lab = jnp.concatenate([jnp.asarray(l_full, jnp.float32), ab], axis=-1)
-  return jnp.clip(color.lab_to_rgb(lab), 0.0, 1.0)
+  return jnp.clip(cielab.lab_to_rgb(lab), 0.0, 1.0)

@@ -7,12 +7,13 @@ writes sample grids and checkpoints, and resumes exactly where a run
 stopped (state, data iterator and config are checkpointed together).
 """
 
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -20,73 +21,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcolor import checkpoint
-from jaxcolor import chroma
-from jaxcolor import config_check
 from jaxcolor import families
-from jaxcolor import losses
-from jaxcolor import parallel
-from jaxcolor import saved_config
 from jaxcolor import summaries
-from jaxcolor import workdir_lock
+from jaxcolor import trainer
+from jaxcolor.color import mean_chroma
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
+from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import parallel
+from jaxcolor.runtime import saved_config
+from jaxcolor.runtime import workdir_lock
 
 AXIS = parallel.AXIS
 
 
 # ------------------------------------------------------------------ set-up
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Clear errors for settings that cannot work, before any work starts."""
-  config_check.check(config)
-  b = config.data.batch_size
-  per_process = b // jax.process_count()
-  if b % jax.process_count() or per_process % jax.local_device_count():
-    raise ValueError(
-        f'config.data.batch_size={b} must split evenly over '
-        f'{jax.process_count()} process(es) x {jax.local_device_count()} '
-        'local device(s)')
-  eb = config.data.eval_batch_size
-  if eb % jax.device_count():
-    raise ValueError(f'config.data.eval_batch_size={eb} must be a multiple of '
-                     f'the {jax.device_count()} devices')
-  k = config.steps_per_call
-  if k < 1:
-    raise ValueError(f'config.steps_per_call must be >= 1, got {k}')
-  for key in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
-              'image_every_steps'):
-    if config[key] <= 0:
-      raise ValueError(f'config.{key} must be positive, got {config[key]}')
-    if config[key] % k:
-      raise ValueError(f'config.{key}={config[key]} must be a multiple of '
-                       f'config.steps_per_call={k}')
-  families.compute_dtype(config)
-
-
-def num_train_steps(config: ml_collections.ConfigDict,
-                    data: pipeline.Data) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  n = data.num_examples('train')
-  steps = config.num_epochs * n // config.data.batch_size
-  if steps <= 0:
-    raise ValueError(
-        f'{n} training examples give no full batch of {config.data.batch_size};'
-        ' lower config.data.batch_size or add images')
-  return steps
-
-
-def family_and_data(config: ml_collections.ConfigDict
-                    ) -> tuple[families.Family, pipeline.Data]:
-  """The run's model family and its data (resolved once), checked against
-  each other before any work."""
-  family = families.build(config)
-  data = pipeline.Data.create(config, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-  family.check_data(None, data)
-  return family, data
-
-
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   """<workdir>/config.json: the run's config as JSON (for report and people)."""
   path = os.path.join(workdir, saved_config.RUN_CONFIG_FILE)
@@ -95,74 +44,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     json.dump(config.to_dict(), f, indent=1, default=str)
   os.replace(tmp, path)
   return path
-
-
-# ------------------------------------------------------------------ state
-def abstract_state(family: families.Family, par: parallel.Parallel) -> Any:
-  """The state's shapes with replicated shardings; reads no file."""
-  return jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=par.replicated),
-      family.abstract_state(families.init_key(family.config.seed)))
-
-
-def init_state(family: families.Family, par: parallel.Parallel,
-               config: ml_collections.ConfigDict,
-               data: Optional[pipeline.Data] = None) -> Any:
-  """A fresh state, built on the devices already replicated.
-
-  `data` serves families whose init reads the training set (CIC's 'train'
-  prior); the ResNet weights file, if any, is read here.
-  """
-  inputs = family.init_inputs(families.init_key(config.seed), data)
-  abstract = jax.eval_shape(family.init, *inputs)
-  shardings = jax.tree.map(lambda _: par.replicated, abstract)
-  return jax.jit(family.init, out_shardings=shardings)(*inputs)
-
-
-# ------------------------------------------------------------------ compile
-def make_train_fn(family: families.Family, par: parallel.Parallel,
-                  config: ml_collections.ConfigDict) -> Callable:
-  """The compiled training call: (step_state, device batch) -> (state, metrics).
-
-  With `config.steps_per_call = k > 1` one call runs k steps (`lax.scan`)
-  on k stacked batches from `put_train_batches`, and each metric comes
-  back as a (k,) array, one entry per step; with k = 1, as a scalar.
-  """
-  k = config.steps_per_call
-  if k < 1:
-    raise ValueError(f'config.steps_per_call must be >= 1, got {k}')
-  if k == 1:
-    return par.compile(family.train_step, donate_state=config.donate_state)
-
-  # XLA's CPU compiler leaves convolutions inside a while loop in the
-  # layouts autodiff gives them and runs those 30-80x slower, so on CPUs
-  # the k steps are unrolled into one straight program (longer compile).
-  unroll = k if jax.default_backend() == 'cpu' else 1
-
-  def k_steps(state, batches):
-    return jax.lax.scan(family.train_step, state, batches, unroll=unroll)
-  return par.compile(k_steps, donate_state=config.donate_state, stacked=True)
-
-
-def put_train_batches(par: parallel.Parallel, host_batches: list[dict],
-                      config: ml_collections.ConfigDict) -> dict:
-  """`config.steps_per_call` host batches -> the device batch of one call."""
-  if len(host_batches) != config.steps_per_call:
-    raise ValueError(f'{len(host_batches)} batches for a call of '
-                     f'{config.steps_per_call} steps')
-  if config.steps_per_call == 1:
-    return par.put_batch(host_batches[0])
-  stacked = {key: np.stack([b[key] for b in host_batches])
-             for key in host_batches[0]}
-  return par.put_batch(stacked, stacked=True)
-
-
-def split_metrics(metrics: dict, steps: int) -> list[dict]:
-  """Host metrics of one call -> one dict per step (scalars)."""
-  if steps == 1:
-    return [metrics]
-  return [{key: v[i] for key, v in metrics.items()} for i in range(steps)]
-
 
 
 # ------------------------------------------------------------------ evaluation during training
@@ -174,10 +55,10 @@ def eval_step(state: Any, batch: dict, *, colorize: Callable):
   (state unchanged, sums psum-ed over devices).
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
-  real = losses.to_unit(preprocess.normalize(batch['rgb']))
-  fake = losses.to_unit(colorize(state, batch)['fake_rgb'])
-  gray3 = jnp.repeat(losses.to_unit(preprocess.normalize(batch['gray'])), 3,
-                     axis=-1)
+  real = preprocess.to_unit(preprocess.normalize(batch['rgb']))
+  fake = preprocess.to_unit(colorize(state, batch)['fake_rgb'])
+  gray3 = jnp.repeat(preprocess.to_unit(preprocess.normalize(batch['gray'])),
+                     3, axis=-1)
   mask = batch['mask'].astype(jnp.float32)
   sums = {
       'psnr': dm_pix.psnr(real, fake), 'ssim': dm_pix.ssim(real, fake),
@@ -207,17 +88,18 @@ def evaluate(eval_fn, state, par, data: pipeline.Data) -> dict[str, float]:
   return {f'val/{k}': float(v / count) for k, v in totals.items()}
 
 
-def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par):
-  """Gray | generated | real | saliency grid to TensorBoard and a PNG."""
+def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par,
+                   family):
+  """Gray | generated | real [| the family's own columns] grid to
+  TensorBoard and a PNG."""
   _, out = sample_fn(step_state, par.put_batch(batch))
   out = _gather_local(out)
   inputs = {k: preprocess.normalize(v) for k, v in batch.items()
             if k in ('gray', 'rgb')}
   n = int(batch['mask'].sum())
-  columns = [inputs['gray'][:n], out['fake_rgb'][:n], inputs['rgb'][:n]]
-  if 'fake_saliency' in out:
-    columns.append(out['fake_saliency'][:n])
-  grid = summaries.sample_grid(columns)
+  columns = [inputs['gray'], out['fake_rgb'], inputs['rgb'],
+             *family.sample_columns(out)]
+  grid = summaries.sample_grid([c[:n] for c in columns])
   if jax.process_index() == 0:
     writer.write_images(step, {'samples': grid[None]})
     summaries.write_png(os.path.join(workdir, 'samples',
@@ -323,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   set-up, at once (the last checkpoint stands).
   """
   parallel.maybe_initialize_distributed(config.distributed)
-  validate_config(config)
+  trainer.check_devices(config)
   os.makedirs(workdir, exist_ok=True)
   lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
           else None)
@@ -351,8 +233,8 @@ def _train(config, workdir, signals: _Signals) -> Any:
   """The run itself (see `train_and_evaluate`), under its lock."""
   # ---------------------------------------------------------------- set-up
   process_index, process_count = jax.process_index(), jax.process_count()
-  family, data = family_and_data(config)
-  total_steps = num_train_steps(config, data)
+  family, data = trainer.family_and_data(config)
+  total_steps = trainer.num_train_steps(config, data)
   if config.num_train_steps != total_steps:
     # A run given in epochs: its length, known now, is what a decaying
     # learning-rate schedule spans (and what config.json records).
@@ -368,7 +250,7 @@ def _train(config, workdir, signals: _Signals) -> Any:
   if process_index == 0:
     checkpoint.clean_interrupted(workdir)
     write_config(config, workdir)
-    chroma.ensure_written(config, workdir, data)  # once per run, for colorize
+    mean_chroma.ensure_written(config, workdir, data)  # once, for colorize
   train_split = data.split('train')
   logging.info('Model %s; data: %d train / %d val %s (%s); %d device(s) '
                '(%s), %d process(es).', family.name,
@@ -385,10 +267,11 @@ def _train(config, workdir, signals: _Signals) -> Any:
   try:
     manager = checkpoint.create_manager(workdir, config)
     restored = checkpoint.restore_latest(
-        manager, abstract_state(family, par), train_iter, config,
-        writer=process_index == 0)
+        manager, trainer.abstract_state(family, par), train_iter, config,
+        writer=process_index == 0, upgrade=families.upgrade_config,
+        may_differ=family.resume_may_differ)
     if restored is None:
-      state = init_state(family, par, config, data)
+      state = trainer.init_state(family, par, config, data)
       start_step = 0
     else:
       start_step, state = restored
@@ -402,17 +285,36 @@ def _train(config, workdir, signals: _Signals) -> Any:
                  f'Resuming from step {start_step}' if start_step else
                  'Fresh start', start_step + 1, total_steps,
                  config.data.batch_size)
-    return _loop(config, workdir, signals, family, data, par, manager,
-                 train_iter, state, start_step, total_steps)
+    run = _Run(config=config, workdir=workdir, signals=signals,
+               family=family, data=data, par=par, manager=manager,
+               train_iter=train_iter, total_steps=total_steps)
+    return _loop(run, state, start_step)
   finally:
     close = getattr(train_iter, 'close', None)
     if close is not None:
       close()  # Grain worker processes and their shared memory
 
 
-def _loop(config, workdir, signals, family, data, par, manager, train_iter,
-          state, start_step, total_steps):
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What the loop works with, set up once by `_train`."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  signals: _Signals
+  family: families.Family
+  data: pipeline.Data
+  par: parallel.Parallel
+  manager: Any           # the Orbax CheckpointManager
+  train_iter: Any        # the Grain iterator, checkpointed with the state
+  total_steps: int
+
+
+def _loop(run: _Run, state: Any, start_step: int) -> Any:
   """Compiles the calls, then steps, logs, evaluates and checkpoints."""
+  config, workdir, signals = run.config, run.workdir, run.signals
+  family, data, par = run.family, run.data, run.par
+  manager, train_iter, total_steps = (run.manager, run.train_iter,
+                                      run.total_steps)
   # Imported here: they pull in TensorFlow, which other modes do not need.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
@@ -426,7 +328,7 @@ def _loop(config, workdir, signals, family, data, par, manager, train_iter,
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in
                           checkpoint.flatten_dict(config.to_dict()).items()})
-  step_fn = make_train_fn(family, par, config)
+  step_fn = trainer.make_train_fn(family, par, config)
   eval_fn = par.compile(
       functools.partial(eval_step, colorize=family.colorize),
       donate_state=False)
@@ -458,7 +360,7 @@ def _loop(config, workdir, signals, family, data, par, manager, train_iter,
     pending = None
     m = par.fetch(m)
     _check_finite(s, m)
-    train_metrics.extend(split_metrics(m, k))
+    train_metrics.extend(trainer.split_metrics(m, k))
     if s % config.log_every_steps == 0 or s == total_steps:
       summary = {f'train/{key}':
                  float(np.mean([x[key] for x in train_metrics])) for key in m}
@@ -488,7 +390,7 @@ def _loop(config, workdir, signals, family, data, par, manager, train_iter,
     for step in range(start_step + k, total_steps + 1, k):
       signals.phase, signals.busy = 'data', False
       with report_progress.timed('data'):
-        batch = put_train_batches(
+        batch = trainer.put_train_batches(
             par, [next(train_iter) for _ in range(k)], config)
       signals.phase, signals.busy = 'step', True  # runs to its end
       signal.alarm(0)  # a data grace period (see _Signals) is not needed
@@ -506,7 +408,7 @@ def _loop(config, workdir, signals, family, data, par, manager, train_iter,
       is_last = step == total_steps
       if (step % config.image_every_steps == 0 or is_last) and sample_batch:
         _write_samples(writer, workdir, step, sample_fn, step_state,
-                       sample_batch, par)
+                       sample_batch, par, family)
       if step % config.eval_every_steps == 0 or is_last:
         with report_progress.timed('eval'):
           scores = evaluate(eval_fn, step_state, par, data)
@@ -542,3 +444,7 @@ def _loop(config, workdir, signals, family, data, par, manager, train_iter,
     manager.wait_until_finished()
     writer.flush()
   return par.from_step_layout(step_state)
+
+
+def main(config, args) -> None:
+  train_and_evaluate(config, args.workdir)

@@ -2,19 +2,19 @@
 
 Each colour photo under the input folder (recursively) is made gray with
 training's formula and colorized at full resolution exactly as
-`--mode=colorize` does (`jaxcolor.colorize`). The result is scored against
-the photo, next to two trivial baselines that any colorizer must beat:
+`--mode=colorize` does (`jaxcolor.color.recombine`). The result is scored
+against the photo, next to two trivial baselines that any colorizer must beat:
 
   gray copy      the gray input, replicated to RGB (no colour at all);
   constant tint  the training set's mean chroma on the input's own
                  luminance (`Predictor.mean_chroma`).
 
-On real photos the constant tint beats the gray copy on PSNR (with the
-bundled photos' mean chroma: +0.4 dB on CBSD68, +1.5 dB on Set5) while
-having almost no colour, so a model is judged on PSNR and colourfulness
-together. The same is measured at the model's resolution
-(S x S, default 64 px): the model's raw output against the photo resized as
-the model's input is (the whole picture, squashed to a square).
+On real photos the constant tint beats the gray copy on PSNR while having
+almost no colour (docs/results.md), so a model is judged on PSNR and
+colourfulness together. The same is measured at the model's resolution
+(S x S): the model's own output (its chroma on its gray input, desaturated
+where it leaves the RGB cube) against the photo resized as the model's
+input is (the whole picture, squashed to a square).
 
 Metrics (`jaxcolor.metrics`): PSNR (dB) and SSIM of dm-pix on RGB in
 [0, 1]; colourfulness of Hasler and Suesstrunk (2003) on 0..255, also of the
@@ -37,10 +37,10 @@ import cv2
 import jax
 import numpy as np
 
-from jaxcolor import colorize
 from jaxcolor import inference
 from jaxcolor import metrics
 from jaxcolor import summaries
+from jaxcolor.color import recombine
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
 
@@ -72,8 +72,8 @@ def default_output_dir(workdir: str, input_dir: str) -> str:
 
 
 def _resize_like_model(rgb: np.ndarray, size: int) -> np.ndarray:
-  """RGB (H, W, 3) uint8 -> (size, size, 3) uint8, as colorize.model_gray."""
-  return np.concatenate([colorize.model_gray(np.ascontiguousarray(rgb[..., c]),
+  """RGB (H, W, 3) uint8 -> (size, size, 3) uint8, as recombine.model_gray."""
+  return np.concatenate([recombine.model_gray(np.ascontiguousarray(rgb[..., c]),
                                              size) for c in range(3)], -1)
 
 
@@ -200,9 +200,34 @@ def examples_grid(rows: list[tuple[np.ndarray, ...]], height: int
   return np.concatenate(strips, axis=0)
 
 
+def _record(rel: str, truth: np.ndarray, gray: np.ndarray, out: np.ndarray,
+            gray_small: np.ndarray, chroma_small: np.ndarray,
+            mean_chroma: Optional[tuple[float, float]],
+            seconds: float) -> dict[str, Any]:
+  """One photo's figures: the model and the baselines, at full size
+  (truth (H,W,3), gray (H,W), out (H,W,3), uint8) and at the model's
+  (its gray (S,S,1) uint8 and chroma (S,S,2)); `seconds` its colorize
+  time."""
+  tint = tint_small = None
+  if mean_chroma is not None:
+    tint = recombine.tint(gray, mean_chroma)
+    tint_small = recombine.tint(gray_small[..., 0], mean_chroma)
+  return {
+      'file': rel, 'height': int(truth.shape[0]),
+      'width': int(truth.shape[1]), 'colorize_seconds': seconds,
+      'full': _scores(truth, {
+          'model': out, 'gray': np.repeat(gray[..., None], 3, -1),
+          'tint': tint}),
+      'model_res': _scores(_resize_like_model(truth, gray_small.shape[0]), {
+          'model': recombine.at_model_size(gray_small, chroma_small),
+          'gray': np.repeat(gray_small, 3, -1),
+          'tint': tint_small}),
+  }
+
+
 def _read(path: str, max_pixels: int) -> np.ndarray:
   """RGB uint8 of a colour photo; BadImageError for unusable or gray ones."""
-  rgb = colorize.read_photo(path, max_pixels)
+  rgb = inference.read_photo(path, max_pixels)
   if (np.array_equal(rgb[..., 0], rgb[..., 1]) and
       np.array_equal(rgb[..., 1], rgb[..., 2])):
     raise preprocess.BadImageError(
@@ -214,7 +239,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
         batch_size: int = inference.DEFAULT_BATCH_SIZE,
         num_examples: int = 8, example_height: int = 192,
         step: Optional[int] = None,
-        chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING
+        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING
         ) -> dict[str, Any]:
   """The --mode=evaluate command; returns what evaluation.json holds.
 
@@ -228,13 +253,13 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
     example_height: their height there, in pixels.
     step: the checkpoint step to evaluate (default: the newest intact one).
     chroma_upsampling: how the model's chroma reaches full resolution
-      (`colorize.UPSAMPLING`).
+      (`recombine.UPSAMPLING`).
 
   Raises:
     FileNotFoundError, ValueError: a missing model or folder, no images, or
       no usable colour photo among them.
   """
-  colorize.check_upsampling(chroma_upsampling)
+  recombine.check_upsampling(chroma_upsampling)
   files = sources.list_images(input_dir, config_key='--input')
   output_dir = output_dir or default_output_dir(workdir, input_dir)
   out_real = os.path.realpath(output_dir) + os.sep
@@ -270,34 +295,19 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
         skipped.append({'file': rel, 'reason': str(e)})
     if not truths:
       continue
-    # Colorize as colorize.colorize_images does, keeping the model-size RGB.
+    # The colorize path, keeping the model-size gray and chroma.
     t = time.perf_counter()
-    grays = [colorize.to_gray(x) for x in truths]
-    small = np.stack([colorize.model_gray(g, size) for g in grays])
-    rgb_small = predictor(small)
-    outputs = [colorize.combine(g, c, chroma_upsampling)
-               for g, c in zip(grays, rgb_small)]
+    grays = [recombine.to_gray(x) for x in truths]
+    outputs, small, chroma_small = recombine.colorize_grays(
+        predictor, size, grays, chroma_upsampling)
     batch_s = time.perf_counter() - t
     colorize_s += batch_s
 
     t = time.perf_counter()
     for rel, truth, gray, out, g_small, c_small in zip(
-        names, truths, grays, outputs, small, rgb_small):
-      tint = tint_small = None
-      if mean_chroma is not None:
-        tint = colorize.tint(gray, mean_chroma)
-        tint_small = colorize.tint(g_small[..., 0], mean_chroma)
-      records.append({
-          'file': rel, 'height': int(truth.shape[0]),
-          'width': int(truth.shape[1]),
-          'colorize_seconds': batch_s / len(truths),
-          'full': _scores(truth, {
-              'model': out, 'gray': np.repeat(gray[..., None], 3, -1),
-              'tint': tint}),
-          'model_res': _scores(_resize_like_model(truth, size), {
-              'model': c_small, 'gray': np.repeat(g_small, 3, -1),
-              'tint': tint_small}),
-      })
+        names, truths, grays, outputs, small, chroma_small):
+      records.append(_record(rel, truth, gray, out, g_small, c_small,
+                             mean_chroma, batch_s / len(truths)))
       if len(examples) < num_examples:
         examples.append((gray, out, truth))
     metrics_s += time.perf_counter() - t
@@ -353,3 +363,9 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
   print(f'evaluate: {n} photos scored, {len(skipped)} skipped -> '
         f'{output_dir}/{{{JSON_FILE},{MARKDOWN_FILE},{EXAMPLES_FILE}}}')
   return result
+
+
+def main(config, args) -> None:
+  del config  # the run's own, read from --workdir
+  run(args.workdir, args.input, args.output, step=args.step,
+      chroma_upsampling=args.chroma_upsampling)

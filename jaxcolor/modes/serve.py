@@ -6,7 +6,7 @@ A small Starlette app served by uvicorn, with one static page
 (`serve_static/index.html`: no external scripts, works offline). A photo is
 posted as the raw request body (kept in memory, never written to disk),
 decoded with `preprocess.decode_image` (the limits of the model's config)
-and colorized with `colorize.colorize_images`, i.e. exactly as
+and colorized with `inference.colorize_photos`, i.e. exactly as
 `--mode=colorize` does it, in the same compiled batch size, so the result is
 the same pixel for pixel. Requests that arrive together are colorized in one
 batch. The page gets the gray input and the colour result as PNGs.
@@ -44,9 +44,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 import uvicorn
 
-from jaxcolor import checkpoint
-from jaxcolor import colorize
+from jaxcolor.runtime import checkpoint
 from jaxcolor import inference
+from jaxcolor.color import recombine
 from jaxcolor.data import preprocess
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -132,11 +132,12 @@ def _max_pixels(predictor) -> int:
   return int(predictor.config.data.get('max_image_pixels', DEFAULT_MAX_PIXELS))
 
 
-class Models:
+class ModelChoices:
   """The choices of a --workdir; loads each on first use and keeps it
   (at most MAX_LOADED_MODELS, least recently used dropped)."""
 
-  def __init__(self, path: str, batch_size: int = colorize.DEFAULT_BATCH_SIZE):
+  def __init__(self, path: str,
+               batch_size: int = inference.DEFAULT_BATCH_SIZE):
     self.choices = discover(path)
     self.by_id = {c.id: c for c in self.choices}
     self.batch_size = batch_size
@@ -161,8 +162,7 @@ class Models:
       predictor = inference.load(choice.path, batch_size=self.batch_size)
       s = predictor.image_size
       # Compile the one function every request uses.
-      colorize.colorize_images(predictor, [np.zeros((s, s, 3), np.uint8)],
-                               self.batch_size)
+      inference.colorize_photos(predictor, [np.zeros((s, s, 3), np.uint8)])
       logging.info('serve: loaded %s (%s, step %d) in %.1f s', choice.path,
                    predictor.model_name, predictor.step, time.time() - start)
       self._loaded[model_id] = predictor
@@ -180,10 +180,10 @@ class Models:
 class Batcher:
   """One worker thread runs the model; photos queued while it is busy are
   colorized together (up to the compiled batch size, one model at a time),
-  exactly as `colorize_images` batches a folder."""
+  exactly as `inference.colorize_photos` batches a folder."""
 
   def __init__(self, batch_size: int,
-               upsampling: str = colorize.DEFAULT_UPSAMPLING):
+               upsampling: str = recombine.DEFAULT_UPSAMPLING):
     self.batch_size = batch_size
     self.upsampling = upsampling
     self._queue: queue.Queue = queue.Queue()
@@ -214,8 +214,8 @@ class Batcher:
           break
         jobs.append(job)
       try:
-        rgbs = colorize.colorize_images(jobs[0][0], [j[1] for j in jobs],
-                                        self.batch_size, self.upsampling)
+        rgbs = inference.colorize_photos(jobs[0][0], [j[1] for j in jobs],
+                                         self.upsampling)
         for job, rgb in zip(jobs, rgbs):
           job[2].set_result(rgb)
       except Exception as e:  # pylint: disable=broad-except
@@ -271,7 +271,7 @@ def _decode(data: bytes, max_pixels: int) -> np.ndarray:
 
 def _encode(image: np.ndarray, rgb: np.ndarray) -> tuple[bytes, bytes]:
   with _PIXEL_WORK:
-    return _png(colorize.to_gray(image)), _png(rgb)
+    return _png(recombine.to_gray(image)), _png(rgb)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -279,9 +279,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 # ------------------------------------------------------------------ the app
-def make_app(models: Models, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+def make_app(models: ModelChoices, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
              results: Optional[Results] = None,
-             chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING
+             chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING
              ) -> Starlette:
   """The Starlette app (`models` should already hold its first model)."""
   batcher = Batcher(models.batch_size, chroma_upsampling)
@@ -388,11 +388,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run(path: str, *, host: str = '127.0.0.1', port: int = 7860,
-        chroma_upsampling: str = colorize.DEFAULT_UPSAMPLING) -> None:
+        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING) -> None:
   """The --mode=serve command: serves until Ctrl-C / SIGTERM."""
-  colorize.check_upsampling(chroma_upsampling)
+  recombine.check_upsampling(chroma_upsampling)
   start = time.time()
-  models = Models(path)
+  models = ModelChoices(path)
   sock = _listen(host, port)  # a taken port fails before the slow part
   try:
     predictor = models.get()  # load and compile before serving requests
@@ -414,3 +414,9 @@ def run(path: str, *, host: str = '127.0.0.1', port: int = 7860,
   except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after shutting down
     pass
   print('serve: stopped', flush=True)
+
+
+def main(config, args) -> None:
+  del config  # the run's own, read from --workdir
+  run(args.workdir, host=args.host, port=args.port,
+      chroma_upsampling=args.chroma_upsampling)

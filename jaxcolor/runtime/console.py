@@ -10,9 +10,10 @@ default only their warnings and errors are shown, and jaxcolor's INFO lines
 import logging
 import os
 
-_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
-         os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-             __file__))), 'main.py'))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# jaxcolor/ (every module of the package) and the repository's main.py.
+_OURS = (_PACKAGE + os.sep,
+         os.path.join(os.path.dirname(_PACKAGE), 'main.py'))
 
 
 class _OwnInfoOnly(logging.Filter):

@@ -81,6 +81,13 @@ def check(config: ml_collections.ConfigDict) -> None:
   if peak is not None and not (isinstance(peak, numbers.Real) and peak >= 0):
     raise ValueError(f'config.benchmark.peak_tflops={peak!r} must be >= 0 '
                      '(0: from the table of known accelerators)')
+  k = _get(config, 'steps_per_call')
+  for key in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
+              'image_every_steps'):
+    value = _get(config, key)
+    if k is not None and value is not None and value % k:
+      raise ValueError(f'config.{key}={value} must be a multiple of '
+                       f'config.steps_per_call={k}')
   low, high = _get(config, 'data.canny_low'), _get(config, 'data.canny_high')
   if low is not None and high is not None and low > high:
     raise ValueError(f'config.data.canny_low={low} is above '

@@ -12,7 +12,7 @@ import logging as py_logging
 import os
 import shutil
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 from etils import epath
@@ -22,8 +22,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcolor import families
-from jaxcolor import saved_config
 
 # Config sections that must match between a checkpoint and the run that
 # resumes it: they decide the shapes and meaning of the saved arrays.
@@ -99,18 +97,17 @@ def flatten_dict(d: dict, prefix: str = '') -> dict:
 
 
 def check_compatible(saved: dict, config: ml_collections.ConfigDict,
-                     path: str) -> None:
+                     path: str, may_differ: Sequence[str] = ()) -> None:
   """Raises ValueError naming each key where `config` cannot resume `saved`.
 
-  `saved` is upgraded to today's keys first; the model family's
-  `resume_may_differ` keys are not compared.
+  `saved` has today's keys (`families.upgrade_config`); the `may_differ`
+  keys (the family's `resume_may_differ`) are not compared.
   """
-  saved = saved_config.upgrade(saved)
   now = config.to_dict()
   wanted = {}
   for section in _MUST_MATCH:
     wanted.update(flatten_dict({section: now[section]}))
-  for key in families.family_class(config.model.name).resume_may_differ:
+  for key in may_differ:
     wanted.pop(key, None)
   for key in _MUST_MATCH_DATA:
     wanted[f'data.{key}'] = now['data'][key]
@@ -209,7 +206,10 @@ def check_structure(step_dir: str, abstract_state: Any) -> None:
 # through asyncio's logger ('Task/Future exception was never retrieved') and
 # sys.unraisablehook (the read's own exception; 'Event loop is closed' from
 # TensorStore's callback). `restore` has already named the damage in one
-# line, so these reports are dropped; every other one passes.
+# line, so these reports are dropped; every other one passes. They outlive
+# the restore call that started them, so the drop cannot be undone when it
+# returns: it is installed only once a read has failed, and a process that
+# never meets a damaged checkpoint keeps Python's hooks untouched.
 def _is_failed_read(text: str) -> bool:
   return ('Encountered error while reading array index' in text or
           ' in OCDBT database at ' in text)
@@ -239,7 +239,8 @@ class _OrphanedReadHook:
 
 
 def _drop_orphaned_read_reports() -> None:
-  """Installs the filter and the hook above, once per process."""
+  """Installs the filter and the hook above, once per process, after a
+  failed read."""
   reads = py_logging.getLogger('asyncio')
   if not any(isinstance(f, _OrphanedReadLogs) for f in reads.filters):
     reads.addFilter(_OrphanedReadLogs())
@@ -249,11 +250,9 @@ def _drop_orphaned_read_reports() -> None:
 
 class _Quiet:
   """Silences library logging while a damaged checkpoint may be read (its
-  reader logs a traceback per array before raising once), and installs the
-  drop of its leftover reads' later reports (above), which outlive it."""
+  reader logs a traceback per array before raising once)."""
 
   def __enter__(self):
-    _drop_orphaned_read_reports()
     self._logger = py_logging.getLogger('absl')
     self._level = self._logger.level
     self._logger.setLevel(py_logging.CRITICAL)
@@ -317,9 +316,15 @@ def _restore_state(manager: ocp.CheckpointManager, step: int, path: str,
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                    data_iterator: Any, config: ml_collections.ConfigDict,
-                   writer: bool = True) -> Optional[tuple[int, Any]]:
+                   writer: bool = True,
+                   upgrade: Callable[[dict], dict] = lambda saved: saved,
+                   may_differ: Sequence[str] = ()
+                   ) -> Optional[tuple[int, Any]]:
   """Restores the newest intact checkpoint into `abstract_state`'s
   shapes/shardings; `data_iterator` is restored in place.
+
+  Each checkpoint's saved config, brought to today's keys by `upgrade`,
+  must match `config` but for the `may_differ` keys (`check_compatible`).
 
   A damaged step (a file missing, truncated or garbled) is named, set aside
   in <workdir>/checkpoints_damaged/ (by the `writer` process) and the next
@@ -334,7 +339,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   for step in sorted(manager.all_steps(), reverse=True):
     path = os.path.join(str(manager.directory), str(step))
     try:
-      check_compatible(read_saved_config(path), config, path)
+      check_compatible(upgrade(read_saved_config(path)), config, path,
+                       may_differ)
       check_structure(path, abstract_state)
       with _Quiet():
         try:
@@ -342,6 +348,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
           manager.restore(step, args=ocp.args.Composite(
               data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except Exception as e:  # pylint: disable=broad-except
+          _drop_orphaned_read_reports()  # the failed read's leftovers
           raise DamagedCheckpointError(
               f'{path} could not be read ({_first_line(e)})') from e
     except DamagedCheckpointError as e:
@@ -383,12 +390,6 @@ def step_dirs(workdir: str) -> list[str]:
   return [os.path.join(ckpts, str(s)) for s in steps]
 
 
-def read_config(step_dir: str) -> ml_collections.ConfigDict:
-  """A step folder's saved config, with today's keys (DamagedCheckpointError
-  when it cannot be read)."""
-  return saved_config.from_dict(read_saved_config(step_dir))
-
-
 def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
   """Only the named top-level fields of a step's state, as numpy arrays.
 
@@ -413,6 +414,7 @@ def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
           state_dir, args=ocp.args.PyTreeRestore(
               item=item, restore_args=restore_args, partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
+      _drop_orphaned_read_reports()  # the failed read's leftovers
       raise DamagedCheckpointError(
           f'{step_dir} could not be read ({_first_line(e)})') from e
   return {k: restored.get(k) for k in fields}

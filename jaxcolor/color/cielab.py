@@ -16,6 +16,8 @@ Every branch is evaluated on clamped inputs, so gradients are finite.
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcolor.data import preprocess
+
 # OpenCV's sRGB (D65) -> XYZ matrix (imgproc/src/color_lab.cpp).
 _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
                         [0.212671, 0.715160, 0.072169],
@@ -99,7 +101,7 @@ def to_unit_rgb(rgb: jnp.ndarray) -> jnp.ndarray:
     return rgb.astype(jnp.float32) / 255.0
   if not jnp.issubdtype(rgb.dtype, jnp.floating):
     raise ValueError(f'RGB must be uint8 or float in [-1, 1]; got {rgb.dtype}')
-  return jnp.clip((rgb.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
+  return jnp.clip(preprocess.to_unit(rgb.astype(jnp.float32)), 0.0, 1.0)
 
 
 def normalize_l(l: jnp.ndarray) -> jnp.ndarray:

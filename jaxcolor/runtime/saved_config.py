@@ -1,9 +1,9 @@
-"""Configs saved with a run, a checkpoint or a bundle, read back as today's.
+"""Configs saved with a run, a checkpoint or a bundle, read back.
 
-Saved configs are JSON (lists for tuples). `from_dict` turns one back into
-a ConfigDict with today's keys: keys moved or renamed since it was written
-are translated (`families.upgrade_config`), so old checkpoints and bundles
-keep loading.
+Saved configs are JSON (lists for tuples). Bringing an old one up to
+today's keys is the model family's business
+(`jaxcolor.families.config_from_saved`); this module only reads and
+converts.
 """
 
 import json
@@ -12,17 +12,10 @@ from typing import Any, Optional
 
 import ml_collections
 
-from jaxcolor import families
-
 RUN_CONFIG_FILE = 'config.json'  # written by training in the workdir
 
 
-def upgrade(saved: dict) -> dict:
-  """A saved config dict -> a dict with today's keys."""
-  return families.upgrade_config(saved)
-
-
-def from_dict(saved: dict) -> ml_collections.ConfigDict:
+def to_config(saved: dict) -> ml_collections.ConfigDict:
   """A saved (JSON) config -> ConfigDict; lists become tuples."""
   def fix(v: Any) -> Any:
     if isinstance(v, dict):
@@ -30,11 +23,11 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     if isinstance(v, list):
       return tuple(fix(x) for x in v)
     return v
-  return ml_collections.ConfigDict(fix(upgrade(saved)))
+  return ml_collections.ConfigDict(fix(saved))
 
 
 def read_run_config(workdir: str) -> Optional[dict]:
-  """<workdir>/config.json (upgraded), or None when there is none.
+  """<workdir>/config.json as saved, or None when there is none.
 
   Raises:
     ValueError: the file is not a JSON object.
@@ -50,4 +43,4 @@ def read_run_config(workdir: str) -> Optional[dict]:
                      'run the training again to rewrite it') from e
   if not isinstance(saved, dict):
     raise ValueError(f'{path} does not hold a config (a JSON object)')
-  return upgrade(saved)
+  return saved

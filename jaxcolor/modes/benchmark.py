@@ -45,9 +45,9 @@ import numpy as np
 
 from jaxcolor import families
 from jaxcolor import models as models_lib
-from jaxcolor import parallel
-from jaxcolor import prepare as prepare_lib
-from jaxcolor import train
+from jaxcolor.runtime import parallel
+from jaxcolor import records as records_lib
+from jaxcolor import trainer as trainer_lib
 from jaxcolor.data import feature_cache
 from jaxcolor.data import pipeline
 
@@ -182,11 +182,11 @@ class _Trainer:
     data = None
     if config.data.train_dir or config.data.prepared_dir:
       data = pipeline.Data.create(config)  # for families whose init reads it
-    state = train.init_state(self.family, self.par, config, data)
+    state = trainer_lib.init_state(self.family, self.par, config, data)
     self.state = self.par.to_step_layout(state)
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - t
-    self.fn = train.make_train_fn(self.family, self.par, config)
+    self.fn = trainer_lib.make_train_fn(self.family, self.par, config)
     self._compiled = {}
     self.metrics = None
 
@@ -210,7 +210,7 @@ class _Trainer:
 
   def put(self, host_batches: list[dict]) -> Any:
     """steps_per_call host batches -> the compiled step's device batch."""
-    return train.put_train_batches(self.par, host_batches, self.config)
+    return trainer_lib.put_train_batches(self.par, host_batches, self.config)
 
   def call(self, batch) -> None:
     """One compiled call on a device batch, blocking on state and metrics."""
@@ -395,7 +395,7 @@ def _records_dir(config: ml_collections.ConfigDict, notes: list[str],
     prep = config.copy_and_resolve_references()
     prep.data.prepared_dir = prepared_dir
     t = time.perf_counter()
-    prepare_lib.prepare(prep)
+    records_lib.prepare(prep)
     facts['prepare_s'] = time.perf_counter() - t
     yield prepared_dir
   finally:
@@ -404,20 +404,10 @@ def _records_dir(config: ml_collections.ConfigDict, notes: list[str],
 
 # ------------------------------------------------------------------ report
 def _validate(config: ml_collections.ConfigDict) -> None:
-  bench, what = config.benchmark, config.benchmark.what
+  what = config.benchmark.what
   if what not in WHATS:
     raise ValueError(f'config.benchmark.what={what!r}; supported: '
                      + ', '.join(repr(w) for w in WHATS))
-  if what != 'input' and (bench.num_steps <= 0 or bench.warmup_steps < 0):
-    raise ValueError('config.benchmark.num_steps must be positive and '
-                     'warmup_steps non-negative')
-  if what in ('input', 'all') and (bench.num_batches <= 0 or
-                                   bench.warmup_batches < 0):
-    raise ValueError('config.benchmark.num_batches must be positive and '
-                     'warmup_batches non-negative')
-  if bench.peak_tflops < 0:
-    raise ValueError('config.benchmark.peak_tflops must be >= 0 (0: from '
-                     'the table of known accelerators)')
   if what != 'step' and not (config.data.train_dir or
                              config.data.prepared_dir):
     raise ValueError('set config.data.train_dir (and/or prepared_dir) to the '
@@ -540,7 +530,7 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   what = config.benchmark.what
   if what != 'input':
     parallel.maybe_initialize_distributed(config.distributed)
-    train.validate_config(config)
+    trainer_lib.check_devices(config)
   report = _header(config, config_name)
   peak = report['peak_tflops']
   facts = {}
@@ -592,3 +582,7 @@ def run_input(config: ml_collections.ConfigDict,
   config = config.copy_and_resolve_references()
   config.benchmark.what = 'input'
   return run(config, workdir)
+
+
+def main(config, args) -> None:
+  run(config, args.workdir, args.config_name)

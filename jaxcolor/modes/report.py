@@ -22,7 +22,7 @@ from absl import logging
 import numpy as np
 
 from jaxcolor import families
-from jaxcolor import saved_config
+from jaxcolor.runtime import saved_config
 
 EVENT_GLOB = 'events.out.tfevents.*'
 SMOOTHING = 0.6
@@ -123,11 +123,11 @@ def _run_config(workdir: str) -> dict:
   """
   saved = saved_config.read_run_config(workdir)
   if saved is not None:
-    return saved
-  from jaxcolor import checkpoint  # pylint: disable=g-import-not-at-top
+    return families.upgrade_config(saved)
+  from jaxcolor.runtime import checkpoint  # pylint: disable=g-import-not-at-top
   for step_dir in reversed(checkpoint.step_dirs(workdir)):
     try:
-      return checkpoint.read_config(step_dir).to_dict()
+      return families.upgrade_config(checkpoint.read_saved_config(step_dir))
     except (OSError, ValueError, KeyError) as e:
       logging.warning('report: cannot read the config of %s (%s)', step_dir, e)
   raise ValueError(
@@ -225,3 +225,9 @@ def run(workdir: str) -> list[str]:
     written.append(_figure(fig['panels'], os.path.join(out_dir, fig['file']),
                            f'{name}: {fig["title"]}'))
   return written
+
+
+def main(config, args) -> None:
+  del config  # the run's own, read from --workdir
+  for path in run(args.workdir):
+    print(path)

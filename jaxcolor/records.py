@@ -1,4 +1,5 @@
-"""--mode=prepare: decode and preprocess a photo folder once, into ArrayRecord.
+"""Prepared records: a photo folder decoded and preprocessed once, into
+ArrayRecord shards (`--mode=prepare`; benchmark's records too).
 
 Writes, under `config.data.prepared_dir`:
   train-00000-of-0000N.array_record ...   records of the train split

@@ -8,8 +8,8 @@ import pytest
 
 from array_record.python import array_record_module
 from configs import default
-from jaxcolor import benchmark
-from jaxcolor import prepare
+from jaxcolor.modes import benchmark
+from jaxcolor import records
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
@@ -38,7 +38,7 @@ def prepared(tmp_path_factory):
   folder = str(root / 'photos')
   good, bad = imagefactory.make_mixed_folder(folder, n_good=6)
   config = _config(folder, str(root / 'records'), prepare_processes=2)
-  meta = prepare.prepare(config)
+  meta = records.prepare(config)
   return config, meta, good, bad
 
 
@@ -153,22 +153,22 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
   (out / 'keep.txt').write_text('user file')
   config = _config(folder, str(out), val_fraction=0.0)
   with pytest.raises(ValueError, match='prepare_overwrite'):
-    prepare.prepare(config)
+    records.prepare(config)
   config.data.prepare_overwrite = True
-  assert prepare.prepare(config)['splits']['train']['num_examples'] == 3
+  assert records.prepare(config)['splits']['train']['num_examples'] == 3
   config.data.image_size = 16  # a second run replaces the records
-  meta = prepare.prepare(config)
+  meta = records.prepare(config)
   assert meta['image_size'] == 16
   assert sorted(os.listdir(out)) == ['keep.txt', 'metadata.json',
                                      'train-00000-of-00001.array_record']
   with pytest.raises(ValueError, match='prepared_dir is empty'):
-    prepare.prepare(_config(folder, ''))
+    records.prepare(_config(folder, ''))
 
 
 def test_missing_train_dir_fails_before_writing(tmp_path):
   config = _config(str(tmp_path / 'nowhere'), str(tmp_path / 'records'))
   with pytest.raises(FileNotFoundError, match='nowhere'):
-    prepare.prepare(config)
+    records.prepare(config)
   assert not os.path.exists(tmp_path / 'records')
 
 

@@ -106,6 +106,11 @@ def main(argv):
     if config is not None:  # every shared count and size, before any work
       from jaxcolor.runtime import config_check  # pylint: disable=g-import-not-at-top
       config_check.check(config)
+    # Before the first compile: JAX opens its persistent cache once.
+    from jaxcolor.runtime import compile_cache  # pylint: disable=g-import-not-at-top
+    compile_cache.apply(compile_cache.DEFAULT if config is None else
+                        config.get('compilation_cache_dir',
+                                   compile_cache.DEFAULT))
     args = modes.Args(
         workdir=workdir, input=FLAGS.input, output=FLAGS.output,
         step=FLAGS.step, side_by_side=FLAGS.side_by_side,

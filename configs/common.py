@@ -12,6 +12,12 @@ def get_config() -> ml_collections.ConfigDict:
   """The shared sections, with the paper's data and schedule settings."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Fine-tuning: an export bundle, a training workdir (its newest intact
+  # checkpoint) or one of its checkpoints/<step> folders. A new run starts
+  # at step 0 from that model's weights (fresh optimisers and schedules);
+  # a workdir that holds checkpoints resumes from them and ignores this.
+  # '': train from scratch.
+  config.init_from = ''
 
   # ---------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
@@ -63,12 +69,26 @@ def get_config() -> ml_collections.ConfigDict:
   # parameters, optimiser state and losses stay float32.
   config.dtype = 'float32'
   config.steps_per_call = 1    # train steps per compiled call (lax.scan)
+  # Micro-batches per optimiser update: each device's batch is split into
+  # this many, their gradients averaged (a large batch in less memory).
+  config.grad_accum_steps = 1
   config.donate_state = True   # let XLA reuse the state's buffers in place
   config.parallel = 'pmap'     # or 'shard_map' (jax.jit over a 1-D device mesh)
   # XLA CPU's convolution kernels: 'eigen' (faster for this model) or
   # 'default' (XLA's choice: YNNPACK in jaxlib 0.10). Set by main.py through
   # XLA_FLAGS before JAX starts (jaxcolor/runtime/xla_flags.py); CPU only.
   config.xla_cpu_convolutions = 'eigen'
+  # A jax.profiler trace of train steps (start, count), e.g. (10, 3): steps
+  # 10..12 (whole calls with steps_per_call > 1), into <workdir>/profile/.
+  # --mode=benchmark traces its timed calls start..start+count-1 instead.
+  # (): off.
+  config.profile_steps = ()
+  # JAX's persistent compilation cache: a second start of the same model
+  # loads its compiled programs instead of compiling them again. Set by
+  # main.py (jaxcolor/runtime/compile_cache.py) for every mode; this default
+  # is $XDG_CACHE_HOME/jaxcolor/xla when XDG_CACHE_HOME is set, and the
+  # JAX_COMPILATION_CACHE_DIR env var wins over any value. '': off.
+  config.compilation_cache_dir = '~/.cache/jaxcolor/xla'
   dist = config.distributed = ml_collections.ConfigDict()
   dist.enabled = False         # jax.distributed.initialize() (multi-host)
   dist.coordinator_address = ''  # empty: taken from the cluster environment

@@ -8,6 +8,9 @@ GANs, the CIC network's params and BatchNorm statistics); no optimiser
 state, critic or ResNet weights file. Both sources are checked against the
 tree the family builds from the saved config (upgraded to today's keys), so
 a checkpoint of another code version fails with the keys that differ.
+`read_model(path, fields)` reads the saved config and arrays of any of
+these (or of a `checkpoints/<step>` folder) without its family, for
+fine-tuning (`jaxcolor.trainer.read_source`).
 
 Export bundle (a folder):
   bundle.json     {"format": "jaxcolor-inference-bundle", "version": 1,
@@ -20,7 +23,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import flax
@@ -165,27 +168,36 @@ def _step_dirs(path: str, step: Optional[int]) -> Optional[list[str]]:
   return chosen
 
 
-def _restore_checkpoint(step_dir: str) -> tuple[ml_collections.ConfigDict,
-                                                Any, int]:
-  """(config, inference params as numpy, step) of one checkpoint folder.
+def _restore_checkpoint(step_dir: str,
+                        fields: Optional[Sequence[str]] = None
+                        ) -> tuple[ml_collections.ConfigDict, Any, int]:
+  """(config, arrays as numpy, step) of one checkpoint folder.
+
+  The arrays: the inference params (`Family.from_saved`), or with `fields`
+  those state fields as saved (None where saved as None or absent).
 
   Raises:
     checkpoint.DamagedCheckpointError: a file of it is missing or damaged.
   """
   config = families.config_from_saved(checkpoint.read_saved_config(step_dir))
+  step = int(os.path.basename(os.path.normpath(step_dir)))
+  if fields is not None:
+    return config, checkpoint.restore_fields(step_dir, fields,
+                                             missing_ok=True), step
   family, _ = _model(config)
   params = family.from_saved(
       checkpoint.restore_fields(step_dir, family.inference_keys))
-  return config, params, int(os.path.basename(os.path.normpath(step_dir)))
+  return config, params, step
 
 
-def _restore_newest_intact(path: str, dirs: list[str]):
+def _restore_newest_intact(path: str, dirs: list[str],
+                           fields: Optional[Sequence[str]] = None):
   """`_restore_checkpoint` of the first intact folder of `dirs`; damaged
   ones are named in a warning and skipped (left where they are)."""
   damaged = []
   for step_dir in dirs:
     try:
-      found = _restore_checkpoint(step_dir)
+      found = _restore_checkpoint(step_dir, fields)
     except checkpoint.DamagedCheckpointError as e:
       logging.warning('Skipping a damaged checkpoint: %s', e)
       damaged.append(str(e))
@@ -316,6 +328,46 @@ def check_model_folder(path: str,
     raise ValueError(f'{path!r} is a file; expected {expected}')
 
 
+MODEL_PATHS = ('an export bundle, a training workdir or one of its '
+               'checkpoints/<step> folders')
+
+
+def read_model(path: str, fields: Sequence[str]
+               ) -> tuple[ml_collections.ConfigDict, dict, int, str]:
+  """The saved config and arrays of a model to start from.
+
+  `path` is an export bundle, a training workdir (its newest intact
+  checkpoint; damaged ones are skipped with a warning) or a step folder.
+  Reads no family code, so a model of any family can be read and judged.
+
+  Returns:
+    (config with today's keys, tree, step, the bundle or step folder read):
+    a bundle's tree as stored (`Family.to_bundle`); a checkpoint's state
+    fields `fields` as numpy, None where saved as None or absent.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: it is no model, or a damaged one.
+  """
+  check_model_folder(path, MODEL_PATHS)
+  if is_bundle(path):
+    meta, tree = _read_bundle(path)
+    return _bundle_config(path, meta), tree, int(meta.get('step') or 0), path
+  dirs = _step_dirs(path, None)
+  if dirs is None:
+    raise ValueError(f'{path!r} is none of {MODEL_PATHS} (no checkpoints/, '
+                     f'no {BUNDLE_FILE})')
+  step_dir, (config, tree, step) = _restore_newest_intact(path, dirs, fields)
+  return config, tree, step, step_dir
+
+
+def _bundle_config(path: str, meta: dict) -> ml_collections.ConfigDict:
+  if not isinstance(meta.get('config'), dict):
+    raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
+                     'bundle again with --mode=export')
+  return families.config_from_saved(meta['config'])
+
+
 def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
          step: Optional[int] = None) -> Predictor:
   """A training workdir (its newest intact checkpoint, or that of `step`) or
@@ -330,10 +382,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
   check_model_folder(path)
   if is_bundle(path):
     meta, params = _read_bundle(path)
-    if not isinstance(meta.get('config'), dict):
-      raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
-                       'bundle again with --mode=export')
-    config = families.config_from_saved(meta['config'])
+    config = _bundle_config(path, meta)
     params = _model(config)[0].from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None

@@ -1,17 +1,21 @@
 """The training state and its compiled step, as train and benchmark use them.
 
-`init_state` builds a family's state on the devices, `make_train_fn` the
-compiled call of `config.steps_per_call` steps, `put_train_batches` its
-device batch; `check_devices` the one check that needs the devices.
+`init_state` builds a family's state on the devices (fresh, or fine-tuned
+from a `read_source` model), `make_train_fn` the compiled call of
+`config.steps_per_call` steps, `put_train_batches` its device batch;
+`check_devices` the one check that needs the devices.
 """
 
+import dataclasses
 from typing import Any, Callable, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
 from jaxcolor import families
+from jaxcolor import inference
 from jaxcolor.data import pipeline
 from jaxcolor.runtime import parallel
 
@@ -27,6 +31,13 @@ def check_devices(config: ml_collections.ConfigDict) -> None:
         f'config.data.batch_size={b} must split evenly over '
         f'{jax.process_count()} process(es) x {jax.local_device_count()} '
         'local device(s)')
+  k = config.get('grad_accum_steps', 1)
+  per_device = per_process // jax.local_device_count()
+  if per_device % k:
+    raise ValueError(
+        f'config.data.batch_size={b} gives {per_device} example(s) per '
+        f'device, which do not split into config.grad_accum_steps={k} '
+        'micro-batches')
   eb = config.data.eval_batch_size
   if eb % jax.device_count():
     raise ValueError(f'config.data.eval_batch_size={eb} must be a multiple of '
@@ -65,18 +76,104 @@ def abstract_state(family: families.Family, par: parallel.Parallel) -> Any:
       family.abstract_state(families.init_key(family.config.seed)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A saved model a run starts from (config.init_from).
+
+  Attributes:
+    path: as config.init_from names it.
+    read: the bundle or checkpoint folder read.
+    config: its config (today's keys).
+    tree: its arrays as numpy (`Family.init_from_source`'s `source`).
+    step: the step it was trained to.
+  """
+  path: str
+  read: str
+  config: ml_collections.ConfigDict
+  tree: dict = dataclasses.field(repr=False)
+  step: int
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  """{'a/b/c': shape} of a tree's arrays (ShapeDtypeStructs too)."""
+  return {jax.tree_util.keystr(p, simple=True, separator='/'):
+          tuple(x.shape if hasattr(x, 'shape') else np.shape(x))
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def read_source(family: families.Family, path: str) -> Source:
+  """The model at `path` (config.init_from), checked against `family`'s
+  state before any work: same config.model.name, same shapes of every
+  array taken over.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: it is no model, a damaged one, another model, or one whose
+      arrays differ from this run's (the keys that differ, one a line).
+  """
+  try:
+    config, tree, step, read = inference.read_model(path,
+                                                    family.init_from_keys)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.init_from: {e}') from e
+  except ValueError as e:
+    raise ValueError(f'config.init_from: {e}') from e
+  name = config.get('model', {}).get('name')
+  if name != family.name:
+    raise ValueError(
+        f'config.init_from={path!r} is a {name!r} model and this run trains '
+        f'{family.name!r} (config.model.name): fine-tuning starts from a '
+        'model of the same kind')
+  # The take-over applied to the state's shapes: every array it brings
+  # must have the shape this run's state has there, and none may be
+  # missing or extra.
+  want = family.abstract_state()
+  want_shapes = _shapes(want)
+  have = _shapes(family.init_from_source(want, tree)[0])
+  diffs = [f'  {k}: missing' for k in sorted(set(want_shapes) - set(have))]
+  diffs += [f'  {k}: not in this run\'s model'
+            for k in sorted(set(have) - set(want_shapes))]
+  diffs += [f'  {k}: source {have[k]}, this run {want_shapes[k]}'
+            for k in sorted(set(want_shapes) & set(have))
+            if have[k] != want_shapes[k]]
+  if diffs:
+    shown = diffs[:12] + ([f'  ... and {len(diffs) - 12} more']
+                          if len(diffs) > 12 else [])
+    raise ValueError(
+        f'config.init_from={path!r}: its arrays do not match the '
+        f'{family.name!r} model this config builds (other model settings, '
+        'e.g. widths or the ResNet branch):\n' + '\n'.join(shown))
+  return Source(path=path, read=read, config=config, tree=tree, step=step)
+
+
 def init_state(family: families.Family, par: parallel.Parallel,
                config: ml_collections.ConfigDict,
-               data: Optional[pipeline.Data] = None) -> Any:
+               data: Optional[pipeline.Data] = None,
+               source: Optional[Source] = None) -> Any:
   """A fresh state, built on the devices already replicated.
 
   `data` serves families whose init reads the training set (CIC's 'train'
-  prior); the ResNet weights file, if any, is read here.
+  prior); the ResNet weights file, if any, is read here. With a `source`
+  (from `read_source`), the fields `Family.init_from_source` takes over
+  hold its arrays; the optimiser states, step (0) and rng stay fresh.
   """
   inputs = family.init_inputs(families.init_key(config.seed), data)
   abstract = jax.eval_shape(family.init, *inputs)
   shardings = jax.tree.map(lambda _: par.replicated, abstract)
-  return jax.jit(family.init, out_shardings=shardings)(*inputs)
+  state = jax.jit(family.init, out_shardings=shardings)(*inputs)
+  if source is None:
+    return state
+  merged, what = family.init_from_source(state, source.tree)
+
+  def place(fresh, new):
+    if new is fresh:
+      return fresh
+    return jax.device_put(np.asarray(new, fresh.dtype), fresh.sharding)
+  state = jax.tree.map(place, state, merged)
+  logging.info('Fine-tuning from %s (%s, step %d): %s; fresh optimisers, '
+               'from step 0.', source.read, source.config.model.name,
+               source.step, what)
+  return state
 
 
 # ------------------------------------------------------------------ compile

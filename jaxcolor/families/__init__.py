@@ -30,6 +30,9 @@ functions of (state, batch); batches are the pipeline's uint8 dicts, see
   host_inputs(gray) / predict(params, inputs) -> chroma (B,S,S,2): (Cr - 128,
                              Cb - 128) in 8-bit YCrCb units, unclipped
                              (`jaxcolor.color.recombine` lays it on a photo)
+  init_from_keys / init_from_source(state, source) -> (state, what)
+                             fine-tuning (config.init_from): a fresh state
+                             with a saved model's weights
 """
 
 import importlib
@@ -69,8 +72,11 @@ class Family:
       not what the saved arrays mean); all other model keys must match.
     console_metrics: the step's metrics shown on the console's progress
       line (all of them go to TensorBoard).
+    accumulates_gradients: whether `train_step` honours
+      config.grad_accum_steps (splits its batch into micro-batches).
   """
   inference_keys: Sequence[str] = ()
+  accumulates_gradients: bool = False
   resume_may_differ: Sequence[str] = ()
   console_metrics: Sequence[str] = ('loss',)
 
@@ -90,6 +96,10 @@ class Family:
   def validate(self) -> None:
     """Raises ValueError for model settings that cannot work."""
     compute_dtype(self.config)
+    k = self.config.get('grad_accum_steps', 1)
+    if k > 1 and not self.accumulates_gradients:
+      raise ValueError(f'config.grad_accum_steps={k}: the {self.name!r} model '
+                       'does not accumulate gradients; set it to 1')
 
   @classmethod
   def benchmark_config(cls, config: ml_collections.ConfigDict
@@ -158,6 +168,23 @@ class Family:
     inputs -> chroma float32 (B,S,S,2), (Cr - 128, Cb - 128) in 8-bit
     YCrCb units (`jaxcolor.color.ycrcb`), not clipped to any gamut."""
     raise NotImplementedError
+
+  # ------------------------------------------------------------ fine-tuning
+  @property
+  def init_from_keys(self) -> Sequence[str]:
+    """The state fields a fine-tuning run reads from a source checkpoint."""
+    return self.inference_keys
+
+  def init_from_source(self, state: Any, source: dict) -> tuple[Any, str]:
+    """A fresh `state` (or its shapes) with the model of a source.
+
+    Pure. `source` is an export bundle's stored tree (`to_bundle`) or a
+    checkpoint's `init_from_keys` fields (None where saved as None). The
+    optimiser states, step and rng stay `state`'s. Returns (state, what was
+    taken over, for the console). The default: the inference fields.
+    """
+    params = self.from_saved(source)
+    return state.replace(**params), ', '.join(params)
 
   # ------------------------------------------------------------ prepare
   def feature_shape(self) -> Optional[tuple[int, ...]]:

@@ -77,21 +77,34 @@ def create_state(rng: jax.Array, class_weights: np.ndarray, *,
 
 def train_step(state: CICState, batch: dict, *, net: cic.CICNet,
                bins: np.ndarray, config: ml_collections.ConfigDict):
-  """One SGD step on the rebalanced cross-entropy, on this device's batch."""
-  lc = config.loss
-  lab, x = lab_input(batch['rgb'])
-  soft, pixel_weights = ab_bins.encode_ab_targets(
-      lab[..., 1:], bins, state.class_weights, config.data.image_size // 4,
-      k=lc.soft_encoding_k, sigma=lc.soft_encoding_sigma)
+  """One SGD step on the rebalanced cross-entropy, on this device's batch.
 
-  def objective(params):
-    logits, updates = net.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
-    return losses.cic_loss(logits, soft, pixel_weights), updates
+  With config.grad_accum_steps = k > 1: the mean gradient of k
+  micro-batches (B/k each, one after another), BatchNorm's statistics
+  updated by each micro-batch in turn.
+  """
+  k = config.get('grad_accum_steps', 1)
 
-  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
-      state.params)
+  def micro_step(carry, micro_batch):
+    grads, batch_stats = carry
+    (loss, batch_stats), g = _loss_and_grads(
+        state.params, batch_stats, state.class_weights, micro_batch,
+        net=net, bins=bins, config=config)
+    return (jax.tree.map(jnp.add, grads, g), batch_stats), loss
+
+  if k == 1:
+    (loss, batch_stats), grads = _loss_and_grads(
+        state.params, state.batch_stats, state.class_weights, batch, net=net,
+        bins=bins, config=config)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    unroll = k if jax.default_backend() == 'cpu' else 1  # see trainer
+    (grads, batch_stats), micro_losses = jax.lax.scan(
+        micro_step, (zeros, state.batch_stats), micro, unroll=unroll)
+    grads = jax.tree.map(lambda g: g / k, grads)
+    loss = jnp.mean(micro_losses)
   grads = jax.lax.pmean(grads, AXIS)
   tx = make_optimizer(config)
   param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -101,8 +114,27 @@ def train_step(state: CICState, batch: dict, *, net: cic.CICNet,
       'param_norm': optax.global_norm(params)}, AXIS)
   # BatchNorm averaged its batch statistics over AXIS: all devices agree.
   return state.replace(step=state.step + 1, params=params,
-                       batch_stats=updates['batch_stats'],
+                       batch_stats=batch_stats,
                        opt_state=opt_state), metrics
+
+
+def _loss_and_grads(params, batch_stats, class_weights, batch, *, net, bins,
+                    config):
+  """((loss, updated batch_stats), d loss / d params) on one batch."""
+  lc = config.loss
+  lab, x = lab_input(batch['rgb'])
+  soft, pixel_weights = ab_bins.encode_ab_targets(
+      lab[..., 1:], bins, class_weights, config.data.image_size // 4,
+      k=lc.soft_encoding_k, sigma=lc.soft_encoding_sigma)
+
+  def objective(params):
+    logits, updates = net.apply(
+        {'params': params, 'batch_stats': batch_stats}, x, train=True,
+        mutable=['batch_stats'])
+    return losses.cic_loss(logits, soft, pixel_weights), updates
+
+  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  return (loss, updates['batch_stats']), grads
 
 
 def decode(params: dict, rgb: jnp.ndarray, *, net: cic.CICNet,
@@ -147,6 +179,7 @@ _KEEP = {'model': ('name',)}
 
 class CICFamily(families.Family):
   """Zhang et al.'s 313-bin classifier ('cic')."""
+  accumulates_gradients = True
   inference_keys = ('params', 'batch_stats')
 
   def __init__(self, config: ml_collections.ConfigDict):

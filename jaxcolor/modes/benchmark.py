@@ -24,7 +24,10 @@ per device, or else the table below keyed by the device kind and dtype.
 
 Prints a table and writes JSON to `config.benchmark.output_json` (default
 `<workdir>/benchmark_<what>.json`, the current folder without a workdir).
-Does not import TensorFlow.
+With `config.profile_steps` (start, count), the step section's timed calls
+start..start+count-1 are traced with `jax.profiler` into `<workdir>/profile/`
+(`./profile/` without a workdir); the notes say where. Does not import
+TensorFlow.
 """
 
 import contextlib
@@ -46,6 +49,7 @@ import numpy as np
 from jaxcolor import families
 from jaxcolor import models as models_lib
 from jaxcolor.runtime import parallel
+from jaxcolor.runtime import profiler
 from jaxcolor import records as records_lib
 from jaxcolor import trainer as trainer_lib
 from jaxcolor.data import feature_cache
@@ -244,18 +248,33 @@ def _throughput(info: dict, seconds: list[float], config,
   return row
 
 
-def _time_calls(n: int, call: Callable[[], Any]) -> list[float]:
-  """Seconds of each of n calls (each call blocks on its results)."""
+def _time_calls(n: int, call: Callable[[], Any],
+                trace: Optional[profiler.StepTrace] = None) -> list[float]:
+  """Seconds of each of n calls (each call blocks on its results).
+
+  `trace` starts and stops around calls 1..n, outside their timing.
+  """
   seconds = []
-  for _ in range(n):
-    t = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - t)
+  try:
+    for i in range(1, n + 1):
+      if trace is not None:
+        trace.step_begins(i)
+      t = time.perf_counter()
+      call()
+      seconds.append(time.perf_counter() - t)
+      if trace is not None:
+        trace.step_done(i)
+  finally:
+    if trace is not None:
+      trace.close()
   return seconds
 
 
-def _step_section(trainer: _Trainer, config, peak) -> dict:
-  """The compiled step on synthetic, device-resident batches."""
+def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
+                  notes: list[str]) -> dict:
+  """The compiled step on synthetic, device-resident batches; with
+  `config.profile_steps` (start, count), timed calls start..start+count-1
+  are traced into `profile_dir`."""
   bench = config.benchmark
   per_process = config.data.batch_size // jax.process_count()
   rng = np.random.default_rng(config.seed + jax.process_index())
@@ -266,7 +285,14 @@ def _step_section(trainer: _Trainer, config, peak) -> dict:
   for _ in range(bench.warmup_steps):
     trainer.call(batch)
   warmup_s = time.perf_counter() - t
-  seconds = _time_calls(bench.num_steps, lambda: trainer.call(batch))
+  trace = profiler.StepTrace(
+      config.get('profile_steps', ()), profile_dir, what='timed calls',
+      run=range(1, bench.num_steps + 1))
+  seconds = _time_calls(bench.num_steps, lambda: trainer.call(batch), trace)
+  if trace.folder:
+    notes.append('step: timed calls %d..%d traced by jax.profiler into %s '
+                 '(their times include its overhead)'
+                 % (*trace.traced, trace.folder))
   return {'data': 'synthetic, on the devices', **info, 'warmup_s': warmup_s,
           **_throughput(info, seconds, config, peak),
           'metrics_finite': trainer.metrics_finite()}
@@ -437,6 +463,7 @@ def _header(config: ml_collections.ConfigDict,
       'batch_size': config.data.batch_size,
       'per_device_batch': config.data.batch_size // jax.device_count(),
       'steps_per_call': config.steps_per_call,
+      'grad_accum_steps': config.get('grad_accum_steps', 1),
       'donate_state': config.donate_state,
       'reuse_generator_forward': config.model.get('reuse_generator_forward'),
       'use_feature_cache': config.data.use_feature_cache,
@@ -464,7 +491,8 @@ def _table(report: dict) -> str:
       f'{r["device_count"]} x {r["device_kind"]} ({r["backend"]}), '
       f'{r["process_count"]} process(es), JAX {r["jax_version"]}; batch '
       f'{r["batch_size"]} ({r["per_device_batch"]}/device), '
-      f'{r["steps_per_call"]} step(s)/call, {r["image_size"]} px']
+      f'{r["steps_per_call"]} step(s)/call, '
+      f'{r["grad_accum_steps"]} micro-batch(es)/step, {r["image_size"]} px']
   rows = []
   if 'step' in r:
     rows.append(('step (synthetic)', r['step']))
@@ -540,7 +568,12 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
     report['init_s'] = trainer.init_s
   if what in ('step', 'all'):
     logging.info('benchmark: step on synthetic data')
-    report['step'] = _step_section(trainer, config, peak)
+    report['step'] = _step_section(
+        trainer, config, peak,
+        os.path.join(workdir or os.getcwd(), 'profile'), notes)
+  elif config.get('profile_steps'):
+    notes.append('config.profile_steps traces the step section only '
+                 "(benchmark.what='step' or 'all'); nothing traced")
   if what != 'step':
     with _records_dir(config, notes, facts) as records:
       if what in ('e2e', 'all'):

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -29,6 +29,7 @@ from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 from jaxcolor.runtime import checkpoint
 from jaxcolor.runtime import parallel
+from jaxcolor.runtime import profiler
 from jaxcolor.runtime import saved_config
 from jaxcolor.runtime import workdir_lock
 
@@ -229,6 +230,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
       lock.release()
 
 
+def _fine_tuning_source(config, workdir: str, family: families.Family
+                        ) -> Optional[trainer.Source]:
+  """The model config.init_from names, read and checked; None without one,
+  or when the workdir holds checkpoints (the run resumes from its own)."""
+  if not config.init_from:
+    return None
+  if checkpoint.step_dirs(workdir):
+    logging.info('Resuming from the checkpoints in %s: config.init_from=%r '
+                 'is ignored (it starts a new run only).', workdir,
+                 config.init_from)
+    return None
+  return trainer.read_source(family, config.init_from)
+
+
 def _train(config, workdir, signals: _Signals) -> Any:
   """The run itself (see `train_and_evaluate`), under its lock."""
   # ---------------------------------------------------------------- set-up
@@ -246,6 +261,7 @@ def _train(config, workdir, signals: _Signals) -> Any:
     raise ValueError(f'{total_steps} training steps are not a multiple of '
                      f'config.steps_per_call={k}')
   data.check_usable('train')
+  source = _fine_tuning_source(config, workdir, family)  # before any write
   par = parallel.Parallel.create(config.parallel)
   if process_index == 0:
     checkpoint.clean_interrupted(workdir)
@@ -271,7 +287,7 @@ def _train(config, workdir, signals: _Signals) -> Any:
         writer=process_index == 0, upgrade=families.upgrade_config,
         may_differ=family.resume_may_differ)
     if restored is None:
-      state = trainer.init_state(family, par, config, data)
+      state = trainer.init_state(family, par, config, data, source)
       start_step = 0
     else:
       start_step, state = restored
@@ -339,6 +355,10 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps)
   hooks = [report_progress] if process_index == 0 else []
+  # config.profile_steps: a jax.profiler trace of those steps (whole calls).
+  trace = profiler.StepTrace(config.get('profile_steps', ()),
+                             os.path.join(workdir, 'profile'), k,
+                             run=range(start_step + 1, total_steps + 1))
 
   # ---------------------------------------------------------------- loop
   sample_batch = next(data.eval_batches(), None)
@@ -388,6 +408,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
     # Each call runs k steps; every *_every_steps is a multiple of k, so the
     # step after a call is where logs, evals and checkpoints fall due.
     for step in range(start_step + k, total_steps + 1, k):
+      trace.step_begins(step - k + 1)  # also traces the wait for data
       signals.phase, signals.busy = 'data', False
       with report_progress.timed('data'):
         batch = trainer.put_train_batches(
@@ -397,6 +418,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
       with report_progress.timed('step', wait_jax_async_dispatch=False):
         step_state, metrics = step_fn(step_state, batch)
       done = step
+      trace.step_done(step, (step_state, metrics))
       flush()  # the previous call's, while the device runs this one
       pending = (step, metrics)
       for h in hooks:
@@ -434,6 +456,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
                       'checkpoint of step %d stands.', done, saved)
       raise
   finally:
+    trace.close()  # a run that stopped inside the traced steps
     signals.busy = True
     if signals.received and consistent and done > saved:
       save(done)

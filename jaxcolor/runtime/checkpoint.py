@@ -390,22 +390,27 @@ def step_dirs(workdir: str) -> list[str]:
   return [os.path.join(ckpts, str(s)) for s in steps]
 
 
-def restore_fields(step_dir: str, fields: Sequence[str]) -> dict[str, Any]:
+def restore_fields(step_dir: str, fields: Sequence[str],
+                   missing_ok: bool = False) -> dict[str, Any]:
   """Only the named top-level fields of a step's state, as numpy arrays.
 
-  A field saved as None (or empty) comes back as None.
+  A field saved as None (or empty) comes back as None; so does one the
+  state lacks when `missing_ok` (e.g. a field added since it was written).
 
   Raises:
-    ValueError: the state has no such field (written by other code).
+    ValueError: the state has no such field (written by other code), unless
+      `missing_ok`.
   """
   check_files(step_dir)
   state_dir = os.path.abspath(os.path.join(step_dir, 'state'))
   meta = _state_tree(step_dir)
   missing = [k for k in fields if k not in meta]
-  if missing:
+  if missing and not missing_ok:
     raise ValueError(f'{step_dir}: checkpoint has no {missing}; it was '
                      'written by other code')
-  item = {k: meta[k] for k in fields if meta[k]}
+  item = {k: meta[k] for k in fields if k in meta and meta[k]}
+  if not item:
+    return {k: None for k in fields}
   restore_args = jax.tree.map(
       lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
   with _Quiet():

@@ -31,6 +31,7 @@ _INTS = {
     'checkpoint_every_steps': (1, 'steps between checkpoints'),
     'keep_checkpoints': (1, 'checkpoints kept'),
     'steps_per_call': (1, 'train steps per compiled call'),
+    'grad_accum_steps': (1, 'micro-batches per optimiser update'),
     'seed': (0, 'the random seed'),
     'benchmark.num_steps': (1, 'timed calls'),
     'benchmark.warmup_steps': (0, 'untimed calls'),
@@ -57,6 +58,20 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _check_profile_steps(value: Any) -> None:
+  """config.profile_steps: () or (start >= 1, count >= 1)."""
+  if value is None or (isinstance(value, (tuple, list)) and not value):
+    return
+  if not (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(_is_int(v) for v in value)):
+    raise ValueError(f'config.profile_steps={value!r} must be (start, count), '
+                     'two integers, or () for no profiler trace')
+  if value[0] < 1 or value[1] < 1:
+    raise ValueError(f'config.profile_steps={tuple(value)!r}: the first '
+                     'traced step (start) and the number of steps (count) '
+                     'must both be >= 1')
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first shared key whose value cannot work."""
   for key, (low, what) in _INTS.items():
@@ -81,6 +96,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if peak is not None and not (isinstance(peak, numbers.Real) and peak >= 0):
     raise ValueError(f'config.benchmark.peak_tflops={peak!r} must be >= 0 '
                      '(0: from the table of known accelerators)')
+  _check_profile_steps(_get(config, 'profile_steps'))
   k = _get(config, 'steps_per_call')
   for key in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
               'image_every_steps'):

@@ -33,6 +33,7 @@ _SWITCH_DEFAULTS = {
 
 class GANFamily(families.Family):
   """The proposed model ('edge_saliency_gan') and SCGAN ('scgan')."""
+  accumulates_gradients = True
   console_metrics = ('g_loss', 'l1', 'gan', 'saliency', 'd_loss')
   resume_may_differ = ('model.conv_impl', 'model.resnet18_weights',
                        'model.require_resnet18_weights',
@@ -212,6 +213,36 @@ class GANFamily(families.Family):
   def predict(self, params, inputs):
     return step_lib.predict(params, inputs, models=self._inference_models,
                    model_config=self.config.model)
+
+  # ------------------------------------------------------------ fine-tuning
+  @property
+  def init_from_keys(self):
+    return ('g_params', 'd_params', 'ema_g_params', 'resnet')
+
+  def init_from_source(self, state, source):
+    """The generator (with its ResNet branch), the critic when the source
+    has one (a checkpoint; a bundle holds none) and, when this run keeps an
+    EMA, the source's EMA, else a copy of the generator.
+
+    A bundle's generator is the source's inference weights (its EMA when it
+    kept one), so the new state predicts exactly what the bundle does.
+    """
+    g = source.get('g_params')
+    fields = {'g_params': g, 'resnet': source.get('resnet')}
+    taken = ['the generator' + (' and its ResNet branch'
+                                if fields['resnet'] is not None else '')]
+    if source.get('d_params') is not None:
+      fields['d_params'] = source['d_params']
+      taken.append('the critic')
+    if state.ema_g_params is not None:
+      ema = source.get('ema_g_params')
+      fields['ema_g_params'] = g if ema is None else ema
+      taken.append('the EMA' if ema is not None else
+                   'the EMA (a copy of the generator)')
+    what = ', '.join(taken)
+    if 'd_params' not in fields:
+      what += '; the critic starts fresh (export bundles hold none)'
+    return state.replace(**fields), what
 
   # ------------------------------------------------------------ prepare
   def feature_shape(self):

@@ -143,14 +143,42 @@ def generator_loss(fake, d_params, inputs, *, models, config, l1_grid=None):
 
 
 # ------------------------------------------------------------------ the step
+def critic_objective(d_params, gray, real_rgb, fake_rgb, rng, *, models,
+                     loss_config):
+  """The critic's loss on one batch, the generator's `fake_rgb` held fixed:
+  (loss, (mean σ(D(real)), mean σ(D(fake)))). The paper's objective:
+  D = E[D(fake)] - E[D(real)] on probabilities (losses.critic_objective).
+
+  gray (B,H,W,1), real_rgb and fake_rgb (B,H,W,3), in [-1, 1]; `rng` serves
+  the gradient penalty only.
+  """
+  lw = loss_config
+  real_logits = critic_apply(models, d_params, gray, real_rgb)
+  fake_logits = critic_apply(models, d_params, gray,
+                             jax.lax.stop_gradient(fake_rgb))
+  loss = losses.critic_objective(lw.gan, real_logits, fake_logits)
+  if lw.gradient_penalty_weight:
+    loss += lw.gradient_penalty_weight * losses.gradient_penalty(
+        lambda x: losses.critic_value(
+            lw.gan, models.critic.apply({'params': d_params}, x)),
+        gray, real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
+  return loss, (jnp.mean(jax.nn.sigmoid(real_logits)),
+                jnp.mean(jax.nn.sigmoid(fake_logits)))
+
+
 def train_step(state: state_lib.TrainState, batch: dict, *,
                models: models_lib.Models, config: ml_collections.ConfigDict,
                l1_grid: np.ndarray | None = None):
   """One critic update, then one generator update, on this device's batch.
 
   `l1_grid`: the rebalanced L1's weights (`l1_weight_grid`), None: plain L1.
+  With config.grad_accum_steps = k > 1 the batch is split into k
+  micro-batches (`accumulated_train_step`).
   """
-  mc, lw = config.model, config.loss
+  if config.get('grad_accum_steps', 1) > 1:
+    return accumulated_train_step(state, batch, models=models, config=config,
+                                  l1_grid=l1_grid)
+  mc = config.model
   g_lr, d_lr = optim.learning_rates(config)
   g_tx, d_tx = optim.make_optimizers(config, g_lr, d_lr)
   inputs = model_inputs(batch, mc)
@@ -167,24 +195,12 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
     fake = generate_from(state.g_params)
   fake_rgb, _ = split_output(fake, gray, mc)
 
-  # 1. Critic, with the generator held fixed. The paper's objective:
-  #    D = E[D(fake)] - E[D(real)] on probabilities (losses.critic_objective).
-  def critic_objective(d_params):
-    real_logits = critic_apply(models, d_params, gray, real_rgb)
-    fake_logits = critic_apply(models, d_params, gray,
-                               jax.lax.stop_gradient(fake_rgb))
-    loss = losses.critic_objective(lw.gan, real_logits, fake_logits)
-    if lw.gradient_penalty_weight:
-      rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
-      loss += lw.gradient_penalty_weight * losses.gradient_penalty(
-          lambda x: losses.critic_value(
-              lw.gan, models.critic.apply({'params': d_params}, x)),
-          gray, real_rgb, jax.lax.stop_gradient(fake_rgb), rng)
-    return loss, (jnp.mean(jax.nn.sigmoid(real_logits)),
-                  jnp.mean(jax.nn.sigmoid(fake_logits)))
-
+  # 1. Critic, with the generator held fixed.
+  rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
   (d_loss, (d_real_mean, d_fake_mean)), d_grads = jax.value_and_grad(
-      critic_objective, has_aux=True)(state.d_params)
+      critic_objective, has_aux=True)(
+          state.d_params, gray, real_rgb, fake_rgb, rng, models=models,
+          loss_config=config.loss)
   d_grads = jax.lax.pmean(d_grads, AXIS)
   d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state,
                                        state.d_params)
@@ -208,15 +224,123 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
                                        state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
 
-  # 3. The average of the generator's parameters (optim.ema_decay > 0).
+  return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
+                      g_grads, d_params, d_opt_state, d_grads, {
+                          'g_loss': g_loss, 'd_loss': d_loss, **parts,
+                          'd_real': d_real_mean, 'd_fake': d_fake_mean})
+
+
+def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
+                           models: models_lib.Models,
+                           config: ml_collections.ConfigDict,
+                           l1_grid: np.ndarray | None = None):
+  """`train_step` as k = config.grad_accum_steps micro-batches of this
+  device's batch (B,...) -> k x (B/k,...), one update of each optimiser.
+
+  1. The critic's gradient: the mean of its k micro-batch gradients, the
+     generator held fixed. 2. The generator's: the mean of its k, against
+     the updated critic. Micro-batches run one after another (`lax.scan`),
+     so only one micro-batch's activations are live at a time; the
+     generator runs forward in both phases. Without BatchNorm (the GANs
+     have none) this is the update of the whole batch up to float rounding.
+  """
+  k = config.grad_accum_steps
+  mc = config.model
+  g_lr, d_lr = optim.learning_rates(config)
+  g_tx, d_tx = optim.make_optimizers(config, g_lr, d_lr)
+  micro = split_micro_batches(batch, k)
+  resnet_vars = state.resnet_variables()
+  device_rng = jax.random.fold_in(state.rng, jax.lax.axis_index(AXIS))
+
+  def fake_of(g_params, inputs):
+    return generate(g_params, resnet_vars, inputs, models=models,
+                    model_config=mc)
+
+  # 1. Critic, with the generator held fixed.
+  def critic_micro(grads, indexed):
+    i, micro_batch = indexed
+    inputs = model_inputs(micro_batch, mc)
+    gray = inputs['gray']
+    fake_rgb, _ = split_output(fake_of(state.g_params, inputs), gray, mc)
+    (loss, means), g = jax.value_and_grad(critic_objective, has_aux=True)(
+        state.d_params, gray, inputs['rgb'], fake_rgb,
+        jax.random.fold_in(device_rng, i), models=models,
+        loss_config=config.loss)
+    return _add(grads, g), (loss, means)
+
+  d_grads, (d_losses, (d_reals, d_fakes)) = _scan_mean(
+      critic_micro, state.d_params, micro, k)
+  d_grads = jax.lax.pmean(d_grads, AXIS)
+  d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state,
+                                       state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+
+  # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
+  def generator_micro(grads, indexed):
+    _, micro_batch = indexed
+    inputs = model_inputs(micro_batch, mc)
+
+    def objective(g_params):
+      return generator_loss(fake_of(g_params, inputs), d_params, inputs,
+                            models=models, config=config, l1_grid=l1_grid)
+    (loss, parts), g = jax.value_and_grad(objective, has_aux=True)(
+        state.g_params)
+    return _add(grads, g), (loss, parts)
+
+  g_grads, (g_losses, parts) = _scan_mean(
+      generator_micro, state.g_params, micro, k)
+  g_grads = jax.lax.pmean(g_grads, AXIS)
+  g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
+                                       state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+
+  return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
+                      g_grads, d_params, d_opt_state, d_grads, {
+                          'g_loss': jnp.mean(g_losses),
+                          'd_loss': jnp.mean(d_losses),
+                          **{name: jnp.mean(v) for name, v in parts.items()},
+                          'd_real': jnp.mean(d_reals),
+                          'd_fake': jnp.mean(d_fakes)})
+
+
+def split_micro_batches(batch: dict, k: int) -> dict:
+  """{key: (B, ...)} -> {key: (k, B/k, ...)}: k micro-batches, in order."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f'a per-device batch of {x.shape[0]} does not split '
+                       f'into config.grad_accum_steps={k} micro-batches')
+    return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _scan_mean(body, like, micro, k):
+  """Runs `body(sum, (i, micro-batch))` over the k micro-batches; (mean of
+  the summed gradients, body's per-micro-batch outputs stacked (k, ...)).
+
+  Unrolled on CPUs, whose compiler runs convolutions inside loops in slow
+  layouts (see `trainer.make_train_fn`).
+  """
+  zeros = jax.tree.map(jnp.zeros_like, like)
+  unroll = k if jax.default_backend() == 'cpu' else 1
+  total, outputs = jax.lax.scan(body, zeros, (jnp.arange(k), micro),
+                                unroll=unroll)
+  return jax.tree.map(lambda g: g / k, total), outputs
+
+
+def _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state, g_grads,
+                 d_params, d_opt_state, d_grads, losses_and_means):
+  """3. The EMA of the generator's parameters, the metrics, the new state."""
   ema_g_params = state.ema_g_params
-  if ema_g_params is not None:
+  if ema_g_params is not None:  # optim.ema_decay > 0
     ema_g_params = optim.update_ema(
         ema_g_params, g_params, optim.ema_decay_at(config.optim, state.step))
 
   metrics = {
-      'g_loss': g_loss, 'd_loss': d_loss, **parts,
-      'd_real': d_real_mean, 'd_fake': d_fake_mean,
+      **losses_and_means,
       'g_grad_norm': optax.global_norm(g_grads),
       'd_grad_norm': optax.global_norm(d_grads),
       # Non-finite parameters must be caught before they are checkpointed.

@@ -54,7 +54,7 @@ def _matrix(quick: bool, devices: int) -> list[Row]:
   if quick:  # tiny models on any device: the script's own test
     tiny = ('--config.model.g_features=(8,8,16,16,16,16,16)',
             '--config.model.d_features=(8,8,16,16,16,1)',
-            '--config.model.resnet_input_size=32')
+            '--config.model.use_resnet=False')
     return [Row('paper 64px f32 tiny', 'configs/default.py', tiny, 2),
             Row('paper 64px f32 tiny, records (Grain)', 'configs/default.py',
                 tiny, 2, 'e2e')]

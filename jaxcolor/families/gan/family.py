@@ -132,7 +132,7 @@ class GANFamily(families.Family):
 
   def init(self, rng, resnet):
     return state_lib.create_train_state(rng, resnet, models=self.models,
-                              config=self.config)
+                                        config=self.config)
 
   def check_data(self, state, data) -> None:
     """Cached features must come from this state's ResNet and settings."""
@@ -212,7 +212,7 @@ class GANFamily(families.Family):
 
   def predict(self, params, inputs):
     return step_lib.predict(params, inputs, models=self._inference_models,
-                   model_config=self.config.model)
+                            model_config=self.config.model)
 
   # ------------------------------------------------------------ fine-tuning
   @property

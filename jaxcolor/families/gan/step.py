@@ -113,7 +113,7 @@ def l1_weight_grid(loss_config) -> np.ndarray | None:
   if not loss_config.l1_rebalance:
     return None
   weights = ab_bins.rebalance_weights(ab_bins.load_prior(),
-                                           lam=rebalance_lambda(loss_config))
+                                      lam=rebalance_lambda(loss_config))
   return ab_bins.weight_grid(ab_bins.load_bins(), weights)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from jaxcolor import inference
 from jaxcolor.color import recombine
 
+
 # ------------------------------------------------------------------ files
 def plan(input_path: str, output_dir: str) -> list[tuple[str, str]]:
   """[(input file, output file)] for a file or a folder (recursive).

@@ -60,8 +60,9 @@ DEFINITIONS = {
     'gray': 'the gray input replicated to RGB',
     'tint': "the training set's mean chroma (YCrCb) on the input's luminance",
     'full': "full resolution: the model's chroma on the photo's own gray",
-    'model_res': ("the model's resolution: its raw output against the photo "
-                  'resized whole to image_size x image_size'),
+    'model_res': ("the model's resolution: its chroma on its gray input "
+                  '(desaturated where it leaves the RGB cube) against the '
+                  'photo resized whole to image_size x image_size'),
 }
 
 

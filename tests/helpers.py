@@ -191,3 +191,26 @@ MAIN_REPORTING_TF = (
     "print('TF_MODULES', sorted(m for m in sys.modules\n"
     "                           if m.split('.')[0] == 'tensorflow'),"
     ' flush=True)\n')
+
+
+# ------------------------------------------------------------------ photos
+def photo(h, w, i=0):
+  """A real colour photo (a bundled sample) resized to h x w, RGB uint8."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  import imagefactory  # pylint: disable=g-import-not-at-top
+  return cv2.resize(imagefactory.sample_rgb(i), (w, h),
+                    interpolation=cv2.INTER_AREA)
+
+
+def assert_same_luminance(out, gray):
+  """`out` (H,W,3) uint8 has `gray`'s (H,W) luminance up to rounding."""
+  from jaxcolor.color import recombine  # pylint: disable=g-import-not-at-top
+  assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
+  diff = np.abs(recombine.to_gray(out).astype(int) - gray)
+  assert diff.max() <= 1, diff.max()
+
+
+def has_colour(rgb):
+  """Mean distance of RGB uint8 from its own gray (0 for a gray image)."""
+  return float(np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean())
+

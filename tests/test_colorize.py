@@ -23,6 +23,9 @@ from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 import imagefactory
 import helpers
+from helpers import assert_same_luminance
+from helpers import has_colour
+from helpers import photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = helpers.TINY
@@ -65,22 +68,6 @@ def runs(tmp_path_factory):
          for name, make in CONFIGS.items()}
   mean_chroma.ensure_written(CONFIGS['gan'](), out['gan'])  # as training does
   return out
-
-
-def photo(h, w, i=0):
-  """A real colour photo (a bundled sample) resized to h x w, RGB uint8."""
-  return cv2.resize(imagefactory.sample_rgb(i), (w, h),
-                    interpolation=cv2.INTER_AREA)
-
-
-def assert_same_luminance(out, gray):
-  assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
-  diff = np.abs(recombine.to_gray(out).astype(int) - gray)
-  assert diff.max() <= 1, diff.max()
-
-
-def has_colour(rgb):
-  return float(np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean())
 
 
 # ------------------------------------------------------------------ models

@@ -8,28 +8,15 @@ import pytest
 from jaxcolor.color import recombine
 from jaxcolor.color import ycrcb
 from jaxcolor.data import preprocess
+from helpers import assert_same_luminance
+from helpers import has_colour
+from helpers import photo
 import imagefactory
-
-
-def photo(h, w, i=0):
-  """A real colour photo (a bundled sample) resized to h x w, RGB uint8."""
-  return cv2.resize(imagefactory.sample_rgb(i), (w, h),
-                    interpolation=cv2.INTER_AREA)
 
 
 def chroma_of(rgb_u8):
   """RGB uint8 (..., 3) -> its chroma (..., 2), as a model would emit it."""
   return ycrcb.split(rgb_u8)[1]
-
-
-def assert_same_luminance(out, gray):
-  assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
-  diff = np.abs(recombine.to_gray(out).astype(int) - gray)
-  assert diff.max() <= 1, diff.max()
-
-
-def has_colour(rgb):
-  return float(np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean())
 
 
 def test_combine_keeps_size_and_luminance_and_takes_model_chroma():

@@ -201,10 +201,8 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
       critic_objective, has_aux=True)(
           state.d_params, gray, real_rgb, fake_rgb, rng, models=models,
           loss_config=config.loss)
-  d_grads = jax.lax.pmean(d_grads, AXIS)
-  d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state,
-                                       state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
+  d_grads, d_params, d_opt_state = _update(
+      d_tx, d_grads, state.d_params, state.d_opt_state)
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_objective(fake):
@@ -219,10 +217,8 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
     (g_loss, parts), g_grads = jax.value_and_grad(
         lambda p: generator_objective(generate_from(p)), has_aux=True)(
             state.g_params)
-  g_grads = jax.lax.pmean(g_grads, AXIS)
-  g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
-                                       state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
+  g_grads, g_params, g_opt_state = _update(
+      g_tx, g_grads, state.g_params, state.g_opt_state)
 
   return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
                       g_grads, d_params, d_opt_state, d_grads, {
@@ -270,10 +266,8 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
 
   d_grads, (d_losses, (d_reals, d_fakes)) = _scan_mean(
       critic_micro, state.d_params, micro, k)
-  d_grads = jax.lax.pmean(d_grads, AXIS)
-  d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state,
-                                       state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
+  d_grads, d_params, d_opt_state = _update(
+      d_tx, d_grads, state.d_params, state.d_opt_state)
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_micro(grads, indexed):
@@ -289,10 +283,8 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
 
   g_grads, (g_losses, parts) = _scan_mean(
       generator_micro, state.g_params, micro, k)
-  g_grads = jax.lax.pmean(g_grads, AXIS)
-  g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
-                                       state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
+  g_grads, g_params, g_opt_state = _update(
+      g_tx, g_grads, state.g_params, state.g_opt_state)
 
   return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
                       g_grads, d_params, d_opt_state, d_grads, {
@@ -301,6 +293,14 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
                           **{name: jnp.mean(v) for name, v in parts.items()},
                           'd_real': jnp.mean(d_reals),
                           'd_fake': jnp.mean(d_fakes)})
+
+
+def _update(tx, grads, params, opt_state):
+  """Gradients averaged over the devices, then one optimiser update:
+  (averaged grads, new params, new optimiser state)."""
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return grads, optax.apply_updates(params, updates), opt_state
 
 
 def split_micro_batches(batch: dict, k: int) -> dict:

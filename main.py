@@ -54,6 +54,19 @@ flags.DEFINE_enum('chroma_upsampling', 'bilinear', ('bilinear', 'guided'),
 flags.DEFINE_integer('port', 7860, 'serve: the port of the web page.')
 flags.DEFINE_string('host', '127.0.0.1', 'serve: the address to listen on '
                     '(0.0.0.0: every network interface).')
+flags.DEFINE_float('serve_memory_mb', None,
+                   'serve: MB of photo work at once (photos wait their turn; '
+                   'one that alone needs more is refused). Default: one '
+                   'photo at the model\'s data.max_image_pixels.')
+flags.DEFINE_multi_string(
+    'serve_host', [], 'serve: a name to answer to besides the address it '
+    'listens on (e.g. a reverse proxy\'s); other Host headers get 421.')
+flags.DEFINE_multi_string(
+    'allow_family', [],
+    'colorize, evaluate, export, report, serve: a model family outside '
+    'jaxcolor (package.module:Class) that the model files of --workdir may '
+    'name. Without it, a saved config naming code by import path is refused '
+    'before anything is imported: model files are data, never code.')
 
 
 def parse_flags(argv):
@@ -116,6 +129,9 @@ def main(argv):
         step=FLAGS.step, side_by_side=FLAGS.side_by_side,
         overwrite=FLAGS.overwrite, chroma_upsampling=FLAGS.chroma_upsampling,
         port=FLAGS.port, host=FLAGS.host,
+        allow_families=tuple(FLAGS.allow_family),
+        serve_memory_mb=FLAGS.serve_memory_mb,
+        serve_hosts=tuple(FLAGS.serve_host),
         config_name=(config_flags.get_config_filename(FLAGS['config'])
                      if config is not None else None))
     importlib.import_module(MODES[FLAGS.mode]).main(config, args)
@@ -125,9 +141,18 @@ def main(argv):
     logging.error('%s: %s', type(e).__name__, e)
     logging.debug('Traceback (shown with --verbosity=1):', exc_info=True)
     sys.exit(1)
+  except OSError as e:
+    from jaxcolor.runtime import files  # pylint: disable=g-import-not-at-top
+    if not files.is_target_fault(e):
+      raise  # not a fault of the disk or a path: a bug, with its traceback
+    # A full or read-only disk, a missing permission, a file for a folder.
+    logging.error('%s: %s', FLAGS.mode, files.describe(e))
+    logging.debug('Traceback (shown with --verbosity=1):', exc_info=True)
+    sys.exit(1)
   except KeyboardInterrupt as e:  # SIGINT, or SIGTERM while waiting
     signum = getattr(e, 'signum', 2)
-    logging.warning('%s stopped by signal %d.', FLAGS.mode, signum)
+    logging.warning('%s stopped by signal %d%s.', FLAGS.mode, signum,
+                    getattr(e, 'detail', ''))
     sys.exit(128 + signum)
   logging.info('%s done.', FLAGS.mode)
 

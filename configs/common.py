@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_workers = 2         # Grain worker processes (0 = in-process)
   data.prefetch_buffer_size = 4  # batches per worker read ahead
   data.max_image_pixels = 100_000_000  # larger files are skipped (decompression bombs)
+  data.max_file_bytes = 512 * 2**20  # larger photo files are skipped unread
   data.prepare_shard_size = 1024  # examples per ArrayRecord shard
   data.prepare_overwrite = False  # let --mode=prepare replace records in prepared_dir
   data.prepare_processes = 0   # --mode=prepare worker processes (0: one per CPU core)

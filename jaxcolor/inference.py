@@ -35,6 +35,8 @@ from jaxcolor import families
 from jaxcolor.color import mean_chroma as mean_chroma_lib
 from jaxcolor.color import recombine
 from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import files
+from jaxcolor.runtime import saved_config
 
 BUNDLE_FORMAT = 'jaxcolor-inference-bundle'
 BUNDLE_VERSION = 1
@@ -129,7 +131,8 @@ def _family_and_apply(config_json: str) -> tuple[families.Family, Callable]:
   """The family of a config and its jitted `predict`; shared by equal
   configs, so a model loaded twice (e.g. a workdir and its bundle)
   compiles once."""
-  family = families.build(families.config_from_saved(json.loads(config_json)))
+  # The config was checked when it was read (`families.config_from_saved`).
+  family = families.build(saved_config.to_config(json.loads(config_json)))
   return family, jax.jit(family.predict)
 
 
@@ -169,7 +172,8 @@ def _step_dirs(path: str, step: Optional[int]) -> Optional[list[str]]:
 
 
 def _restore_checkpoint(step_dir: str,
-                        fields: Optional[Sequence[str]] = None
+                        fields: Optional[Sequence[str]] = None,
+                        allowed: Sequence[str] = ()
                         ) -> tuple[ml_collections.ConfigDict, Any, int]:
   """(config, arrays as numpy, step) of one checkpoint folder.
 
@@ -178,8 +182,11 @@ def _restore_checkpoint(step_dir: str,
 
   Raises:
     checkpoint.DamagedCheckpointError: a file of it is missing or damaged.
+    ValueError: its config names a family not registered nor `allowed`.
   """
-  config = families.config_from_saved(checkpoint.read_saved_config(step_dir))
+  config = families.config_from_saved(
+      checkpoint.read_saved_config(step_dir),
+      os.path.join(step_dir, 'config', 'metadata'), allowed)
   step = int(os.path.basename(os.path.normpath(step_dir)))
   if fields is not None:
     return config, checkpoint.restore_fields(step_dir, fields,
@@ -191,13 +198,14 @@ def _restore_checkpoint(step_dir: str,
 
 
 def _restore_newest_intact(path: str, dirs: list[str],
-                           fields: Optional[Sequence[str]] = None):
+                           fields: Optional[Sequence[str]] = None,
+                           allowed: Sequence[str] = ()):
   """`_restore_checkpoint` of the first intact folder of `dirs`; damaged
   ones are named in a warning and skipped (left where they are)."""
   damaged = []
   for step_dir in dirs:
     try:
-      found = _restore_checkpoint(step_dir, fields)
+      found = _restore_checkpoint(step_dir, fields, allowed)
     except checkpoint.DamagedCheckpointError as e:
       logging.warning('Skipping a damaged checkpoint: %s', e)
       damaged.append(str(e))
@@ -245,6 +253,20 @@ def _is_our_bundle(path: str) -> bool:
     return False
 
 
+def check_bundle_target(out_dir: str) -> None:
+  """Raises ValueError unless `out_dir` may take a bundle: new, empty, a
+  bundle (replaced), or one whose export was cut off (params, no
+  bundle.json). Hidden files (a lock, unfinished writes) do not count."""
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f'--output={out_dir!r} exists and is not a folder')
+  if not os.path.isdir(out_dir) or _is_our_bundle(out_dir):
+    return
+  names = {n for n in os.listdir(out_dir) if not n.startswith('.')}
+  if names - {PARAMS_FILE}:
+    raise ValueError(f'--output={out_dir!r} is a non-empty folder that is not '
+                     'an export bundle; choose a new or empty folder')
+
+
 def _read_bundle(path: str) -> tuple[dict, Any]:
   """(bundle.json contents, params) of an export bundle folder."""
   with open(os.path.join(path, BUNDLE_FILE), 'rb') as f:
@@ -282,13 +304,10 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
   """Writes `predictor`'s params, config and chroma as a bundle; its path.
 
   Refuses a non-empty `out_dir` that is not a bundle; replaces a bundle.
+  bundle.json is written last (and removed first when a bundle is
+  replaced), so a folder holding it is a whole bundle of one export.
   """
-  if (os.path.isdir(out_dir) and os.listdir(out_dir) and
-      not _is_our_bundle(out_dir)):
-    raise ValueError(f'--output={out_dir!r} is a non-empty folder that is not '
-                     'an export bundle; choose a new or empty folder')
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise ValueError(f'--output={out_dir!r} exists and is not a folder')
+  check_bundle_target(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   params = predictor.family.to_bundle(
       jax.tree.map(np.asarray, predictor.params))
@@ -299,14 +318,11 @@ def write_bundle(predictor: Predictor, out_dir: str) -> str:
                             if predictor.mean_chroma else None),
       'config': predictor.config.to_dict(),
   }
-  # Params first, bundle.json last: a folder with bundle.json is complete.
-  for name, data, mode in (
-      (PARAMS_FILE, flax.serialization.msgpack_serialize(params), 'wb'),
-      (BUNDLE_FILE, json.dumps(meta, indent=1), 'w')):
-    tmp = os.path.join(out_dir, name + '.tmp')
-    with open(tmp, mode) as f:
-      f.write(data)
-    os.replace(tmp, os.path.join(out_dir, name))
+  data = flax.serialization.msgpack_serialize(params)
+  if os.path.lexists(os.path.join(out_dir, BUNDLE_FILE)):
+    os.remove(os.path.join(out_dir, BUNDLE_FILE))
+  files.write_bytes(os.path.join(out_dir, PARAMS_FILE), data)
+  files.write_json(os.path.join(out_dir, BUNDLE_FILE), meta, indent=1)
   return out_dir
 
 
@@ -332,13 +348,16 @@ MODEL_PATHS = ('an export bundle, a training workdir or one of its '
                'checkpoints/<step> folders')
 
 
-def read_model(path: str, fields: Sequence[str]
+def read_model(path: str, fields: Sequence[str],
+               allowed_families: Sequence[str] = ()
                ) -> tuple[ml_collections.ConfigDict, dict, int, str]:
   """The saved config and arrays of a model to start from.
 
   `path` is an export bundle, a training workdir (its newest intact
   checkpoint; damaged ones are skipped with a warning) or a step folder.
-  Reads no family code, so a model of any family can be read and judged.
+  Reads no family code, so a model of any family can be read and judged;
+  its saved config may name only a registered family or one of
+  `allowed_families` (`families.config_from_saved`).
 
   Returns:
     (config with today's keys, tree, step, the bundle or step folder read):
@@ -352,26 +371,32 @@ def read_model(path: str, fields: Sequence[str]
   check_model_folder(path, MODEL_PATHS)
   if is_bundle(path):
     meta, tree = _read_bundle(path)
-    return _bundle_config(path, meta), tree, int(meta.get('step') or 0), path
+    return (_bundle_config(path, meta, allowed_families), tree,
+            int(meta.get('step') or 0), path)
   dirs = _step_dirs(path, None)
   if dirs is None:
     raise ValueError(f'{path!r} is none of {MODEL_PATHS} (no checkpoints/, '
                      f'no {BUNDLE_FILE})')
-  step_dir, (config, tree, step) = _restore_newest_intact(path, dirs, fields)
+  step_dir, (config, tree, step) = _restore_newest_intact(
+      path, dirs, fields, allowed_families)
   return config, tree, step, step_dir
 
 
-def _bundle_config(path: str, meta: dict) -> ml_collections.ConfigDict:
+def _bundle_config(path: str, meta: dict, allowed: Sequence[str] = ()
+                   ) -> ml_collections.ConfigDict:
   if not isinstance(meta.get('config'), dict):
     raise ValueError(f'{path}/{BUNDLE_FILE} holds no config; export the '
                      'bundle again with --mode=export')
-  return families.config_from_saved(meta['config'])
+  return families.config_from_saved(
+      meta['config'], os.path.join(path, BUNDLE_FILE), allowed)
 
 
 def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
-         step: Optional[int] = None) -> Predictor:
+         step: Optional[int] = None, allowed_families: Sequence[str] = ()
+         ) -> Predictor:
   """A training workdir (its newest intact checkpoint, or that of `step`) or
-  a bundle -> Predictor.
+  a bundle -> Predictor. Its saved config may name only a registered family
+  or one of `allowed_families` (import paths the user passed).
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -382,7 +407,7 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
   check_model_folder(path)
   if is_bundle(path):
     meta, params = _read_bundle(path)
-    config = _bundle_config(path, meta)
+    config = _bundle_config(path, meta, allowed_families)
     params = _model(config)[0].from_saved(params)
     mean = meta.get('mean_chroma_cr_cb')
     mean = tuple(float(v) for v in mean) if mean else None
@@ -393,9 +418,14 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
   else:
     dirs = _step_dirs(path, step)
     if dirs is None:
+      cut_off = (f' (it holds {PARAMS_FILE} alone: an export that was cut '
+                 'off; run --mode=export again)'
+                 if os.path.exists(os.path.join(path, PARAMS_FILE)) else '')
       raise ValueError(f'{path!r} is neither a training workdir (no '
-                       f'checkpoints/) nor an export bundle (no {BUNDLE_FILE})')
-    step_dir, (config, params, step) = _restore_newest_intact(path, dirs)
+                       f'checkpoints/) nor an export bundle (no '
+                       f'{BUNDLE_FILE}){cut_off}')
+    step_dir, (config, params, step) = _restore_newest_intact(
+        path, dirs, allowed=allowed_families)
     workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
     mean = _workdir_chroma(workdir, config)
   _check_params(params, _model(config)[0], path)
@@ -406,12 +436,14 @@ def load(path: str, batch_size: int = DEFAULT_BATCH_SIZE,
 
 
 # ------------------------------------------------------------------ photos
-def read_photo(path: str, max_pixels: int) -> np.ndarray:
+def read_photo(path: str, max_pixels: int,
+               max_bytes: Optional[int] = None) -> np.ndarray:
   """A photo file -> RGB uint8 (H, W, 3) (`preprocess.decode_image`);
-  BadImageError (a ValueError) for an unusable file."""
+  BadImageError (a ValueError) for an unusable file: not a regular file,
+  over `max_bytes`, over `max_pixels` or not decodable."""
   from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
-  return preprocess.decode_image(preprocess.read_file(path),
-                                 max_pixels=max_pixels)
+  data = preprocess.read_file(path, max_bytes=max_bytes)
+  return preprocess.decode_image(data, max_pixels=max_pixels)
 
 
 def colorize_photos(predictor: Predictor, images: list[np.ndarray],

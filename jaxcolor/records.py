@@ -26,7 +26,6 @@ skipped and listed, never fatal.
 import collections
 import functools
 import glob
-import json
 import multiprocessing
 import os
 import time
@@ -39,6 +38,8 @@ from jaxcolor import families
 from jaxcolor.data import feature_cache
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
+from jaxcolor.runtime import files as files_lib
+from jaxcolor.runtime import folder_lock
 
 _PROGRESS_SECONDS = 10.0
 
@@ -60,21 +61,28 @@ def _load_one(item: tuple[str, str], opts: preprocess.Options
     return name, None, f'{type(e).__name__}: {e}'
 
 
+def _holds_files(folder: str) -> bool:
+  """True when `folder` exists and holds anything but hidden files."""
+  return os.path.isdir(folder) and any(not n.startswith('.')
+                                       for n in os.listdir(folder))
+
+
 def _claim_output_dir(out: str, overwrite: bool) -> None:
-  """Creates `out`, or empties our files from it when overwriting."""
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f'config.data.prepared_dir={out!r} is a file')
-  os.makedirs(out, exist_ok=True)
-  if not os.listdir(out):
+  """Makes `out` ready for this run (which holds its lock): removes what a
+  killed run left unfinished, and our records too when overwriting."""
+  left = []
+  for split in sources.SPLITS:
+    left += glob.glob(os.path.join(out, f'.{split}-*.tmp'))
+  for path in left:
+    os.remove(path)
+  if left:
+    logging.warning('prepare: removed %d unfinished shard(s) left in %s by '
+                    'an interrupted run', len(left), out)
+  if not overwrite or not _holds_files(out):
     return
-  if not overwrite:
-    raise ValueError(
-        f'config.data.prepared_dir={out!r} is not empty; choose a new folder '
-        'or set config.data.prepare_overwrite=True to replace its records')
   ours = [os.path.join(out, sources.METADATA_FILE)]
   for split in sources.SPLITS:
     ours += glob.glob(os.path.join(out, f'{split}-*-of-*.array_record'))
-    ours += glob.glob(os.path.join(out, f'.{split}-*.tmp'))
   for path in ours:
     if os.path.isfile(path):
       os.remove(path)
@@ -177,7 +185,21 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
   roots = {'train': data.train_dir, 'val': data.val_dir or data.train_dir}
   # Model weights load (or fail) before anything is written.
   featurizer = family.featurizer() if cache else None
-  _claim_output_dir(out, data.prepare_overwrite)
+  if not data.prepare_overwrite and _holds_files(out):
+    raise ValueError(  # refused before the folder is touched
+        f'config.data.prepared_dir={out!r} is not empty; choose a new folder '
+        'or set config.data.prepare_overwrite=True to replace its records')
+  with folder_lock.output_folder(out, 'prepare run',
+                                 'config.data.prepared_dir'):
+    _claim_output_dir(out, data.prepare_overwrite)
+    return _prepare(config, out, opts, family, files, roots, featurizer)
+
+
+def _prepare(config, out, opts, family, files, roots, featurizer
+             ) -> dict[str, Any]:
+  """`prepare` once `out` is held and empty."""
+  data = config.data
+  cache = data.use_feature_cache
   processes = data.prepare_processes or os.cpu_count() or 1
   logging.info('prepare: %d train + %d val files -> %s (%d processes%s)',
                len(files['train']), len(files['val']), out, processes,
@@ -220,10 +242,8 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
                  'val_fraction': data.val_fraction},
       'splits': splits,
   }
-  temp = os.path.join(out, '.metadata.json.tmp')
-  with open(temp, 'w') as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(temp, os.path.join(out, sources.METADATA_FILE))
+  files_lib.write_json(os.path.join(out, sources.METADATA_FILE), metadata,
+                       indent=2)
   for split, entry in splits.items():
     logging.info('prepare %s: wrote %d examples in %d shard(s); skipped %d%s',
                  split, entry['num_examples'], len(entry['shards']),

@@ -1,9 +1,9 @@
 """Sample grids like the paper's Figure 2: gray | generated | real | saliency."""
 
-import os
-
 import cv2
 import numpy as np
+
+from jaxcolor.runtime import files
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -37,6 +37,9 @@ def sample_grid(columns: list[np.ndarray], max_rows: int = 8) -> np.ndarray:
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-    raise OSError(f'could not write {path}')
+  """RGB uint8 (H, W, 3) -> a PNG file, written whole or not at all."""
+  ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise ValueError(f'cannot encode a {rgb.shape} {rgb.dtype} image as PNG '
+                     f'for {path}')
+  files.write_bytes(path, buf.tobytes())

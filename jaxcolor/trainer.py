@@ -112,8 +112,9 @@ def read_source(family: families.Family, path: str) -> Source:
       arrays differ from this run's (the keys that differ, one a line).
   """
   try:
-    config, tree, step, read = inference.read_model(path,
-                                                    family.init_from_keys)
+    # The only family code the saved config may name is this run's own.
+    config, tree, step, read = inference.read_model(
+        path, family.init_from_keys, allowed_families=(family.name,))
   except FileNotFoundError as e:
     raise FileNotFoundError(f'config.init_from: {e}') from e
   except ValueError as e:

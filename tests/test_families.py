@@ -112,24 +112,31 @@ def test_a_new_family_runs_every_mode_through_main(tmp_path):
   assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['2', '4']
   with open(os.path.join(run, 'config.json')) as f:
     assert json.load(f)['model']['name'] == 'toy_family:ToyTint'
-  main('--mode=export', f'--workdir={run}', f'--output={bundle}')
+  # A family by import path runs only where the command names it.
+  refused = helpers.run_main('--mode=export', f'--workdir={run}',
+                             f'--output={bundle}', env=TOY_ENV)
+  assert refused.returncode == 1 and not os.path.exists(bundle)
+  assert ("names the model family 'toy_family:ToyTint' by import path" in
+          refused.stderr and 'Traceback' not in refused.stderr)
+  allow = '--allow_family=toy_family:ToyTint'
+  main('--mode=export', f'--workdir={run}', f'--output={bundle}', allow)
   with open(os.path.join(bundle, 'bundle.json')) as f:
     meta = json.load(f)
   assert meta['model'] == 'toy_family:ToyTint' and meta['step'] == 4
   out = str(tmp_path / 'colour')
   main('--mode=colorize', f'--workdir={bundle}', f'--input={photos}',
-       f'--output={out}')
+       f'--output={out}', allow)
   for name in os.listdir(photos):
     src = cv2.imread(os.path.join(photos, name))
     dst = cv2.imread(os.path.join(out, os.path.splitext(name)[0] + '.png'))
     assert dst.shape == src.shape
   # The learned tint is a colour, not the gray copy.
   assert np.abs(dst[..., 0].astype(int) - dst[..., 2]).mean() > 0.5
-  main('--mode=evaluate', f'--workdir={run}', f'--input={photos}')
+  main('--mode=evaluate', f'--workdir={run}', f'--input={photos}', allow)
   with open(os.path.join(run, 'evaluation', 'photos',
                          'evaluation.json')) as f:
     result = json.load(f)
   assert result['model'] == 'toy_family:ToyTint' and result['num_images'] == 3
-  printed = main('--mode=report', f'--workdir={run}').stdout.split()
+  printed = main('--mode=report', f'--workdir={run}', allow).stdout.split()
   assert [os.path.basename(p) for p in printed] == ['losses.png',
                                                     'validation.png']

@@ -13,10 +13,10 @@ PACKAGE = os.path.join(ROOT, 'jaxcolor')
 # Each group of modules and the groups it may import (itself included).
 _BELOW = {
     'runtime': {'runtime'},
-    'data': {'data'},
-    'color': {'color', 'data'},
-    'models': {'models', 'color'},
-    'core': {'core', 'data'},  # losses, metrics, summaries
+    'data': {'data', 'runtime'},
+    'color': {'color', 'data', 'runtime'},
+    'models': {'models', 'color', 'runtime'},
+    'core': {'core', 'data', 'runtime'},  # losses, metrics, summaries
     'families': {'families', 'models', 'color', 'core', 'data', 'runtime'},
     'shared': {'shared', 'families', 'models', 'color', 'core', 'data',
                'runtime'},  # inference, trainer, records

@@ -162,9 +162,23 @@ def test_orbax_checkpoint_manager_round_trip(photo_dir, tmp_path):
   manager.close()
 
 
+def _add_special_files(folder):
+  """A FIFO, a socket and a link to a FIFO with photo names (opening the
+  FIFOs would block forever); returns their names and the bound socket."""
+  import socket  # pylint: disable=g-import-not-at-top
+  os.mkfifo(os.path.join(folder, 'fifo.jpg'))
+  os.symlink(os.path.join(folder, 'fifo.jpg'),
+             os.path.join(folder, 'fifo-link.png'))
+  sock = socket.socket(socket.AF_UNIX)
+  sock.bind(os.path.join(folder, 'socket.jpg'))
+  return ['fifo-link.png', 'fifo.jpg', 'socket.jpg'], sock
+
+
 def test_bad_files_are_skipped_logged_and_counted(tmp_path, caplog):
   folder = str(tmp_path / 'mixed')
   good, bad = imagefactory.make_mixed_folder(folder, n_good=4)
+  special, sock = _add_special_files(folder)
+  bad += special
   config = _config(folder, val_dir=folder, eval_batch_size=4)
   assert pipeline.num_examples(config, 'train') == len(good) + len(bad)
   with caplog.at_level(logging.WARNING):
@@ -176,7 +190,10 @@ def test_bad_files_are_skipped_logged_and_counted(tmp_path, caplog):
                        ('truncated.jpg', 'truncated JPEG'),
                        ('truncated.png', 'not a decodable image'),
                        ('text.jpg', 'not a decodable image'),
-                       ('unreadable.jpg', 'unreadable')]:
+                       ('unreadable.jpg', 'unreadable'),
+                       ('fifo.jpg', 'not a regular file (a named pipe)'),
+                       ('fifo-link.png', 'not a regular file (a named pipe)'),
+                       ('socket.jpg', 'not a regular file (a socket)')]:
     assert f'{name}: {reason}' in log
   assert f'({len(bad)} skipped in this process so far)' in log
   # Too large for a low pixel limit: every file is skipped, nothing raises.
@@ -190,7 +207,24 @@ def test_bad_files_are_skipped_logged_and_counted(tmp_path, caplog):
                                          process_count=1))
   for batch in _take(it, 4):
     assert batch['rgb'].shape == (8, 32, 32, 3)
+    # Out of Grain's shared memory: nothing left to leak at exit.
+    assert all(type(v) is np.ndarray for v in batch.values())
   it.close()
+  sock.close()
+
+
+def test_set_up_counts_special_files_with_broken_photos(tmp_path):
+  folder = str(tmp_path / 'none')
+  os.makedirs(folder)
+  imagefactory.write(os.path.join(folder, 'text.jpg'), b'not a photo' * 9)
+  _, sock = _add_special_files(folder)
+  data = pipeline.Data.create(_config(folder), process_index=0,
+                              process_count=1)
+  with pytest.raises(ValueError, match=r'no usable train image among the 4 '
+                     r'file\(s\) of the train split \(3 not a regular file, '
+                     r'1 not a decodable image\)'):
+    data.check_usable('train')
+  sock.close()
 
 
 def test_eval_is_ordered_complete_and_keeps_partial_batch(photo_dir):

@@ -167,3 +167,145 @@ def test_samples_are_real_colour_photos():
     rgb = preprocess.decode_image(open(f, 'rb').read())
     assert max(rgb.shape[:2]) == 256
     assert np.abs(rgb.astype(int) - rgb.mean(-1, keepdims=True)).mean() > 2
+
+
+# ---------------------------------------------------------------- headers
+def _encoded(ext, rgb):
+  """`rgb` encoded by cv2 as `ext` (gray for PBM/PGM, float for PFM/HDR)."""
+  img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+  if ext in ('.pbm', '.pgm'):
+    img = img[..., 0]
+  if ext in ('.pfm', '.hdr'):
+    img = img.astype(np.float32) / 255
+  ok, buf = cv2.imencode(ext, img)
+  assert ok
+  return buf.tobytes()
+
+
+def _j2k_codestream(rgb):
+  """The bare JPEG 2000 codestream inside a cv2 .jp2 file."""
+  data = _encoded('.jp2', rgb)
+  for kind, start, end in preprocess._boxes(data, 0, len(data)):  # pylint: disable=protected-access
+    if kind == b'jp2c':
+      return data[start:end]
+  raise AssertionError('no jp2c box')
+
+
+@pytest.mark.parametrize('ext', ['.jpg', '.png', '.bmp', '.webp', '.tiff',
+                                 '.gif', '.jp2', '.j2k', '.pbm', '.pgm',
+                                 '.ppm', '.pam', '.pfm', '.sr', '.hdr',
+                                 '.avif'])
+def test_every_format_cv2_decodes_is_sized_from_its_header(ext):
+  rgb = imagefactory.sample_rgb(2)[:37, :53]
+  data = (_j2k_codestream(rgb) if ext == '.j2k' else _encoded(ext, rgb))
+  assert preprocess.image_format(data) is not None
+  assert preprocess.image_size_from_header(data) == (53, 37)
+  with pytest.raises(preprocess.BadImageError) as e:
+    preprocess.decode_image(data, max_pixels=53 * 37 - 1)
+  assert e.value.kind == 'too large'
+  assert preprocess.decode_image(data, max_pixels=53 * 37).shape == (37, 53, 3)
+
+
+def _tiff_header(width, height, order='<', big=False):
+  """A TIFF (or BigTIFF) whose first IFD claims width x height (LONG) and
+  holds no pixels."""
+  import struct  # pylint: disable=g-import-not-at-top
+  magic = b'II' if order == '<' else b'MM'
+  if big:
+    head = magic + struct.pack(order + 'HHHQ', 43, 8, 0, 16)
+    return head + struct.pack(order + 'Q', 2) + b''.join(
+        struct.pack(order + 'HHQQ', tag, 16, 1, v)
+        for tag, v in ((256, width), (257, height)))
+  head = magic + struct.pack(order + 'HI', 42, 8)
+  return head + struct.pack(order + 'H', 2) + b''.join(
+      struct.pack(order + 'HHII', tag, 4, 1, v)
+      for tag, v in ((256, width), (257, height))) + b'\0\0\0\0'
+
+
+@pytest.mark.parametrize('data', [
+    _tiff_header(100_000, 90_000), _tiff_header(100_000, 90_000, '>'),
+    _tiff_header(100_000, 90_000, big=True),
+    b'GIF89a\xa0\x86\x90\x5f' + b'\0' * 40,   # 34464 x 24464
+    b'P6\n# a comment\n100000 90000\n255\n',
+    imagefactory.header_only_png(100_000, 90_000)])
+def test_header_only_bombs_are_refused_before_decoding(data):
+  w, h = preprocess.image_size_from_header(data)
+  assert w * h > 10**8
+  with pytest.raises(preprocess.BadImageError) as e:
+    preprocess.decode_image(data, max_pixels=10**8)
+  assert e.value.kind == 'too large'
+
+
+def test_bytes_of_no_known_format_or_without_a_size_are_not_decoded():
+  for data in (b'\x00\x01 not an image' * 10, b'II*\x00' + b'\xff' * 4,
+               b'GIF89a'):
+    with pytest.raises(preprocess.BadImageError) as e:
+      preprocess.decode_image(data)
+    assert e.value.kind == 'not a decodable image'
+
+
+# ---------------------------------------------------------------- reading
+@pytest.fixture
+def special_files(tmp_path):
+  """{name: path} of a FIFO, a socket, a device and links to them, all with
+  photo names."""
+  import socket  # pylint: disable=g-import-not-at-top
+  paths = {'fifo.jpg': str(tmp_path / 'fifo.jpg'),
+           'socket.png': str(tmp_path / 'socket.png'),
+           'link-to-fifo.jpg': str(tmp_path / 'link-to-fifo.jpg'),
+           'device.jpg': str(tmp_path / 'device.jpg')}
+  os.mkfifo(paths['fifo.jpg'])
+  sock = socket.socket(socket.AF_UNIX)
+  sock.bind(paths['socket.png'])
+  os.symlink(paths['fifo.jpg'], paths['link-to-fifo.jpg'])
+  os.symlink('/dev/zero', paths['device.jpg'])  # endless if read
+  yield paths
+  sock.close()
+
+
+def _no_hang(seconds=20):
+  """Fails the test instead of hanging forever on a blocking open/read."""
+  import signal  # pylint: disable=g-import-not-at-top
+
+  def fail(*_):
+    raise AssertionError('a special file was opened and blocked')
+  signal.signal(signal.SIGALRM, fail)
+  signal.alarm(seconds)
+
+
+def test_special_files_are_refused_unopened(special_files):
+  import signal  # pylint: disable=g-import-not-at-top
+  _no_hang()
+  try:
+    for name, path in special_files.items():
+      with pytest.raises(preprocess.BadImageError) as e:
+        preprocess.load_example(path, _data_config())
+      assert e.value.kind == 'not a regular file', name
+      kind = {'fifo.jpg': 'named pipe', 'link-to-fifo.jpg': 'named pipe',
+              'socket.png': 'socket', 'device.jpg': 'device'}[name]
+      assert kind in e.value.reason
+  finally:
+    signal.alarm(0)
+
+
+def test_files_over_the_size_limit_are_skipped_unread(tmp_path):
+  path = imagefactory.write(str(tmp_path / 'a.jpg'), imagefactory.jpeg_bytes(
+      imagefactory.sample_rgb(0)))
+  size = os.path.getsize(path)
+  with pytest.raises(preprocess.BadImageError) as e:
+    preprocess.load_example(path, _data_config(max_file_bytes=size - 1))
+  assert e.value.kind == 'file too large'
+  assert 'config.data.max_file_bytes' in e.value.reason
+  assert preprocess.load_example(path, _data_config(max_file_bytes=size))
+  # Without a limit (a config saved before the key existed): the default.
+  assert len(preprocess.read_file(path, None)) == size
+  from jaxcolor.runtime import config_check  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.max_file_bytes = 0
+  with pytest.raises(ValueError, match=r'config.data.max_file_bytes=0: the '
+                     'largest photo file in bytes must be an integer >= 1'):
+    config_check.check(config)
+  data = default.get_config().data
+  del data['max_file_bytes']
+  assert (preprocess.Options.from_config(data).max_file_bytes ==
+          preprocess.DEFAULT_MAX_FILE_BYTES)

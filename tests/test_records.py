@@ -191,3 +191,163 @@ def test_input_benchmark_writes_table_and_json(tmp_path, capsys):
   config.benchmark.what = 'train'
   with pytest.raises(ValueError, match="benchmark.what='train'"):
     benchmark.run(config, None)
+
+
+# ---------------------------------------------------------------- damage
+@pytest.fixture(scope='module')
+def clean_records(tmp_path_factory):
+  """12 photos prepared into 2 train shards of 6 records (no val split)."""
+  root = tmp_path_factory.mktemp('clean')
+  folder = str(root / 'photos')
+  imagefactory.copy_samples(folder, 12)
+  config = _config(folder, str(root / 'records'), val_fraction=0.0,
+                   prepare_shard_size=6)
+  meta = records.prepare(config)
+  assert meta['splits']['train']['num_examples'] == 12
+  return config
+
+
+def _copy(config, tmp_path):
+  """The records of `config` copied to tmp_path; a config reading them."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  out = str(tmp_path / 'records')
+  shutil.copytree(config.data.prepared_dir, out)
+  config.data.prepared_dir = out
+  return config, [os.path.join(out, n) for n in sorted(os.listdir(out))
+                  if n.startswith('train-')]
+
+
+def _rewrite(shard, change):
+  """Writes `shard` again with change(i, example) -> example per record."""
+  import msgpack  # pylint: disable=g-import-not-at-top
+  raws = _read_records(shard)
+  writer = array_record_module.ArrayRecordWriter(shard + '.new',
+                                                 'group_size:1')
+  for i, raw in enumerate(raws):
+    example = change(i, sources.decode_record(raw))
+    writer.write(sources.encode_record(example, msgpack.unpackb(raw)['name']))
+  writer.close()
+  os.replace(shard + '.new', shard)
+
+
+def _nan_rgb(example):
+  return dict(example, rgb=np.full(example['rgb'].shape, np.nan, np.float32))
+
+
+def test_a_corrupt_chunk_is_named_skipped_and_never_stops_a_resume(
+    clean_records, tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  config, shards = _copy(clean_records, tmp_path)
+  with open(shards[0], 'r+b') as f:  # bytes in the middle of its records
+    f.seek(8000)
+    f.write(np.random.default_rng(0).bytes(4096))
+  data = pipeline.Data.create(config, process_index=0, process_count=1)
+  split, loader = data.loader('train')
+  with caplog.at_level(logging.WARNING):
+    data.check_usable('train')
+    kept = [loader(split.source[i]) for i in range(len(split.source))]
+  damaged = [i for i, e in enumerate(kept) if e is None]
+  assert damaged and max(damaged) < 6  # only shard 0's records
+  assert dict(loader.skipped) == {'damaged record': len(damaged)}
+  for i in damaged:
+    assert (f'Skipping record {i} of {shards[0]}: damaged record (Corrupted '
+            'Riegeli') in caplog.text
+  assert 'Traceback' not in caplog.text
+  # Training reads on through the damage, and resumes from every state.
+  it = iter(data.train_dataset())
+  states = []
+  for _ in range(6):  # about 3 epochs
+    states.append(it.get_state())
+    assert next(it)['rgb'].shape == (4, 32, 32, 3)
+  for state in states:
+    again = iter(data.train_dataset())
+    again.set_state(state)
+    assert next(again)['rgb'].shape == (4, 32, 32, 3)
+
+
+def test_a_shard_with_a_damaged_index_is_left_out_with_a_warning(
+    clean_records, tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  config, shards = _copy(clean_records, tmp_path)
+  with open(shards[1], 'wb') as f:
+    f.write(b'not an ArrayRecord file')
+  data = pipeline.Data.create(config, process_index=0, process_count=1)
+  with caplog.at_level(logging.WARNING):
+    source = data.split('train').source
+  assert len(source) == 6
+  assert f'Skipping the prepared shard {shards[1]}: damaged' in caplog.text
+  assert next(iter(data.train_dataset()))['rgb'].shape == (4, 32, 32, 3)
+
+
+def test_records_unlike_metadata_are_rejected_and_counted(clean_records,
+                                                         tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  from jaxcolor.color import mean_chroma  # pylint: disable=g-import-not-at-top
+  config, shards = _copy(clean_records, tmp_path)
+  want, images = mean_chroma.training_mean(clean_records)
+  assert images == 12
+  # One record's rgb rewritten as float32 NaN of the same shape.
+  _rewrite(shards[1], lambda i, e: _nan_rgb(e) if i == 2 else e)
+  data = pipeline.Data.create(config, process_index=0, process_count=1)
+  split, loader = data.loader('train')
+  with caplog.at_level(logging.WARNING):
+    assert loader(split.source[8]) is None
+    mean, images = mean_chroma.training_mean(config, data)
+  assert (f"Skipping record 2 of {shards[1]}: record does not match "
+          "metadata.json ('rgb' is float32 (32, 32, 3), expected uint8 "
+          "(32, 32, 3))") in caplog.text
+  assert ('Mean chroma: 1 training record(s) skipped (1 record does not '
+          'match metadata.json)') in caplog.text
+  assert images == 11 and np.isfinite(mean).all()
+  assert np.allclose(mean, want, atol=3)
+  # A chroma.json of NaN (as this NaN record gave before) is replaced.
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'chroma.json'), 'w') as f:
+    f.write('{"mean_chroma_cr_cb": [NaN, NaN], "images": 12}')
+  with caplog.at_level(logging.WARNING):
+    assert mean_chroma.ensure_written(config, workdir, data) == mean
+  assert 'chroma.json is damaged (the mean chroma (nan, nan)' in caplog.text
+  assert mean_chroma.read(workdir) == mean
+  # Every record rewritten: training set-up refuses, with the count.
+  for shard in shards:
+    _rewrite(shard, lambda i, e: _nan_rgb(e))
+  data = pipeline.Data.create(config, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match=r'no usable train image among the 12 '
+                     r'record\(s\) .*\(12 record does not match '
+                     r'metadata.json\)'):
+    data.check_usable('train')
+
+
+def test_mean_chroma_is_finite_or_an_error_never_a_file(tmp_path, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  from jaxcolor.color import mean_chroma  # pylint: disable=g-import-not-at-top
+  gray = np.full((4, 4, 3), 100.0)
+  red = np.zeros((4, 4, 3))
+  red[..., 0] = 255.0
+  with_nan = red.copy()
+  with_nan[0, 0, 1] = np.nan
+  with_nan[1, 1, 2] = np.inf
+  with caplog.at_level(logging.WARNING):
+    mean, images = mean_chroma.chroma_mean(
+        [('gray', gray), ('nan', with_nan),
+         ('all-nan', np.full((2, 2, 3), np.nan))])
+  assert images == 2 and np.isfinite(mean).all()
+  assert 'Mean chroma: 2 of 16 pixels of nan are not finite' in caplog.text
+  assert 'Mean chroma: 4 of 4 pixels of all-nan are not finite' in caplog.text
+  red_cr = 0.713 * (255.0 - 0.299 * 255.0)
+  assert mean[0] == pytest.approx(128 + red_cr * 14 / 30, rel=1e-5)
+  assert mean_chroma.chroma_mean([('nan', np.full((2, 2, 3), np.nan))]) == (
+      None, 0)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='not finite'):
+    mean_chroma.write(workdir, (float('nan'), 128.0), 3)
+  assert not os.path.exists(os.path.join(workdir, 'chroma.json'))
+  # A chroma.json of NaN (as older versions wrote) is damaged for readers.
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'chroma.json'), 'w') as f:
+    f.write('{"mean_chroma_cr_cb": [NaN, NaN], "images": 3}')
+  with pytest.raises(ValueError, match=r'chroma.json is damaged \(the mean '
+                     r'chroma \(nan, nan\) is not finite\)'):
+    mean_chroma.read(workdir)

@@ -3,12 +3,11 @@
 Every probe runs main.py (or the weight converter) in a fresh process and
 checks the exit code, that the output says what is wrong in a line that
 names the problem (and holds no Python traceback), and that no input or
-earlier output changed (file hashes). Probes run three at a time.
+earlier output changed (file hashes). Probes run three at a time
+(tests/probes.py); the faults of disks, special files, damaged records and
+model files are probed in test_fault_probes.py.
 """
 
-import concurrent.futures
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -18,106 +17,16 @@ import subprocess
 import sys
 import time
 import types
-from typing import Callable, Optional
 
 import pytest
 
 import helpers
 import imagefactory
+import probes
+from probes import CIC, Probe, run_all, write as _write
 
 TINY = ('--config=configs/tiny.py', '--config.data.batch_size=4',
         '--config.data.eval_batch_size=4')
-# The CIC baseline at tiny widths on the tiny data: compiles in seconds.
-CIC = ('--config=configs/cic_baseline.py', '--config.model.widths=(8,16,16,32,16)',
-       '--config.data.train_dir=jaxcolor/data/samples',
-       '--config.data.val_fraction=0.15', '--config.data.batch_size=4',
-       '--config.data.eval_batch_size=4', '--config.data.num_workers=0',
-       '--config.num_eval_batches=1', '--config.log_every_steps=2',
-       '--config.image_every_steps=2', '--config.eval_every_steps=2',
-       '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=3')
-
-
-@dataclasses.dataclass
-class Probe:
-  """One scenario: main.py arguments, what it must say, what must not change.
-
-  `args` may hold '{tmp}' (the probe's folder) and '{run}' (a copy of a
-  trained tiny run); `setup(tmp)` makes its files; `rc` is the exit code
-  (None: any non-zero); `says` must appear in the output; `check(tmp,
-  output)` asserts more.
-  """
-  name: str
-  args: tuple
-  says: str
-  rc: Optional[int] = None
-  setup: Optional[Callable] = None
-  check: Optional[Callable] = None
-  converter: bool = False
-  env: Optional[dict] = None
-
-
-def _hashes(root: str) -> dict:
-  out = {}
-  for d, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(d, f)
-      if os.path.isfile(p) and not os.path.islink(p):
-        with open(p, 'rb') as fh:
-          out[os.path.relpath(p, root)] = hashlib.md5(fh.read()).hexdigest()
-  return out
-
-
-def _run(probe: Probe, tmp: str, run: str) -> tuple[Probe, str, str]:
-  """Runs a probe; returns (probe, '' or what went wrong, output)."""
-  os.makedirs(tmp, exist_ok=True)
-  if probe.setup:
-    probe.setup(tmp)
-  inputs = os.path.join(tmp, 'in')
-  before = _hashes(inputs) if os.path.isdir(inputs) else {}
-  args = [a.format(tmp=tmp, run=run) for a in probe.args]
-  if probe.converter:
-    cmd = [sys.executable, '-m', 'jaxcolor.models.convert_resnet18', *args]
-  else:
-    cmd = [sys.executable, os.path.join(helpers.ROOT, 'main.py'), *args]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             **(probe.env or {}))
-  result = subprocess.run(cmd, cwd=helpers.ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-  out = result.stdout + result.stderr
-  problems = []
-  if probe.rc is None and result.returncode == 0:
-    problems.append('exit code 0, expected a failure')
-  elif probe.rc is not None and result.returncode != probe.rc:
-    problems.append(f'exit code {result.returncode}, expected {probe.rc}')
-  if probe.says not in out:
-    problems.append(f'output lacks {probe.says!r}')
-  if 'Traceback' in out:
-    problems.append('a Python traceback reached the user')
-  if before and _hashes(inputs) != before:
-    problems.append('an input file changed')
-  if probe.check and not problems:
-    try:
-      probe.check(tmp, out)
-    except AssertionError as e:
-      problems.append(f'check: {e}')
-  return probe, '; '.join(problems), out
-
-
-def run_all(probes, tmp_path, run=''):
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(
-        lambda p: _run(p, str(tmp_path / p.name), run), probes))
-  failed = [f'{p.name}: {why}\n    ' + '\n    '.join(out.strip().splitlines()[-6:])
-            for p, why, out in results if why]
-  assert not failed, f'{len(failed)} of {len(probes)} probes failed:\n' + \
-      '\n'.join(failed)
-
-
-# ------------------------------------------------------------------ set-ups
-def _write(path, data):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(data)
 
 
 def _broken_folder(tmp):
@@ -218,10 +127,13 @@ def _trained_skipping(tmp, out):
     assert reason in out, f'no skip for {reason!r}'
 
 
-def _nothing_set_aside(tmp, out):
-  del out
-  assert not os.path.exists(os.path.join(tmp, 'run', 'checkpoints_damaged')), (
-      'a config mismatch was set aside as damage')
+def _nothing_changed(run):
+  """The refused run wrote, moved and took over nothing: its copy of `run`
+  holds the same files, byte for byte (config.json, chroma.json, lock)."""
+  def check(tmp, out):
+    del out
+    assert probes.hashes(os.path.join(tmp, 'run')) == probes.hashes(run)
+  return check
 
 
 def _user_file_kept(tmp, out):
@@ -417,7 +329,10 @@ def test_checkpoint_probes(tmp_path, cic_run):
             setup=_damage(cic_run, 'killed_save'), check=_no_tmp_left),
       Probe('other_model_config', (*resume, '--config.model.temperature=0.5'),
             'cannot be resumed with this config', setup=_copy_run(cic_run),
-            check=_nothing_set_aside),
+            check=_nothing_changed(cic_run)),
+      Probe('other_batch_size', (*resume, '--config.data.batch_size=8'),
+            'data.batch_size: checkpoint has 4, config has 8',
+            setup=_copy_run(cic_run), check=_nothing_changed(cic_run)),
       Probe('colorize_damaged_newest', (
           '--mode=colorize', '--workdir={tmp}/run', '--input={tmp}/in',
           '--output={tmp}/out'), 'Skipping a damaged checkpoint', rc=0,

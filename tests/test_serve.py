@@ -6,12 +6,14 @@ page to show each result or message, and the test checks the pixels the page
 offers for download against --mode=colorize's output for the same file.
 """
 
+import asyncio
 import base64
 import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -38,6 +40,7 @@ CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
 STARTUP_TIMEOUT_S = 180
 RESULT_TIMEOUT_S = 90
+MEMORY_BUDGET_MB = 64  # the test server's: a 3000x3000 photo is past it
 
 SERVER = helpers.MAIN_REPORTING_TF
 
@@ -92,7 +95,8 @@ def server(model_folder, tmp_path_factory):
   log = open(log_path, 'w')
   proc = subprocess.Popen(
       [sys.executable, '-c', SERVER, '--mode=serve',
-       f'--workdir={model_folder}', f'--port={port}'],
+       f'--workdir={model_folder}', f'--port={port}',
+       f'--serve_memory_mb={MEMORY_BUDGET_MB}'],
       cwd=helpers.ROOT, stdout=log, stderr=subprocess.STDOUT,
       env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2'))
   url = f'http://127.0.0.1:{port}'
@@ -226,6 +230,36 @@ def shown_size(card, cls):
   return img.get_property('naturalWidth'), img.get_property('naturalHeight')
 
 
+# ------------------------------------------------------------------ HTTP
+def request(server, method, path, host, body=None):
+  """One request with this Host header (None: none at all); (status,
+  content type, body)."""
+  conn = http.client.HTTPConnection('127.0.0.1', server['port'], timeout=60)
+  try:
+    conn.putrequest(method, path, skip_host=True,
+                    skip_accept_encoding=True)
+    if host is not None:
+      conn.putheader('Host', host)
+    conn.putheader('Content-Length', str(len(body or b'')))
+    conn.endheaders(body)
+    r = conn.getresponse()
+    return r.status, r.getheader('Content-Type'), r.read()
+  finally:
+    conn.close()
+
+
+def strings(value):
+  """Every string in a JSON value."""
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from strings(v)
+  elif isinstance(value, list):
+    for v in value:
+      yield from strings(v)
+
+
 # ------------------------------------------------------------------ tests
 def test_discover_lists_checkpoints_bundles_and_folders(tmp_path,
                                                         tmp_path_factory,
@@ -238,10 +272,15 @@ def test_discover_lists_checkpoints_bundles_and_folders(tmp_path,
   choices = serve.discover(str(workdir))
   assert [c.label for c in choices] == ['step 3', 'step 0']  # newest first
   assert choices[0].path == str(workdir / 'checkpoints' / '3')
-  assert [c.label for c in serve.discover(str(model_folder))] == [
+  assert [c.source for c in choices] == ['run/checkpoints/3',
+                                         'run/checkpoints/0']
+  in_folder = serve.discover(str(model_folder) + os.sep)
+  assert [c.label for c in in_folder] == [
       'a_scgan (scgan, step 0)', 'b_cic (cic, step 0)']
-  assert [c.path for c in serve.discover(str(model_folder / 'b_cic'))] == [
-      str(model_folder / 'b_cic')]
+  assert [c.source for c in in_folder] == [
+      f'{model_folder.name}/a_scgan', f'{model_folder.name}/b_cic']
+  (bundle,) = serve.discover(str(model_folder / 'b_cic'))
+  assert (bundle.path, bundle.source) == (str(model_folder / 'b_cic'), 'b_cic')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='is not a model'):
     serve.discover(str(tmp_path / 'empty'))
@@ -251,12 +290,14 @@ def test_discover_lists_checkpoints_bundles_and_folders(tmp_path,
 
 def test_startup_errors_are_one_line(tmp_path, server, model_folder):
   (tmp_path / 'empty').mkdir()
-  for args, want in (
-      ([f'--workdir={tmp_path / "nope"}'], 'does not exist'),
-      ([f'--workdir={tmp_path / "empty"}'], 'is not a model'),
-      ([f'--workdir={model_folder}', f'--port={server["port"]}'],
-       f'cannot listen on 127.0.0.1:{server["port"]}')):
-    result = helpers.run_main('--mode=serve', *args, timeout=120)
+  for args, env, want in (
+      ([f'--workdir={tmp_path / "nope"}'], {}, 'does not exist'),
+      ([f'--workdir={tmp_path / "empty"}'], {}, 'is not a model'),
+      ([f'--workdir={model_folder}', f'--port={server["port"]}'], {},
+       f'cannot listen on 127.0.0.1:{server["port"]}'),
+      ([f'--workdir={model_folder}', '--serve_memory_mb=-1'], {},
+       '--serve_memory_mb=-1: expected a positive number of MB')):
+    result = helpers.run_main('--mode=serve', *args, timeout=120, env=env)
     assert result.returncode == 1, result.stderr
     errors = [l for l in result.stderr.splitlines() if ' main.py:' in l]
     assert len(errors) == 1 and want in errors[0], result.stderr
@@ -318,11 +359,15 @@ def test_bad_and_odd_inputs_get_messages_or_results(browser, server,
                      b'This is a text file, not a JPEG.\n' * 20)
   imagefactory.write(str(bad / 'empty.jpg'), b'')
   imagefactory.write(str(bad / 'huge.png'), header_only_png(20000, 20000))
+  # Inside the pixel limit, past the server's memory budget: refused from
+  # its header (were it decoded, the message would be 'not decodable').
+  imagefactory.write(str(bad / 'wide.png'), header_only_png(3000, 3000))
   with open(bad / 'big.jpg', 'wb') as f:  # sparse: past the upload limit
     f.truncate(serve.MAX_UPLOAD_BYTES + 1)
 
   cards = upload(browser, [bad / 'text.jpg', bad / 'empty.jpg',
                            bad / 'huge.png', bad / 'big.jpg',
+                           bad / 'wide.png',
                            odd / 'gray.png', odd / 'rgba.png',
                            odd / 'deep16.png'])
   assert 'not a decodable image' in message(cards[0])
@@ -330,7 +375,12 @@ def test_bad_and_odd_inputs_get_messages_or_results(browser, server,
   assert 'too large: 20000x20000' in message(cards[2])
   assert 'max_image_pixels' in message(cards[2])
   assert 'larger than the upload limit' in message(cards[3])
-  for card, name in zip(cards[4:], ('gray.png', 'rgba.png', 'deep16.png')):
+  assert message(cards[4]) == (
+      f'wide.png: a 3000x3000 photo needs about '
+      f'{3000 * 3000 * serve.BYTES_PER_PIXEL["bilinear"] / 2**20:,.0f} MB of '
+      f"memory to colorize, more than this server's budget of "
+      f'{MEMORY_BUDGET_MB} MB (--serve_memory_mb)')
+  for card, name in zip(cards[5:], ('gray.png', 'rgba.png', 'deep16.png')):
     got, _ = offered_download(browser, server, card)
     np.testing.assert_array_equal(got, want[name], err_msg=name)
   assert server['proc'].poll() is None, 'the server died'
@@ -373,6 +423,125 @@ def test_model_selector_loads_another_model(browser, server, model_folder,
   wait_for(browser, lambda d: 'cic, step 0' in d.find_element(
       'id', 'model-info').text)
   select.select_by_index(0)
+
+
+def test_memory_budget_admits_in_order_and_never_overdraws():
+  """Photo work holds its bytes; a waiter is not overtaken by a smaller
+  one behind it; a cancelled waiter holds nothing."""
+
+  async def scenario():
+    budget = serve.MemoryBudget(10)
+    log, gates, tasks = [], {}, {}
+
+    async def job(key, amount):
+      async with budget.hold(amount):
+        assert budget.used <= budget.total
+        log.append('+' + key)
+        await gates[key].wait()
+      log.append('-' + key)
+
+    async def settle():
+      for _ in range(20):
+        await asyncio.sleep(0)
+
+    async def start(key, amount):
+      gates[key] = asyncio.Event()
+      tasks[key] = asyncio.create_task(job(key, amount))
+      await settle()
+
+    await start('a', 6)
+    await start('b', 6)  # does not fit: waits
+    await start('c', 1)  # would fit, but b came first
+    await start('x', 3)  # cancelled while waiting
+    await start('d', 50)  # more than the total: alone, once all is free
+    await start('z', 0)  # nothing to hold: never waits
+    assert log == ['+a', '+z'] and budget.used == 6
+    gates['z'].set()
+    await settle()
+    assert log == ['+a', '+z', '-z']
+    tasks['x'].cancel()
+    await settle()
+    assert tasks['x'].cancelled() and budget.used == 6
+    gates['a'].set()
+    await settle()
+    assert log[3:] == ['-a', '+b', '+c'] and budget.used == 7
+    gates['b'].set()
+    await settle()
+    assert log[-1] == '-b' and budget.used == 1  # d waits for c
+    gates['c'].set()
+    await settle()
+    assert log[-2:] == ['-c', '+d'] and budget.used == 10
+    gates['d'].set()
+    await settle()
+    assert log[-1] == '-d' and budget.used == 0
+    assert not budget._waiters  # pylint: disable=protected-access
+
+  asyncio.run(scenario())
+
+
+def test_host_names_of_each_listening_address():
+  loopback = serve.HostNames('127.0.0.1')
+  for host in ('localhost', 'localhost:7860', '127.0.0.1', '127.0.0.1:1',
+               '[::1]', '[::1]:7860', 'LocalHost:7860', '[0:0:0:0:0:0:0:1]'):
+    assert loopback.allows(host), host
+  for host in ('evil.example', 'evil.example:7860', '127.0.0.1.nip.io',
+               'localhost.evil.example', '10.0.0.1', '::1', 'localhost:',
+               'localhost:80:80', '[::1', '', None):
+    assert not loopback.allows(host), host
+  assert serve.HostNames('::1').names == serve.HostNames('localhost').names
+  lan = serve.HostNames('192.168.1.5', extra=['photos.example'])
+  assert lan.allows('192.168.1.5:7860') and lan.allows('photos.example')
+  assert not lan.allows('localhost') and not lan.allows('10.0.0.1')
+  every = serve.HostNames('0.0.0.0')
+  assert every.allows('10.0.0.1:7860') and every.allows('[fe80::1]')
+  assert every.allows('localhost') and every.allows(socket.gethostname())
+  assert not every.allows('evil.example')
+
+
+def test_forged_host_headers_are_refused(server):
+  """DNS rebinding: a page of evil.example, its name re-pointed at
+  127.0.0.1, sends Host: evil.example:PORT. Refused, whatever the route."""
+  port = server['port']
+  before = server['log'].read_text().count('serve: refused')
+  forged = [('GET', '/api/models', f'evil.example:{port}'),
+            ('GET', '/', 'evil.example'),
+            ('GET', '/api/image/x', f'127.0.0.1.nip.io:{port}'),
+            ('POST', '/api/colorize?name=a.jpg', 'localhost.evil.example'),
+            ('GET', '/api/models', '[::1].evil.example')]
+  photo = imagefactory.jpeg_bytes(odd_photo())
+  for method, path, host in forged:
+    status, kind, body = request(server, method, path, host,
+                                 photo if method == 'POST' else None)
+    assert status == 421, (host, status, body)
+    assert kind.startswith('text/plain'), kind
+    assert b'DNS rebinding' in body and b'answers only to' in body, body
+  for host in (f'localhost:{port}', f'127.0.0.1:{port}', '127.0.0.1',
+               f'[::1]:{port}', 'localhost'):
+    status, _, body = request(server, 'GET', '/api/models', host)
+    assert status == 200, (host, status, body)
+  log = server['log'].read_text()
+  # No Host at all: uvicorn (h11) refuses it before the app.
+  assert request(server, 'GET', '/api/models', None)[0] == 400
+  log = server['log'].read_text()
+  assert log.count('serve: refused') - before == len(forged), log
+  assert f"for Host 'evil.example:{port}'" in log
+  assert 'Traceback' not in log, log
+
+
+def test_api_shows_no_absolute_paths(server, model_folder):
+  status, _, body = request(server, 'POST', '/api/colorize?name=p.jpg',
+                            f'localhost:{server["port"]}',
+                            imagefactory.jpeg_bytes(odd_photo()))
+  assert status == 200, body
+  result = json.loads(body)
+  assert result['info']['source'] == f'{model_folder.name}/a_scgan'
+  status, _, body = request(server, 'GET', '/api/models', '127.0.0.1')
+  listing = json.loads(body)
+  assert [m['info']['source'] for m in listing['models'] if m['info']][0] == (
+      f'{model_folder.name}/a_scgan')
+  for value in list(strings(result)) + list(strings(listing)):
+    assert not value.startswith(os.sep) or value.startswith('/api/'), value
+    assert str(model_folder.parent) not in value, value
 
 
 def test_zz_ctrl_c_stops_cleanly_and_no_tensorflow_was_imported(server):

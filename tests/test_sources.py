@@ -91,3 +91,30 @@ def test_record_version_mismatch_is_clear():
   data = msgpack.packb({'version': 99, 'arrays': {}})
   with pytest.raises(ValueError, match='version 99.*prepare'):
     sources.decode_record(data)
+
+
+def test_listing_names_special_files_without_opening_them(tmp_path):
+  imagefactory.copy_samples(str(tmp_path), 1)
+  os.mkfifo(tmp_path / 'fifo.jpg')  # opening it would block
+  os.symlink('/dev/zero', tmp_path / 'zero.png')
+  listed = sources.list_images(str(tmp_path))
+  assert 'fifo.jpg' in listed and 'zero.png' in listed and len(listed) == 3
+
+
+def test_record_arrays_are_checked_against_metadata():
+  specs = sources.array_specs({'arrays': {
+      'rgb': ['uint8', [4, 4, 3]], 'edge': ['uint8', [4, 4, 1]],
+      'resnet_features': ['bfloat16', [1, 1, 8]]}})
+  good = {'rgb': np.zeros((4, 4, 3), np.uint8),
+          'edge': np.zeros((4, 4, 1), np.uint8),
+          'resnet_features': np.zeros((1, 1, 8), sources.decode_dtype(
+              'bfloat16'))}
+  back = sources.decode_record(sources.encode_record(good))
+  assert sources.array_mismatch(back, specs) == ''
+  nan = dict(good, rgb=np.full((4, 4, 3), np.nan, np.float32))
+  assert sources.array_mismatch(nan, specs) == (
+      "'rgb' is float32 (4, 4, 3), expected uint8 (4, 4, 3)")
+  bad = {'rgb': good['rgb'][:2], 'extra': good['edge']}
+  assert sources.array_mismatch(bad, specs) == (
+      "'edge' is missing; 'resnet_features' is missing; 'rgb' is uint8 "
+      "(2, 4, 3), expected uint8 (4, 4, 3); unexpected array(s) 'extra'")

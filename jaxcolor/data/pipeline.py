@@ -17,10 +17,15 @@ own stream (`batch_size // n` per process, remainders dropped) in
 so `iter(ds).get_state()` / `set_state()` (and orbax via
 `grain.checkpoint.CheckpointSave/Restore`) resume at exactly the next batch.
 
-Files that cannot be used (see preprocess.decode_image) become None and are
-dropped; a WARNING names the file and the reason, the first time each file
-is met in a process, with that process's running count. Batches are dicts of
-uint8 numpy arrays: 'rgb' (B, S, S, 3) and 'gray', 'edge', 'saliency'
+Files that cannot be used (see preprocess.read_file and decode_image: not
+a regular file, too large, not decodable) and prepared records that cannot
+be (a damaged chunk of a shard, arrays that differ from metadata.json; see
+sources.RecordSplit) become None and are dropped; a WARNING names the file,
+or the shard and the record's position, and the reason, the first time each
+is met in a process, with that process's running count. A resumed run skips
+them again, never stops at them. Batches are dicts of
+uint8 numpy arrays (in this process's own memory, never Grain's shared
+memory): 'rgb' (B, S, S, 3) and 'gray', 'edge', 'saliency'
 (B, S, S, 1); the trainer applies `preprocess.normalize` on device. With
 `config.data.use_feature_cache`, batches also hold the records' cached
 'resnet_features' (B, f, f, 512) in the cache dtype; otherwise that key is
@@ -48,7 +53,7 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
   cv2.setNumThreads(0)  # no OpenCV thread pool inside Grain workers
 
 
-class _Loader:
+class Loader:
   """Split element -> example dict, or None when unusable.
 
   Called as `loader(element)` or, for augmentation, `loader(element, rng)`.
@@ -76,6 +81,26 @@ class _Loader:
         logging.warning('Skipping %s: %s (%d skipped in this process so far)',
                         name, e.reason, sum(self.skipped.values()))
       return None
+
+  def summary(self) -> str:
+    """The skips by reason, most first: '2 not a decodable image, 1 not a
+    regular file' ('' for none)."""
+    return ', '.join(f'{n} {kind}' for kind, n in
+                     sorted(self.skipped.items(), key=lambda x: (-x[1], x[0])))
+
+
+def _own_memory(batch: dict) -> dict:
+  """A batch from Grain's worker processes, copied out of shared memory.
+
+  Grain hands worker batches over as shared-memory arrays that are unlinked
+  only when the array is garbage collected. Arrays still alive when the
+  process ends (a batch the JAX CPU backend aliases without copying, the
+  last batches of a run) are never unlinked, and Python's resource tracker
+  reports them as leaked at shutdown. Copied here, each shared block is
+  released as soon as its batch arrives.
+  """
+  return {k: np.array(v) if isinstance(v, np.ndarray) else v
+          for k, v in batch.items()}
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -158,9 +183,10 @@ class Data:
     skipped."""
     return self.split(split).num_examples
 
-  def _loader(self, split: str) -> tuple[sources.Split, _Loader]:
+  def loader(self, split: str) -> tuple[sources.Split, 'Loader']:
+    """`split` and a fresh loader of its elements (skips counted apart)."""
     s = self.split(split)
-    return s, _Loader(s, preprocess.Options.from_config(self.config.data))
+    return s, Loader(s, preprocess.Options.from_config(self.config.data))
 
   # ------------------------------------------------------------ training
   def check_usable(self, split: str = 'train') -> None:
@@ -170,13 +196,12 @@ class Data:
     data), so a folder of only broken files is refused before training
     instead of being skipped forever.
     """
-    s, loader = self._loader(split)
+    s, loader = self.loader(split)
     source = s.source
     for i in range(len(source)):
       if loader(source[i]) is not None:
         return
-    reasons = ', '.join(f'{n} {kind}' for kind, n in
-                        sorted(loader.skipped.items(), key=lambda x: -x[1]))
+    reasons = loader.summary()
     raise ValueError(
         f'no usable {split} image among the {len(source)} '
         f'{"file" if s.kind == "folder" else "record"}(s) of the {split} '
@@ -194,7 +219,7 @@ class Data:
       raise ValueError(f'config.data.batch_size={batch} must be a positive '
                        f'multiple of the {pc} process(es)')
     per_process = batch // pc
-    split, loader = self._loader('train')
+    split, loader = self.loader('train')
     source = split.source
     if len(source) == 0:  # pylint: disable=g-explicit-length-test
       raise ValueError('the training split is empty')
@@ -212,6 +237,7 @@ class Data:
     it = it.batch(per_process, drop_remainder=True)
     if workers > 0:
       it = it.mp_prefetch(_mp_options(config), worker_init_fn=_worker_init)
+      it = it.map(_own_memory)
     return it
 
   def one_epoch(self) -> Iterator[dict]:
@@ -234,7 +260,7 @@ class Data:
     pc = self.process_count
     if batch_size is None:
       batch_size = max(1, self.config.data.eval_batch_size // pc)
-    split, loader = self._loader('val')
+    split, loader = self.loader('val')
     ds = grain.MapDataset.source(split.source)[self.process_index::pc]
     ds = ds.map(loader)
     it = ds.to_iter_dataset(_read_options(0, batch_size))

@@ -24,6 +24,7 @@ and 'resnet_features' when prepared with the feature cache
 except bfloat16, stored as the name 'bfloat16' (numpy has no string for it).
 """
 
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -31,9 +32,12 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+from absl import logging
 import ml_dtypes
 import msgpack
 import numpy as np
+
+from jaxcolor.runtime import files
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 SPLITS = ('train', 'val')
@@ -50,7 +54,10 @@ def list_images(root: str, config_key: str = 'config.data.train_dir',
   """Sorted relative POSIX paths of the image files under `root`.
 
   Hidden files and folders are left out, and so is the folder whose real
-  path is `exclude` (e.g. an output folder inside the input folder).
+  path is `exclude` (e.g. an output folder inside the input folder). Names
+  only: nothing is opened. FIFOs, sockets and devices with an image name
+  are listed, so that readers skip them with a reason (never opening them,
+  see `preprocess.read_file`) and count them.
 
   Raises:
     FileNotFoundError: `root` is not an existing folder.
@@ -145,9 +152,11 @@ def read_metadata(prepared_dir: str) -> dict[str, Any]:
         f'config.data.prepared_dir={prepared_dir!r} has no {METADATA_FILE}; '
         'write it with --mode=prepare (or unset prepared_dir to decode the '
         'image folder on the fly)')
-  with open(path) as f:
-    meta = json.load(f)
-  if meta.get('format') != FORMAT_NAME:
+  try:
+    meta = json.loads(files.read_regular(path, 64 * 2**20, 'the limit'))
+  except ValueError as e:  # not JSON, or not a regular file
+    raise ValueError(f'{path} is damaged ({e}); re-run --mode=prepare') from e
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT_NAME:
     raise ValueError(f'{path} is not a jaxcolor prepared-records file')
   if meta.get('format_version') != FORMAT_VERSION:
     raise ValueError(
@@ -173,17 +182,113 @@ def shard_paths(prepared_dir: str, meta: dict[str, Any], split: str
   """Full paths of a split's shards, in order; checks that they exist."""
   names = meta['splits'][split]['shards']
   paths = [os.path.join(prepared_dir, n) for n in names]
-  missing = [p for p in paths if not os.path.isfile(p)]
+  missing = [p for p in paths if not os.path.lexists(p)]
   if missing:
     raise FileNotFoundError(f'prepared shard(s) missing: {missing[:3]}; '
                             're-run --mode=prepare')
+  for path in paths:  # a FIFO would block the reader forever
+    reason = files.not_regular_reason(path)
+    if reason:
+      raise ValueError(f'prepared shard {path}: {reason}; re-run '
+                       '--mode=prepare')
   return paths
 
 
-def record_source(paths: Sequence[str]):
-  """Random-access source of record bytes over ArrayRecord shards."""
-  import grain  # pylint: disable=g-import-not-at-top
-  return grain.sources.ArrayRecordDataSource(list(paths))
+@dataclasses.dataclass(frozen=True)
+class RecordRef:
+  """One record of a prepared shard, as read: its bytes, or why not.
+
+  Attributes:
+    shard: the shard's path.
+    index: the record's position in the shard (from 0).
+    data: the record's bytes; None when they could not be read.
+    error: why not (e.g. Riegeli's 'Corrupted ... chunk hash mismatch').
+  """
+  shard: str
+  index: int
+  data: Optional[bytes] = None
+  error: str = ''
+
+  def __str__(self) -> str:
+    return f'record {self.index} of {self.shard}'
+
+
+def _short(e: BaseException, limit: int = 120) -> str:
+  """An error's message on one line, without a long tail of details."""
+  text = ' '.join(str(e).split()) or type(e).__name__
+  if len(text) > limit:
+    cut = text.find(' (')
+    text = text[:cut] if 20 <= cut <= limit else text[:limit - 3] + '...'
+  return text
+
+
+class RecordSource:
+  """Random access to the records of ArrayRecord shards, damage included.
+
+  `source[i]` is a `RecordRef` that names the shard and the position of
+  record `i`; a record whose chunk is damaged comes back with its `error`
+  instead of raising, so readers skip it like a broken photo. A shard whose
+  index cannot be read at all is left out with a warning (its records are
+  then not in the source).
+  """
+
+  def __init__(self, paths: Sequence[str]):
+    # pylint: disable=g-import-not-at-top
+    from array_record.python import array_record_module
+    import grain
+    # pylint: enable=g-import-not-at-top
+    shards, counts = [], []
+    for path in paths:
+      try:
+        reader = array_record_module.ArrayRecordReader(path)
+        try:
+          n = reader.num_records()
+        finally:
+          reader.close()
+      except (RuntimeError, OSError, ValueError) as e:
+        logging.warning('Skipping the prepared shard %s: damaged, its record '
+                        'index cannot be read (%s); re-run --mode=prepare to '
+                        'recover its records', path, _short(e))
+        continue
+      if n:
+        shards.append(path)
+        counts.append(n)
+    self.shards = tuple(shards)
+    self._ends = []
+    for n in counts:
+      self._ends.append((self._ends[-1] if self._ends else 0) + n)
+    # Shard 'path[start:end]': grain takes the counts read above instead of
+    # opening every shard again.
+    self._source = (grain.sources.ArrayRecordDataSource(
+        [f'{p}[0:{n}]' for p, n in zip(shards, counts)]) if shards else None)
+
+  def __len__(self) -> int:
+    return self._ends[-1] if self._ends else 0
+
+  def locate(self, i: int) -> tuple[str, int]:
+    """(shard path, position in it) of record `i`."""
+    if not 0 <= i < len(self):
+      raise IndexError(f'record {i} of {len(self)}')
+    k = bisect.bisect_right(self._ends, i)
+    return self.shards[k], i - (self._ends[k - 1] if k else 0)
+
+  def __getitem__(self, i: int) -> RecordRef:
+    i = int(i)
+    shard, index = self.locate(i)
+    try:
+      return RecordRef(shard, index, data=self._source[i])
+    except Exception as e:  # pylint: disable=broad-except
+      # Riegeli raises RuntimeError for a corrupt chunk; any failure of one
+      # record must only skip that record.
+      return RecordRef(shard, index, error=_short(e))
+
+  def __repr__(self) -> str:
+    return f'RecordSource({len(self.shards)} shards, {len(self)} records)'
+
+
+def record_source(paths: Sequence[str]) -> RecordSource:
+  """Random-access source of `RecordRef`s over ArrayRecord shards."""
+  return RecordSource(paths)
 
 
 # ---------------------------------------------------------------- splits
@@ -239,12 +344,17 @@ class FolderSplit(Split):
 class RecordSplit(Split):
   """Prepared ArrayRecord shards (centre crops; flips applied on reading).
 
-  `keep` names optional record arrays (the feature cache's) to keep; other
-  optional arrays are dropped, so records with features serve any config.
+  Elements are `RecordRef`s. A record that cannot be read or decoded, or
+  whose arrays differ from `arrays` (metadata.json's dtypes and shapes), is
+  refused with `preprocess.BadImageError`, so it is skipped and counted like
+  a broken photo. `keep` names optional record arrays (the feature cache's)
+  to keep; other optional arrays are dropped, so records with features
+  serve any config.
   """
   shards: tuple[str, ...] = ()
   keep: tuple[str, ...] = ()
   optional: tuple[str, ...] = ()
+  arrays: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
 
   @functools.cached_property
   def source(self) -> Any:
@@ -252,7 +362,16 @@ class RecordSplit(Split):
 
   def load(self, element, opts, rng=None):
     from jaxcolor.data import preprocess  # pylint: disable=g-import-not-at-top
-    example = decode_record(element)
+    if element.data is None:
+      raise preprocess.BadImageError(f'damaged record ({element.error})')
+    try:
+      example = decode_record(element.data)
+    except Exception as e:  # pylint: disable=broad-except
+      raise preprocess.BadImageError(f'damaged record ({_short(e)})') from e
+    wrong = array_mismatch(example, self.arrays)
+    if wrong:
+      raise preprocess.BadImageError(
+          f'record does not match {METADATA_FILE} ({wrong})')
     for key in self.optional:
       if key not in self.keep:
         example.pop(key, None)
@@ -261,8 +380,38 @@ class RecordSplit(Split):
     return example
 
   def describe(self, element):
-    del element
-    return '<record>'
+    return str(element)
+
+
+def array_specs(meta: dict[str, Any]
+                ) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+  """metadata.json's 'arrays' as ((key, dtype name, shape), ...)."""
+  arrays = meta.get('arrays')
+  if arrays is None:  # the maps every record holds
+    s = int(meta['image_size'])
+    arrays = {'rgb': ['uint8', [s, s, 3]], 'gray': ['uint8', [s, s, 1]],
+              'edge': ['uint8', [s, s, 1]], 'saliency': ['uint8', [s, s, 1]]}
+  return tuple((key, str(dtype), tuple(int(n) for n in shape))
+               for key, (dtype, shape) in sorted(arrays.items()))
+
+
+def array_mismatch(example: dict[str, np.ndarray],
+                   specs: Sequence[tuple[str, str, tuple[int, ...]]]) -> str:
+  """How a decoded record differs from `array_specs`; '' if it does not."""
+  if not specs:
+    return ''
+  problems = []
+  for key, dtype, shape in specs:
+    value = example.get(key)
+    if value is None:
+      problems.append(f'{key!r} is missing')
+    elif value.dtype != decode_dtype(dtype) or value.shape != shape:
+      problems.append(f'{key!r} is {value.dtype.name} '
+                      f'{tuple(value.shape)}, expected {dtype} {shape}')
+  extra = sorted(set(example) - {key for key, _, _ in specs})
+  if extra:
+    problems.append(f'unexpected array(s) {", ".join(map(repr, extra))}')
+  return '; '.join(problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,10 +445,11 @@ def resolve(data_config: Any, keep: Sequence[str] = (),
         s: RecordSplit(kind='records', name=s,
                        num_examples=int(meta['splits'][s]['num_examples']),
                        shards=tuple(shard_paths(prepared, meta, s)),
-                       keep=tuple(keep), optional=tuple(optional))
+                       keep=tuple(keep), optional=tuple(optional),
+                       arrays=array_specs(meta))
         for s in SPLITS}
     return Resolved(splits=splits, metadata=meta)
-  files = split_files(data_config)
+  listed = split_files(data_config)
   return Resolved(splits={
-      s: FolderSplit(kind='folder', name=s, num_examples=len(files[s]),
-                     paths=tuple(files[s])) for s in SPLITS})
+      s: FolderSplit(kind='folder', name=s, num_examples=len(listed[s]),
+                     paths=tuple(listed[s])) for s in SPLITS})

@@ -10,6 +10,11 @@ compares model names. `config.model.name` picks the family:
   'cic'                          jaxcolor.families.cic   (Zhang et al.)
   'package.module:Class'         a family outside jaxcolor, by import path
 
+Saved configs (a workdir's, a checkpoint's, a bundle's) are data: one may
+name a registered family, or an import path that the command itself allowed
+(its own config, or `--allow_family`); anything else is refused before any
+import (`config_from_saved`, `upgrade_config`).
+
 Adding a model is one new file with a `Family` subclass and one line in
 `REGISTRY` (or, outside the package, naming it by import path).
 
@@ -36,6 +41,7 @@ functions of (state, batch); batches are the pipeline's uint8 dicts, see
 """
 
 import importlib
+import re
 from typing import Any, Optional, Sequence
 
 import jax
@@ -226,15 +232,19 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
   return jnp.dtype(config.dtype)
 
 
+_IMPORT_PATH = re.compile(r'^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$')
+
+
 def family_class(name: str) -> type:
-  """config.model.name -> its Family subclass.
+  """config.model.name -> its Family subclass (the command's own config: a
+  saved one goes through `config_from_saved` first).
 
   Raises:
     ValueError: a name that is neither registered nor an importable
       'module:Class'.
   """
   target = REGISTRY.get(name)
-  if target is None and ':' not in str(name):
+  if target is None and not _IMPORT_PATH.match(str(name)):
     raise ValueError(f'config.model.name={name!r}; expected one of '
                      f'{", ".join(sorted(REGISTRY))} (or a family by import '
                      "path, 'package.module:Class')")
@@ -250,6 +260,25 @@ def family_class(name: str) -> type:
   return cls
 
 
+def check_saved_name(name: Any, source: str, allowed: Sequence[str] = ()
+                     ) -> None:
+  """Refuses a model name read from a file (`source`) unless registered or
+  in `allowed` (import paths the command itself named). Imports nothing.
+
+  Raises:
+    ValueError: one line naming the file, the name and what to do.
+  """
+  if isinstance(name, str) and (name in REGISTRY or name in allowed):
+    return
+  if isinstance(name, str) and _IMPORT_PATH.match(name):
+    raise ValueError(
+        f'{source} names the model family {name!r} by import path; a model '
+        'file cannot choose code to run. If you trust that code, pass '
+        f'--allow_family={name}')
+  raise ValueError(f'{source} names the model family {name!r}, which is not '
+                   f'one of {", ".join(sorted(REGISTRY))}')
+
+
 def build(config: ml_collections.ConfigDict) -> Family:
   """The model family of config.model.name, built from `config`."""
   family = family_class(config.model.name)(config)
@@ -257,11 +286,12 @@ def build(config: ml_collections.ConfigDict) -> Family:
   return family
 
 
-def upgrade_config(saved: dict) -> dict:
+def upgrade_config(saved: dict, allowed: Sequence[str] = ()) -> dict:
   """A saved config (plain dict) -> today's keys, whatever its age.
 
   Shared moves first (keys that changed section for every model), then the
-  family's own. Unknown model names are left as they are.
+  family's own. Only a registered family or one in `allowed` is imported;
+  other model names are left as they are (nothing runs).
   """
   saved = {k: (dict(v) if isinstance(v, dict) else v)
            for k, v in saved.items()}
@@ -270,13 +300,28 @@ def upgrade_config(saved: dict) -> dict:
   for key in ('use_feature_cache', 'feature_cache_dtype'):
     if key in model:
       data.setdefault(key, model.pop(key))
+  name = model.get('name', '')
+  if not (isinstance(name, str) and (name in REGISTRY or name in allowed)):
+    return saved
   try:
-    cls = family_class(model.get('name', ''))
+    cls = family_class(name)
   except ValueError:
     return saved
   return cls.upgrade_config(saved)
 
 
-def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """A config saved with a run, checkpoint or bundle -> today's ConfigDict."""
-  return saved_config.to_config(upgrade_config(saved))
+def config_from_saved(saved: dict, source: str = 'a saved config',
+                      allowed: Sequence[str] = ()
+                      ) -> ml_collections.ConfigDict:
+  """A config saved with a run, checkpoint or bundle (read from `source`)
+  -> today's ConfigDict.
+
+  Raises:
+    ValueError: it names a family that is neither registered nor in
+      `allowed` (`check_saved_name`): refused before any import.
+  """
+  model = saved.get('model') if isinstance(saved, dict) else None
+  if not isinstance(model, dict):
+    raise ValueError(f'{source} holds no model config')
+  check_saved_name(model.get('name'), source, allowed)
+  return saved_config.to_config(upgrade_config(saved, allowed))

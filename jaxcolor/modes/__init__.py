@@ -28,3 +28,7 @@ class Args:
   port: int = 7860
   host: str = '127.0.0.1'
   config_name: Optional[str] = None  # the --config file's path
+  # Import paths of model families that model files may name (--allow_family).
+  allow_families: tuple[str, ...] = ()
+  serve_memory_mb: Optional[float] = None
+  serve_hosts: tuple[str, ...] = ()

@@ -8,22 +8,27 @@ Outputs are PNG (lossless), named after the input's stem (`a.jpg` ->
 `a.png`; should two inputs of one folder share a stem, the later one keeps
 its full name: `a.jpg.png`), in the same sub-folders as in the input
 folder. Unreadable files are skipped with a warning and counted. Inputs are
-never overwritten.
+never overwritten. Each PNG appears whole or not at all; one run at a time
+writes to an output folder (a lock); a full or read-only disk stops the run
+with one line, as does SIGTERM (saying how many photos were written).
 
 This module must not import TensorFlow (the command starts fast).
 """
 
+import errno
 import os
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
-import cv2
-import numpy as np
 
 from jaxcolor import inference
+from jaxcolor import summaries
 from jaxcolor.color import recombine
+from jaxcolor.runtime import files
+from jaxcolor.runtime import folder_lock
+from jaxcolor.runtime import stop_signals
 
 
 # ------------------------------------------------------------------ files
@@ -94,27 +99,23 @@ class Progress:
     self.stream.flush()
 
 
-def _write_png(path: str, rgb: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  ok, buf = cv2.imencode('.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-  if not ok:
-    raise OSError(f'cannot encode {path}')
-  with open(path, 'wb') as f:
-    f.write(buf.tobytes())
+class OutputFailedError(ValueError):
+  """The output folder stopped taking files (a full or read-only disk)."""
 
 
 def run(model_path: str, input_path: str, output_dir: str, *,
         side_by_side_output: bool = False,
         batch_size: int = inference.DEFAULT_BATCH_SIZE,
         overwrite: bool = False, step: Optional[int] = None,
-        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING
-        ) -> dict[str, int]:
+        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING,
+        allowed_families: Sequence[str] = ()) -> dict[str, int]:
   """The --mode=colorize command; returns {'written', 'skipped', 'kept'}.
 
   Files already in `output_dir` are left alone (listed, counted as 'kept')
   unless `overwrite`: a run never replaces a file it did not write. Raises
   ValueError (after the count) when photos were to be written and none
-  could be.
+  could be; OutputFailedError when the folder stops taking files;
+  stop_signals.Stopped on SIGTERM/SIGINT (its `detail` says how far it got).
 
   Args:
     model_path: a training workdir or an export bundle.
@@ -125,9 +126,11 @@ def run(model_path: str, input_path: str, output_dir: str, *,
     overwrite: replace files already in `output_dir`.
     step: the checkpoint step of a workdir (default: the newest intact).
     chroma_upsampling: one of `recombine.UPSAMPLING`.
+    allowed_families: import paths of families the model may name.
   """
   recombine.check_upsampling(chroma_upsampling)
   pairs = plan(input_path, output_dir)
+  inference.check_model_folder(model_path)
   kept = [dst for _, dst in pairs if os.path.lexists(dst)] if not overwrite \
       else []
   if kept:
@@ -142,46 +145,69 @@ def run(model_path: str, input_path: str, output_dir: str, *,
     print(f'colorize: 0 written, {len(kept)} left alone (already in '
           f'{output_dir}; --overwrite replaces them)')
     return {'written': 0, 'skipped': 0, 'kept': len(kept)}
-  predictor = inference.load(model_path, batch_size=batch_size, step=step)
+  # Read and checked before the output folder is made or locked.
+  predictor = inference.load(model_path, batch_size=batch_size, step=step,
+                             allowed_families=allowed_families)
+  with folder_lock.output_folder(output_dir, 'colorize run'), \
+      stop_signals.raised():
+    return _colorize(predictor, model_path, pairs, len(kept), output_dir,
+                     side_by_side_output, chroma_upsampling)
+
+
+def _colorize(predictor, model_path, pairs, kept, output_dir,
+              side_by_side_output, chroma_upsampling) -> dict[str, int]:
+  """`run` once the model is loaded and the output folder held."""
+  batch_size = predictor.batch_size
   max_pixels = predictor.config.data.get('max_image_pixels', 100_000_000)
+  max_bytes = predictor.config.data.get('max_file_bytes', None)
   logging.info('Colorizing %d photo(s) with %s (%s, step %d, %d px) into %s',
                len(pairs), model_path, predictor.model_name, predictor.step,
                predictor.image_size, output_dir)
   progress = Progress(len(pairs))
   written = skipped = 0
-  for i in range(0, len(pairs), batch_size):
-    batch, images = [], []
-    for src, dst in pairs[i:i + batch_size]:
-      try:
-        images.append(inference.read_photo(src, max_pixels))
-        batch.append((src, dst))
-      except ValueError as e:  # BadImageError: the reason is its message
-        logging.warning('Skipping %s: %s', src, e)
-        skipped += 1
-    for (src, dst), image, rgb in zip(
-        batch, images, inference.colorize_photos(predictor, images,
-                                                 chroma_upsampling)):
-      if side_by_side_output:
-        rgb = recombine.side_by_side(recombine.to_gray(image), rgb)
-      try:
-        _write_png(dst, rgb)
-        written += 1
-      except OSError as e:
-        logging.warning('Could not write %s (from %s): %s', dst, src, e)
-        skipped += 1
-    progress.update(written + skipped, skipped)
+  left = f', {kept} left alone (already there)' if kept else ''
+  try:
+    for i in range(0, len(pairs), batch_size):
+      batch, images = [], []
+      for src, dst in pairs[i:i + batch_size]:
+        try:
+          images.append(inference.read_photo(src, max_pixels, max_bytes))
+          batch.append((src, dst))
+        except ValueError as e:  # BadImageError: the reason is its message
+          logging.warning('Skipping %s: %s', src, e)
+          skipped += 1
+      for (src, dst), image, rgb in zip(
+          batch, images, inference.colorize_photos(predictor, images,
+                                                   chroma_upsampling)):
+        if side_by_side_output:
+          rgb = recombine.side_by_side(recombine.to_gray(image), rgb)
+        try:
+          summaries.write_png(dst, rgb)
+          written += 1
+        except OSError as e:
+          if files.is_target_fault(e) and e.errno != errno.ENAMETOOLONG:
+            raise OutputFailedError(
+                f'cannot write {dst}: {e.strerror or e}; stopped after '
+                f'{written} photo(s) written to {output_dir}') from e
+          logging.warning('Could not write %s (from %s): %s', dst, src, e)
+          skipped += 1
+      progress.update(written + skipped, skipped)
+  except stop_signals.Stopped as e:
+    progress.update(written + skipped, skipped, final=True)
+    e.detail = f' after {written} photo(s) written to {output_dir}'
+    raise
   progress.update(written + skipped, skipped, final=True)
-  left = f', {len(kept)} left alone (already there)' if kept else ''
   print(f'colorize: {written} written, {skipped} skipped{left} -> '
         f'{output_dir}')
   if not written:
     raise ValueError(f'no photo written: all {skipped} input(s) were '
                      'unreadable (see the warnings above)')
-  return {'written': written, 'skipped': skipped, 'kept': len(kept)}
+  return {'written': written, 'skipped': skipped, 'kept': kept}
 
 
 def main(config, args) -> None:
   del config  # the run's own, read from --workdir
   run(args.workdir, args.input, args.output,
       side_by_side_output=args.side_by_side, overwrite=args.overwrite,
-      step=args.step, chroma_upsampling=args.chroma_upsampling)
+      step=args.step, chroma_upsampling=args.chroma_upsampling,
+      allowed_families=args.allow_families)

@@ -26,11 +26,10 @@ Unreadable files and gray photos (nothing to compare colours against) are
 skipped, counted and named.
 """
 
-import json
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import cv2
@@ -43,6 +42,9 @@ from jaxcolor import summaries
 from jaxcolor.color import recombine
 from jaxcolor.data import preprocess
 from jaxcolor.data import sources
+from jaxcolor.runtime import files
+from jaxcolor.runtime import folder_lock
+from jaxcolor.runtime import stop_signals
 
 JSON_FILE = 'evaluation.json'
 MARKDOWN_FILE = 'evaluation.md'
@@ -226,9 +228,10 @@ def _record(rel: str, truth: np.ndarray, gray: np.ndarray, out: np.ndarray,
   }
 
 
-def _read(path: str, max_pixels: int) -> np.ndarray:
+def _read(path: str, max_pixels: int, max_bytes: Optional[int]
+          ) -> np.ndarray:
   """RGB uint8 of a colour photo; BadImageError for unusable or gray ones."""
-  rgb = inference.read_photo(path, max_pixels)
+  rgb = inference.read_photo(path, max_pixels, max_bytes)
   if (np.array_equal(rgb[..., 0], rgb[..., 1]) and
       np.array_equal(rgb[..., 1], rgb[..., 2])):
     raise preprocess.BadImageError(
@@ -240,8 +243,8 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
         batch_size: int = inference.DEFAULT_BATCH_SIZE,
         num_examples: int = 8, example_height: int = 192,
         step: Optional[int] = None,
-        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING
-        ) -> dict[str, Any]:
+        chroma_upsampling: str = recombine.DEFAULT_UPSAMPLING,
+        allowed_families: Sequence[str] = ()) -> dict[str, Any]:
   """The --mode=evaluate command; returns what evaluation.json holds.
 
   Args:
@@ -255,21 +258,35 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
     step: the checkpoint step to evaluate (default: the newest intact one).
     chroma_upsampling: how the model's chroma reaches full resolution
       (`recombine.UPSAMPLING`).
+    allowed_families: import paths of families the model may name.
 
   Raises:
     FileNotFoundError, ValueError: a missing model or folder, no images, or
       no usable colour photo among them.
   """
   recombine.check_upsampling(chroma_upsampling)
-  files = sources.list_images(input_dir, config_key='--input')
+  photos = sources.list_images(input_dir, config_key='--input')
   output_dir = output_dir or default_output_dir(workdir, input_dir)
   out_real = os.path.realpath(output_dir) + os.sep
-  files = [f for f in files  # never score our own examples.png
-           if not os.path.realpath(os.path.join(input_dir, f)).startswith(
-               out_real)]
-  predictor = inference.load(workdir, batch_size=batch_size, step=step)
+  photos = [f for f in photos  # never score our own examples.png
+            if not os.path.realpath(os.path.join(input_dir, f)).startswith(
+                out_real)]
+  # Read and checked before the output folder is made or locked.
+  predictor = inference.load(workdir, batch_size=batch_size, step=step,
+                             allowed_families=allowed_families)
+  with folder_lock.output_folder(output_dir, 'evaluate run'), \
+      stop_signals.raised():
+    return _evaluate(predictor, workdir, input_dir, output_dir, photos,
+                     num_examples, example_height, chroma_upsampling)
+
+
+def _evaluate(predictor, workdir, input_dir, output_dir, photos, num_examples,
+              example_height, chroma_upsampling) -> dict[str, Any]:
+  """`run` once the model is loaded and the output folder held."""
+  batch_size = predictor.batch_size
   size = predictor.image_size
   max_pixels = predictor.config.data.get('max_image_pixels', 100_000_000)
+  max_bytes = predictor.config.data.get('max_file_bytes', None)
   mean_chroma = predictor.mean_chroma
   notes = []
   if mean_chroma is None:
@@ -277,7 +294,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
                  'mean chroma (chroma.json)')
   logging.info('Evaluating %s (%s, step %d, %d px) on %d file(s) from %s',
                workdir, predictor.model_name, predictor.step, size,
-               len(files), input_dir)
+               len(photos), input_dir)
 
   t = time.perf_counter()  # compiles the model before anything is timed
   predictor(np.zeros((batch_size, size, size, 1), np.uint8))
@@ -285,11 +302,12 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
 
   records, skipped, examples = [], [], []
   colorize_s = metrics_s = 0.0
-  for i in range(0, len(files), batch_size):
+  for i in range(0, len(photos), batch_size):
     names, truths = [], []
-    for rel in files[i:i + batch_size]:
+    for rel in photos[i:i + batch_size]:
       try:
-        truths.append(_read(os.path.join(input_dir, rel), max_pixels))
+        truths.append(_read(os.path.join(input_dir, rel), max_pixels,
+                            max_bytes))
         names.append(rel)
       except preprocess.BadImageError as e:
         logging.warning('Skipping %s: %s', rel, e)
@@ -312,11 +330,11 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
       if len(examples) < num_examples:
         examples.append((gray, out, truth))
     metrics_s += time.perf_counter() - t
-    logging.info('evaluate: %d/%d files', min(i + batch_size, len(files)),
-                 len(files))
+    logging.info('evaluate: %d/%d files', min(i + batch_size, len(photos)),
+                 len(photos))
 
   if not records:
-    raise ValueError(f'--input={input_dir!r}: none of its {len(files)} '
+    raise ValueError(f'--input={input_dir!r}: none of its {len(photos)} '
                      'image files is a readable colour photo (see the '
                      'warnings above)')
   n = len(records)
@@ -333,7 +351,7 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
       'mean_chroma_cr_cb': list(mean_chroma) if mean_chroma else None,
       'input_dir': input_dir,
       'output_dir': output_dir,
-      'num_files': len(files),
+      'num_files': len(photos),
       'num_images': n,
       'num_skipped': len(skipped),
       'skipped': skipped,
@@ -352,12 +370,10 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
       'notes': notes,
   })
 
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, JSON_FILE), 'w') as f:
-    json.dump(result, f, indent=1, allow_nan=False)
   table = markdown(result)
-  with open(os.path.join(output_dir, MARKDOWN_FILE), 'w') as f:
-    f.write(table)
+  files.write_json(os.path.join(output_dir, JSON_FILE), result, indent=1,
+                         allow_nan=False)
+  files.write_text(os.path.join(output_dir, MARKDOWN_FILE), table)
   summaries.write_png(os.path.join(output_dir, EXAMPLES_FILE),
                       examples_grid(examples, example_height))
   print(table)
@@ -369,4 +385,5 @@ def run(workdir: str, input_dir: str, output_dir: Optional[str] = None, *,
 def main(config, args) -> None:
   del config  # the run's own, read from --workdir
   run(args.workdir, args.input, args.output, step=args.step,
-      chroma_upsampling=args.chroma_upsampling)
+      chroma_upsampling=args.chroma_upsampling,
+      allowed_families=args.allow_families)

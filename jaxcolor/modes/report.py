@@ -16,12 +16,13 @@ TensorBoard's default (exponential moving average, weight 0.6).
 import dataclasses
 import glob
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
 
 from jaxcolor import families
+from jaxcolor.runtime import files
 from jaxcolor.runtime import saved_config
 
 EVENT_GLOB = 'events.out.tfevents.*'
@@ -114,21 +115,32 @@ def smooth(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
   return out
 
 
-def _run_config(workdir: str) -> dict:
+def _checked(saved: dict, source: str, allowed: Sequence[str]) -> dict:
+  """`saved` with today's keys, once its family name is allowed
+  (`families.check_saved_name`: nothing is imported before)."""
+  model = saved.get('model') if isinstance(saved, dict) else None
+  families.check_saved_name((model or {}).get('name'), source, allowed)
+  return families.upgrade_config(saved, allowed)
+
+
+def _run_config(workdir: str, allowed: Sequence[str] = ()) -> dict:
   """The run's saved config: <workdir>/config.json, or else the newest
   checkpoint's (runs older than config.json), with today's keys.
 
   Raises:
-    ValueError: neither holds a readable config.
+    ValueError: neither holds a readable config, or it names a family that
+      is neither registered nor `allowed` (nothing is imported).
   """
   saved = saved_config.read_run_config(workdir)
   if saved is not None:
-    return families.upgrade_config(saved)
+    return _checked(saved, os.path.join(workdir,
+                                        saved_config.RUN_CONFIG_FILE), allowed)
   from jaxcolor.runtime import checkpoint  # pylint: disable=g-import-not-at-top
   for step_dir in reversed(checkpoint.step_dirs(workdir)):
     try:
-      return families.upgrade_config(checkpoint.read_saved_config(step_dir))
-    except (OSError, ValueError, KeyError) as e:
+      return _checked(checkpoint.read_saved_config(step_dir),
+                      os.path.join(step_dir, 'config', 'metadata'), allowed)
+    except (OSError, checkpoint.DamagedCheckpointError, KeyError) as e:
       logging.warning('report: cannot read the config of %s (%s)', step_dir, e)
   raise ValueError(
       f'--workdir={workdir!r} holds no saved config ({saved_config.RUN_CONFIG_FILE}'
@@ -186,12 +198,15 @@ def _figure(panels: list, path: str, suptitle: str) -> str:
   for ax in axes[len(panels):]:
     ax.set_visible(False)
   fig.suptitle(suptitle)
-  fig.savefig(path, dpi=100)
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=100, format='png')
   return path
 
 
-def run(workdir: str) -> list[str]:
+def run(workdir: str, allowed_families: Sequence[str] = ()) -> list[str]:
   """Draws the run's curves into <workdir>/report/; returns the PNG paths.
+
+  `allowed_families`: import paths of families the run's config may name.
 
   Raises:
     FileNotFoundError: no event files in `workdir`.
@@ -199,7 +214,7 @@ def run(workdir: str) -> list[str]:
   """
   scalars = read_scalars(workdir)
   get = _Scalars(scalars)
-  config = _run_config(workdir)
+  config = _run_config(workdir, allowed_families)
   model = config.get('model', {}).get('name', '')
   family = families.family_class(model)
   name = f'{os.path.basename(os.path.normpath(workdir))} ({model})'
@@ -217,7 +232,7 @@ def run(workdir: str) -> list[str]:
       ({'model': get('val/ssim'), 'gray copy': get('val/ssim_gray')},
        'validation SSIM', '')]})
   out_dir = os.path.join(workdir, 'report')
-  os.makedirs(out_dir, exist_ok=True)
+  files.check_writable(out_dir)
   written = []
   for fig in figures:
     if fig['file'] == 'validation.png' and 'val/psnr' not in scalars:
@@ -229,5 +244,5 @@ def run(workdir: str) -> list[str]:
 
 def main(config, args) -> None:
   del config  # the run's own, read from --workdir
-  for path in run(args.workdir):
+  for path in run(args.workdir, args.allow_families):
     print(path)

@@ -9,9 +9,9 @@ stopped (state, data iterator and config are checkpointed together).
 
 import dataclasses
 import functools
-import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -28,10 +28,12 @@ from jaxcolor.color import mean_chroma
 from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import console
 from jaxcolor.runtime import parallel
 from jaxcolor.runtime import profiler
+from jaxcolor.runtime import files
+from jaxcolor.runtime import folder_lock
 from jaxcolor.runtime import saved_config
-from jaxcolor.runtime import workdir_lock
 
 AXIS = parallel.AXIS
 
@@ -40,10 +42,7 @@ AXIS = parallel.AXIS
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   """<workdir>/config.json: the run's config as JSON (for report and people)."""
   path = os.path.join(workdir, saved_config.RUN_CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
-  os.replace(tmp, path)
+  files.write_json(path, config.to_dict(), indent=1, default=str)
   return path
 
 
@@ -121,13 +120,21 @@ class NonFiniteError(FloatingPointError):
   """A loss or gradient norm became NaN/inf."""
 
 
-def _check_finite(step: int, metrics: dict) -> None:
+def _check_finite(step: int, metrics: dict, intact: str) -> None:
+  """Raises NonFiniteError; `intact` names the last intact checkpoint."""
   bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
   if bad:
     raise NonFiniteError(
-        f'Non-finite {", ".join(bad)} at step {step}; stopping. The last '
-        'checkpoint written before this step is intact; lower the learning '
-        'rates or check the data before resuming.')
+        f'Non-finite {", ".join(bad)} at step {step}; stopping. {intact}; '
+        'lower the learning rates or check the data before running again.')
+
+
+class CheckpointSaveError(ValueError):
+  """A checkpoint could not be written (a full disk, a lost mount)."""
+
+
+class WorkdirWriteError(ValueError):
+  """A file of the run (a sample grid, ...) could not be written."""
 
 
 class StopRequested(KeyboardInterrupt):
@@ -203,20 +210,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
 
   One run at a time per workdir (a lock); SIGTERM/SIGINT stop it cleanly:
   during a step, after it with a checkpoint; while waiting for data or in
-  set-up, at once (the last checkpoint stands).
+  set-up, at once (the last checkpoint stands). A run that is refused (a
+  config its checkpoints cannot take, unusable data) writes nothing.
   """
   parallel.maybe_initialize_distributed(config.distributed)
   trainer.check_devices(config)
-  os.makedirs(workdir, exist_ok=True)
-  lock = (workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0
+  lock = (folder_lock.FolderLock(workdir) if jax.process_index() == 0
           else None)
   signals = _Signals(on_exit=lock.release if lock is not None else
                      lambda: None)
   old_handlers = signals.install()
   try:
-    if lock is not None:
-      lock.acquire()
-    return _train(config, workdir, signals)
+    if lock is not None and os.path.isdir(workdir):
+      try:
+        lock.acquire(claim=False)  # refuses at once if a live run holds it
+      except OSError:
+        pass  # an unwritable workdir: said in one line before any write
+    return _train(config, workdir, signals, lock)
   except StopRequested as e:
     logging.warning('Stopped by signal %d during %s; the last checkpoint '
                     'stands. Resume by running the same command again.',
@@ -244,8 +254,10 @@ def _fine_tuning_source(config, workdir: str, family: families.Family
   return trainer.read_source(family, config.init_from)
 
 
-def _train(config, workdir, signals: _Signals) -> Any:
-  """The run itself (see `train_and_evaluate`), under its lock."""
+def _train(config, workdir, signals: _Signals,
+           lock: Optional[folder_lock.FolderLock]) -> Any:
+  """The run itself (see `train_and_evaluate`); `lock` is claimed once
+  every check has passed, before the first write (process 0 only)."""
   # ---------------------------------------------------------------- set-up
   process_index, process_count = jax.process_index(), jax.process_count()
   family, data = trainer.family_and_data(config)
@@ -261,12 +273,21 @@ def _train(config, workdir, signals: _Signals) -> Any:
     raise ValueError(f'{total_steps} training steps are not a multiple of '
                      f'config.steps_per_call={k}')
   data.check_usable('train')
-  source = _fine_tuning_source(config, workdir, family)  # before any write
+  source = _fine_tuning_source(config, workdir, family)
   par = parallel.Parallel.create(config.parallel)
+  upgrade = functools.partial(families.upgrade_config,
+                              allowed=(config.model.name,))
+  # Every check that can refuse the run, before anything is written.
+  checkpoint.check_resumable(workdir, trainer.abstract_state(family, par),
+                             config, upgrade, family.resume_may_differ)
   if process_index == 0:
+    files.check_writable(workdir, '--workdir')
+    lock.acquire()  # claims it (taking over a killed run's)
+    files.remove_stale_temporaries(
+        workdir, skip_dirs=('checkpoints', checkpoint.DAMAGED_DIR))
     checkpoint.clean_interrupted(workdir)
-    write_config(config, workdir)
     mean_chroma.ensure_written(config, workdir, data)  # once, for colorize
+    write_config(config, workdir)
   train_split = data.split('train')
   logging.info('Model %s; data: %d train / %d val %s (%s); %d device(s) '
                '(%s), %d process(es).', family.name,
@@ -284,7 +305,7 @@ def _train(config, workdir, signals: _Signals) -> Any:
     manager = checkpoint.create_manager(workdir, config)
     restored = checkpoint.restore_latest(
         manager, trainer.abstract_state(family, par), train_iter, config,
-        writer=process_index == 0, upgrade=families.upgrade_config,
+        writer=process_index == 0, upgrade=upgrade,
         may_differ=family.resume_may_differ)
     if restored is None:
       state = trainer.init_state(family, par, config, data, source)
@@ -304,7 +325,9 @@ def _train(config, workdir, signals: _Signals) -> Any:
     run = _Run(config=config, workdir=workdir, signals=signals,
                family=family, data=data, par=par, manager=manager,
                train_iter=train_iter, total_steps=total_steps)
-    return _loop(run, state, start_step)
+    with console.disk_faults_reported_once(), \
+        checkpoint.failed_writes_quiet():
+      return _loop(run, state, start_step)
   finally:
     close = getattr(train_iter, 'close', None)
     if close is not None:
@@ -370,6 +393,42 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
   t_log = t_start = time.time()
   done = saved = start_step  # the step step_state is at; the last saved
   consistent = False  # True once the loop ends (or stops) between steps
+  # The newest checkpoint known to be on disk whole, and the step whose
+  # asynchronous save is still being written (named once it is done).
+  intact = start_step or None
+  unconfirmed = None
+
+  def newest_intact() -> str:
+    if intact is None:
+      return 'No checkpoint has been written yet'
+    return (f'The newest intact checkpoint is step {intact} '
+            f'({os.path.join(workdir, "checkpoints", str(intact))})')
+
+  def after_making_room() -> str:
+    if intact is None:
+      return ('No checkpoint has been written yet: make room and run the '
+              'same command again to start afresh.')
+    return (f'{newest_intact()}: make room and run the same command again '
+            'to resume from it.')
+
+  def confirm_save(wait: bool) -> None:
+    """Names the pending save once Orbax has written it; CheckpointSaveError
+    (naming the newest intact one) if it failed."""
+    nonlocal intact, unconfirmed
+    if unconfirmed is None or (not wait and manager.is_saving_in_progress()):
+      return
+    step, unconfirmed = unconfirmed, None
+    try:
+      manager.wait_until_finished()
+      manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      checkpoint.drop_orphaned_reports()  # the failed writes' leftovers
+      raise CheckpointSaveError(
+          f'Checkpoint of step {step} could not be written '
+          f'({checkpoint.root_cause(e)}). {after_making_room()}') from e
+    intact = step
+    logging.info('Checkpoint of step %d -> %s', step,
+                 os.path.join(workdir, 'checkpoints', str(step)))
 
   def flush():
     """Fetches the pending step's metrics; writes a summary at log steps."""
@@ -379,7 +438,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
     s, m = pending
     pending = None
     m = par.fetch(m)
-    _check_finite(s, m)
+    _check_finite(s, m, newest_intact())
     train_metrics.extend(trainer.split_metrics(m, k))
     if s % config.log_every_steps == 0 or s == total_steps:
       summary = {f'train/{key}':
@@ -395,14 +454,19 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
       train_metrics, t_log = [], now
 
   def save(step):
-    nonlocal saved
+    nonlocal saved, unconfirmed
     flush()
+    confirm_save(wait=True)  # one save at a time, as Orbax does
     with report_progress.timed('checkpoint'):
-      checkpoint.save(manager, step, par.from_step_layout(step_state),
-                      train_iter, config)
-    saved = step
-    logging.info('Checkpoint of step %d -> %s', step,
-                 os.path.join(workdir, 'checkpoints', str(step)))
+      try:
+        checkpoint.save(manager, step, par.from_step_layout(step_state),
+                        train_iter, config)
+      except Exception as e:  # pylint: disable=broad-except
+        checkpoint.drop_orphaned_reports()  # the failed writes' leftovers
+        raise CheckpointSaveError(
+            f'Checkpoint of step {step} could not be written '
+            f'({checkpoint.root_cause(e)}). {after_making_room()}') from e
+    saved, unconfirmed = step, step
 
   try:
     # Each call runs k steps; every *_every_steps is a multiple of k, so the
@@ -423,6 +487,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
       pending = (step, metrics)
       for h in hooks:
         h(step)
+      confirm_save(wait=False)
       if signals.received:
         break
 
@@ -449,6 +514,20 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
         break
     flush()
     consistent = True
+  except Exception as e:  # pylint: disable=broad-except
+    # A full or read-only disk under a sample grid, the event file (written
+    # by TensorFlow, which wraps the OS error) or anything else of the run.
+    fault = files.disk_fault(e) or (files.is_target_fault(e) and e.strerror)
+    if not fault or isinstance(e, CheckpointSaveError):
+      raise
+    try:
+      confirm_save(wait=True)
+    except CheckpointSaveError as save_error:
+      logging.error('%s', save_error)
+    where = getattr(e, 'filename', None) or workdir
+    raise WorkdirWriteError(
+        f'Cannot write {where}: {fault} (after step {done}). '
+        f'{after_making_room()}') from e
   except StopRequested as e:
     consistent = e.phase != 'data'
     if not consistent:  # an iterator cut off mid-batch cannot be saved
@@ -458,14 +537,27 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
   finally:
     trace.close()  # a run that stopped inside the traced steps
     signals.busy = True
-    if signals.received and consistent and done > saved:
-      save(done)
+    failing = sys.exc_info()[1] is not None
+    try:
+      if signals.received and consistent and done > saved:
+        save(done)
+      confirm_save(wait=True)
+      writer.flush()
+    except Exception as e:  # pylint: disable=broad-except
+      fault = e if isinstance(e, CheckpointSaveError) else (
+          WorkdirWriteError(
+              f'Cannot write the event file in {workdir}: '
+              f'{files.disk_fault(e)}. {after_making_room()}')
+          if files.disk_fault(e) else None)
+      if fault is None:
+        raise
+      if not failing:
+        raise fault from e
+      logging.error('%s', fault)  # the error already under way is raised
     if signals.received and consistent:
       logging.warning('Stopped at step %d after signal %d; resume by '
                       'running the same command again.', done,
                       signals.received[0])
-    manager.wait_until_finished()
-    writer.flush()
   return par.from_step_layout(step_state)
 
 

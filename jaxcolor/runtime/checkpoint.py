@@ -6,13 +6,14 @@ Which keys may differ on resume, and which state fields inference reads,
 come from the model family.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging as py_logging
 import os
 import shutil
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import logging
 from etils import epath
@@ -21,6 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxcolor.runtime import files
 
 
 # Config sections that must match between a checkpoint and the run that
@@ -148,6 +151,13 @@ def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}'[:300]
 
 
+def root_cause(e: BaseException) -> str:
+  """What failed, in a few words: 'No space left on device' for an OS
+  error however deeply Orbax and TensorStore wrapped it, else the first
+  line of the root cause."""
+  return files.disk_fault(e) or _first_line(e)
+
+
 def read_saved_config(step_dir: str) -> dict:
   """A step folder's saved config as a dict; DamagedCheckpointError if the
   file is missing or not JSON."""
@@ -238,14 +248,34 @@ class _OrphanedReadHook:
     self.previous(unraisable)
 
 
-def _drop_orphaned_read_reports() -> None:
+def drop_orphaned_reports() -> None:
   """Installs the filter and the hook above, once per process, after a
-  failed read."""
+  failed read or save."""
   reads = py_logging.getLogger('asyncio')
   if not any(isinstance(f, _OrphanedReadLogs) for f in reads.filters):
     reads.addFilter(_OrphanedReadLogs())
   if not isinstance(sys.unraisablehook, _OrphanedReadHook):
     sys.unraisablehook = _OrphanedReadHook(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def failed_writes_quiet() -> Iterator[None]:
+  """Around a training loop's saves: a save that fails on a full disk
+  leaves TensorStore callbacks on Orbax's closed event loop, each reporting
+  'Event loop is closed' with a traceback, possibly before the failure is
+  seen. The loop reports the failure itself, so those are dropped
+  (`_OrphanedReadHook`) within the block, and after it once a failure was
+  seen (`drop_orphaned_reports`): the callbacks outlive the block."""
+  previous = sys.unraisablehook
+  if not isinstance(previous, _OrphanedReadHook):
+    sys.unraisablehook = _OrphanedReadHook(previous)
+  try:
+    yield
+  finally:
+    failed = any(isinstance(f, _OrphanedReadLogs)
+                 for f in py_logging.getLogger('asyncio').filters)
+    if not failed:
+      sys.unraisablehook = previous
 
 
 class _Quiet:
@@ -348,7 +378,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
           manager.restore(step, args=ocp.args.Composite(
               data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except Exception as e:  # pylint: disable=broad-except
-          _drop_orphaned_read_reports()  # the failed read's leftovers
+          drop_orphaned_reports()  # the failed read's leftovers
           raise DamagedCheckpointError(
               f'{path} could not be read ({_first_line(e)})') from e
     except DamagedCheckpointError as e:
@@ -370,6 +400,28 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f'{DAMAGED_DIR}/. Use a new --workdir, or remove '
         f'{manager.directory} to start this one afresh.')
   return None
+
+
+def check_resumable(workdir: str, abstract_state: Any,
+                    config: ml_collections.ConfigDict,
+                    upgrade: Callable[[dict], dict] = lambda saved: saved,
+                    may_differ: Sequence[str] = ()) -> None:
+  """`restore_latest`'s refusals, decided before the run writes anything:
+  the newest checkpoint whose config is readable must be one `config` can
+  resume (`check_compatible`, `check_structure`). Damaged ones are passed
+  over here; `restore_latest` sets them aside.
+
+  Raises:
+    ValueError: a checkpoint of another model/config.
+  """
+  for step_dir in reversed(step_dirs(workdir)):
+    try:
+      saved = upgrade(read_saved_config(step_dir))
+      check_compatible(saved, config, step_dir, may_differ)
+      check_structure(step_dir, abstract_state)
+    except DamagedCheckpointError:
+      continue
+    return
 
 
 # ------------------------------------------------------------------ reading
@@ -419,7 +471,7 @@ def restore_fields(step_dir: str, fields: Sequence[str],
           state_dir, args=ocp.args.PyTreeRestore(
               item=item, restore_args=restore_args, partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except
-      _drop_orphaned_read_reports()  # the failed read's leftovers
+      drop_orphaned_reports()  # the failed read's leftovers
       raise DamagedCheckpointError(
           f'{step_dir} could not be read ({_first_line(e)})') from e
   return {k: restored.get(k) for k in fields}

@@ -19,6 +19,7 @@ _INTS = {
     'data.num_workers': (0, 'Grain worker processes'),
     'data.prefetch_buffer_size': (1, 'batches read ahead per worker'),
     'data.max_image_pixels': (1, 'the largest photo in pixels'),
+    'data.max_file_bytes': (1, 'the largest photo file in bytes'),
     'data.prepare_shard_size': (1, 'examples per ArrayRecord shard'),
     'data.prepare_processes': (0, 'prepare worker processes (0: one per core)'),
     'data.chroma_stats_images': (0, 'photos for the mean chroma (0: none)'),

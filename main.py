@@ -16,6 +16,7 @@ imported only when chosen, so light modes start fast.
 """
 
 import importlib
+import os
 import sys
 
 from absl import app
@@ -69,8 +70,24 @@ flags.DEFINE_multi_string(
     'before anything is imported: model files are data, never code.')
 
 
+def _check_config_file(argv) -> None:
+  """A --config that names no regular file (a FIFO would block its import
+  forever) is refused before absl loads it."""
+  from jaxcolor.runtime import files  # pylint: disable=g-import-not-at-top
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      value = arg.split('=', 1)[1]
+      # 'file.py:ARG' picks a variant of the file's get_config(arg).
+      path = value if os.path.lexists(value) else value.rsplit(':', 1)[0]
+      reason = (files.not_regular_reason(path, files.JSON_LIMIT)
+                if os.path.lexists(path) else None)
+      if reason:
+        sys.exit(f'FATAL --config={value} cannot be loaded: {reason}')
+
+
 def parse_flags(argv):
   """absl's parser, with a one-line error for an unknown --config.<key>."""
+  _check_config_file(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:

@@ -247,8 +247,9 @@ def is_bundle(path: str) -> bool:
 
 def _is_our_bundle(path: str) -> bool:
   try:
-    with open(os.path.join(path, BUNDLE_FILE)) as f:
-      return json.load(f).get('format') == BUNDLE_FORMAT
+    return json.loads(files.read_regular(
+        os.path.join(path, BUNDLE_FILE), files.JSON_LIMIT)).get(
+            'format') == BUNDLE_FORMAT
   except (OSError, ValueError, AttributeError):
     return False
 
@@ -269,12 +270,12 @@ def check_bundle_target(out_dir: str) -> None:
 
 def _read_bundle(path: str) -> tuple[dict, Any]:
   """(bundle.json contents, params) of an export bundle folder."""
-  with open(os.path.join(path, BUNDLE_FILE), 'rb') as f:
-    try:
-      meta = json.loads(f.read())
-    except ValueError as e:  # not JSON, or not UTF-8
-      raise ValueError(f'{path}/{BUNDLE_FILE} is not JSON ({e}); export the '
-                       'bundle again with --mode=export') from e
+  try:
+    meta = json.loads(files.read_regular(os.path.join(path, BUNDLE_FILE),
+                                         files.JSON_LIMIT, 'the limit'))
+  except ValueError as e:  # not JSON, not UTF-8, not a regular file
+    raise ValueError(f'{path}/{BUNDLE_FILE} is not JSON ({e}); export the '
+                     'bundle again with --mode=export') from e
   found = meta.get('format') if isinstance(meta, dict) else None
   if found != BUNDLE_FORMAT:
     raise ValueError(f'{path}/{BUNDLE_FILE} is not a jaxcolor inference '
@@ -286,8 +287,10 @@ def _read_bundle(path: str) -> tuple[dict, Any]:
   params_path = os.path.join(path, PARAMS_FILE)
   if not os.path.isfile(params_path):
     raise FileNotFoundError(f'{path}: bundle has no {PARAMS_FILE}')
-  with open(params_path, 'rb') as f:
-    data = f.read()
+  try:
+    data = files.read_regular(params_path)
+  except ValueError as e:
+    raise ValueError(f'{params_path}: {e}') from e
   try:
     params = flax.serialization.msgpack_restore(data)
   except Exception as e:  # pylint: disable=broad-except

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcolor.runtime import files
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = (64, 128, 256, 512)  # layer1..layer4 widths, 2 BasicBlocks each
@@ -156,8 +158,10 @@ def load_variables(path: str) -> dict:
     FileNotFoundError: no such file.
     ValueError: the file is not a converted ResNet-18 weight file.
   """
-  with open(path, 'rb') as f:
-    data = f.read()
+  try:
+    data = files.read_regular(path)
+  except ValueError as e:  # a FIFO, a device: never opened
+    raise ValueError(f'{path}: {e}') from e
   try:
     payload = flax.serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises several unrelated types

@@ -31,7 +31,6 @@ TensorFlow.
 """
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ import numpy as np
 
 from jaxcolor import families
 from jaxcolor import models as models_lib
+from jaxcolor.runtime import files
 from jaxcolor.runtime import parallel
 from jaxcolor.runtime import profiler
 from jaxcolor import records as records_lib
@@ -556,6 +556,11 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   config, notes = families.family_class(config.model.name).benchmark_config(
       config)
   what = config.benchmark.what
+  out = config.benchmark.output_json or os.path.join(
+      workdir or os.getcwd(), f'benchmark_{what}.json')
+  if jax.process_index() == 0:  # before anything is compiled
+    files.check_writable(os.path.dirname(os.path.abspath(out)),
+                         'the folder of config.benchmark.output_json')
   if what != 'input':
     parallel.maybe_initialize_distributed(config.distributed)
     trainer_lib.check_devices(config)
@@ -599,12 +604,7 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
 
   print(_table(report), flush=True)
   if jax.process_index() == 0:
-    out = config.benchmark.output_json or os.path.join(
-        workdir or os.getcwd(), f'benchmark_{what}.json')
-    if os.path.dirname(out):
-      os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, 'w') as f:
-      json.dump(report, f, indent=2)
+    files.write_json(out, report, indent=2)
     print(f'Wrote {out}', flush=True)
   return report
 

@@ -47,12 +47,12 @@ def event_files(workdir: str) -> list[str]:
   """
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'--workdir={workdir!r} is not an existing folder')
-  files = sorted(glob.glob(os.path.join(workdir, EVENT_GLOB)))
-  if not files:
+  paths = sorted(glob.glob(os.path.join(workdir, EVENT_GLOB)))
+  if not paths:
     raise FileNotFoundError(
         f'--workdir={workdir!r} holds no TensorBoard event files '
         f'({EVENT_GLOB}); point it at a training run\'s workdir')
-  return files
+  return paths
 
 
 def _scalar(value) -> Optional[float]:

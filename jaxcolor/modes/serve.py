@@ -65,6 +65,7 @@ from jaxcolor.runtime import checkpoint
 from jaxcolor import inference
 from jaxcolor.color import recombine
 from jaxcolor.data import preprocess
+from jaxcolor.runtime import files
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           'serve_static')
@@ -94,8 +95,8 @@ class Choice:
 
 def _bundle_label(path: str) -> str:
   try:
-    with open(os.path.join(path, inference.BUNDLE_FILE)) as f:
-      meta = json.load(f)
+    meta = json.loads(files.read_regular(
+        os.path.join(path, inference.BUNDLE_FILE), files.JSON_LIMIT))
     return f'{meta.get("model", "?")}, step {meta.get("step", "?")}'
   except (OSError, ValueError, AttributeError):
     return 'bundle'

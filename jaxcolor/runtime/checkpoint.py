@@ -164,8 +164,8 @@ def read_saved_config(step_dir: str) -> dict:
   check_files(step_dir)
   path = os.path.join(step_dir, 'config', 'metadata')
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(files.read_regular(path, files.JSON_LIMIT,
+                                          'the limit of a saved config'))
   except (OSError, ValueError) as e:
     raise DamagedCheckpointError(f'{path} is not readable JSON '
                                  f'({_first_line(e)})') from e

@@ -17,6 +17,9 @@ from typing import Any, Iterator, Optional
 from absl import logging
 
 TEMP_SUFFIX = '.jaxcolor-tmp'
+# The most a JSON file this product reads (saved configs, bundle.json) may
+# hold; a larger one is no file of ours.
+JSON_LIMIT = 64 * 2**20
 
 # OS errors of the target rather than of the program: a full or read-only
 # disk, a missing permission, a path that is a file. main.py reports them

@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import ml_collections
 
+from jaxcolor.runtime import files
+
 RUN_CONFIG_FILE = 'config.json'  # written by training in the workdir
 
 
@@ -36,8 +38,8 @@ def read_run_config(workdir: str) -> Optional[dict]:
   if not os.path.isfile(path):
     return None
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(files.read_regular(path, files.JSON_LIMIT,
+                                          'the limit of a saved config'))
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} is not readable JSON ({e}); delete it, or '
                      'run the training again to rewrite it') from e

@@ -18,6 +18,7 @@ import sys
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 import helpers
@@ -340,3 +341,50 @@ def test_special_files_among_photos_are_skipped(tmp_path, run):
           '--config.data.val_fraction=0', '--config.num_train_steps=2'),
             'Checkpoint of step 2', rc=0, setup=folder, check=two_skipped),
   ], tmp_path, run=run)
+
+
+# ------------------------------------------------------------------ records
+def _damaged_records(tmp):
+  """Records prepared by main.py from 24 photos (shards of 8), then: 4 KiB
+  of noise in the middle of the first shard, and one record of the second
+  rewritten with a float32 NaN `rgb`."""
+  import test_records  # pylint: disable=g-import-not-at-top
+  _photos(24)(tmp)
+  result = helpers.run_main(
+      '--mode=prepare', *CIC, f'--config.data.train_dir={tmp}/in',
+      f'--config.data.prepared_dir={tmp}/rec',
+      '--config.data.prepare_processes=1', '--config.data.val_fraction=0',
+      '--config.data.prepare_shard_size=8', timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  shards = sorted(os.path.join(tmp, 'rec', n)
+                  for n in os.listdir(os.path.join(tmp, 'rec'))
+                  if n.startswith('train-'))
+  with open(shards[0], 'r+b') as f:
+    f.seek(os.path.getsize(shards[0]) // 2)
+    f.write(np.random.default_rng(0).bytes(4096))
+  test_records._rewrite(shards[1], lambda i, e: (  # pylint: disable=protected-access
+      test_records._nan_rgb(e) if i == 3 else e))  # pylint: disable=protected-access
+
+
+def _trains_on_and_resumes(tmp, out):
+  assert 'record 3 of' in out and 'does not match metadata.json' in out, (
+      out[-3000:])
+  with open(os.path.join(tmp, 'w', 'chroma.json')) as f:
+    assert all(np.isfinite(json.load(f)['mean_chroma_cr_cb']))
+  again = helpers.run_main(
+      *CIC, f'--workdir={tmp}/w', f'--config.data.prepared_dir={tmp}/rec',
+      '--config.data.val_fraction=0', '--config.num_train_steps=8',
+      timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'Resuming from step 4' in again.stderr and (
+      'Traceback' not in again.stderr), again.stderr[-2000:]
+
+
+def test_damaged_records_are_skipped_and_counted(tmp_path):
+  run_all([
+      Probe('train_on_damaged_records', (
+          *CIC, '--workdir={tmp}/w', '--config.data.prepared_dir={tmp}/rec',
+          '--config.data.val_fraction=0', '--config.num_train_steps=4'),
+            'damaged record', rc=0, setup=_damaged_records,
+            check=_trains_on_and_resumes),
+  ], tmp_path)

@@ -29,10 +29,10 @@ from jaxcolor.data import pipeline
 from jaxcolor.data import preprocess
 from jaxcolor.runtime import checkpoint
 from jaxcolor.runtime import console
-from jaxcolor.runtime import parallel
-from jaxcolor.runtime import profiler
 from jaxcolor.runtime import files
 from jaxcolor.runtime import folder_lock
+from jaxcolor.runtime import parallel
+from jaxcolor.runtime import profiler
 from jaxcolor.runtime import saved_config
 
 AXIS = parallel.AXIS

@@ -91,6 +91,11 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
+    text = str(e).strip()
+    if 'Error whilst parsing config file' in text:
+      # The config file raised (e.g. get_config(arg) refusing its arg):
+      # its own message, without the traceback absl embeds.
+      sys.exit(f'FATAL --config cannot be loaded: {text.splitlines()[-1]}')
     sys.exit(f'FATAL Flags parsing error: {e}')
   except (AttributeError, KeyError) as e:
     # ml_collections reports a bad override path as a nested KeyError.

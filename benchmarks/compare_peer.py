@@ -118,7 +118,7 @@ def jax_flops(batch):
   from jaxcolor.models import conv_impl  # pylint: disable=g-import-not-at-top
   from jaxcolor.models import resnet18  # pylint: disable=g-import-not-at-top
 
-  mc = default.get_config().model
+  mc = models.resolve_sizes(default.get_config().model, 64)
   m = models.build_models(mc)
   key = jax.random.key(0, impl='rbg')
 

@@ -9,6 +9,10 @@ T = 0.38. Network: five blocks of 2-3 convs with ReLU and BatchNorm,
 up-sampling after the fourth (jaxcolor/models/cic.py has the layer table).
 The shared sections come from configs/common.py; the model is
 jaxcolor/families/cic.py.
+
+At 64 px (the paper's comparison) the ab map is 16x16; Zhang et al.'s own
+size is `--config=configs/cic_baseline.py:256` (256 px in, ab at 64x64);
+`:128` gives ab at 32x32. Any multiple of 8 works.
 """
 
 import ml_collections
@@ -16,8 +20,10 @@ import ml_collections
 from configs import common
 
 
-def get_config():
+def get_config(arg=None):
+  """Args: arg: the image size after ':' (64 by default, 128 or 256)."""
   config = common.get_config()
+  config.data.image_size = common.size_variant(arg, 'configs/cic_baseline.py')
   model = config.model = ml_collections.ConfigDict()
   model.name = 'cic'
   model.widths = (64, 128, 256, 512, 256)   # channels of blocks 1..5

@@ -8,6 +8,26 @@ Zhang et al.) start from `get_config()` here and add their own `model`,
 import ml_collections
 
 
+SIZES = (64, 128, 256)  # the sizes a config file's variant may name
+
+
+def size_variant(arg, config_file: str) -> int:
+  """The text after ':' in `--config=configs/x.py:256` -> the image side.
+
+  None or '' (no variant) is 64, the paper's size.
+
+  Raises:
+    ValueError: one line naming the variants that exist.
+  """
+  if arg in (None, ''):
+    return 64
+  if str(arg).strip() not in {str(s) for s in SIZES}:
+    raise ValueError(f'--config={config_file}:{arg}: the variants are the '
+                     'image sizes ' + ', '.join(f'{config_file}:{s}'
+                                                 for s in SIZES))
+  return int(arg)
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The shared sections, with the paper's data and schedule settings."""
   config = ml_collections.ConfigDict()
@@ -25,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.val_dir = ''            # optional; else a hash split of train_dir
   data.val_fraction = 0.05     # share of train_dir held out when val_dir is empty
   data.prepared_dir = ''       # ArrayRecord shards written by --mode=prepare
-  data.image_size = 64         # training resolution (square)
+  # Training resolution (square); the model files' variants
+  # (`--config=configs/recipe.py:256`) set it with the keys that follow it.
+  data.image_size = 64
   data.random_crop = False     # else resize shorter side + centre crop
   data.random_flip = False     # horizontal flip
   # Canny on the 0..255 grayscale image at training size. 100/200 (the 1:2

@@ -32,18 +32,25 @@ def get_config():
   # the output channels. All kernels 4x4; strides 2 except the layer below.
   model.g_features = (64, 128, 256, 512, 512, 512, 512)
   model.g_kernel_size = 4
-  model.g_stride1_layer = 1    # 1-based encoder layer with stride 1 (64 px needs one)
+  # 1-based encoder layer with stride 1, 0: none; -1: derived from
+  # data.image_size (0 where the side is a multiple of 2^7, else 1: 64 px
+  # -> 1 as in the paper, 128 and 256 px -> 0; bottleneck 1x1 at 64 and
+  # 128 px, 2x2 at 256 px with these 7 layers).
+  model.g_stride1_layer = -1
   # ResNet-18 branch: layer4 features resized to fusion_size x fusion_size and
   # concatenated to the output of encoder layer `fusion_layer` (1-based).
   model.use_resnet = True
   model.fusion_layer = 6
-  model.fusion_size = 2
+  # 0: d_{fusion_layer}'s side at data.image_size (2 at 64 and 128 px, as
+  # in the paper; 4 at 256 px).
+  model.fusion_size = 0
   model.resnet_input_size = 224
   model.resnet18_weights = ''  # Flax file from `python -m jaxcolor.models.convert_resnet18`
   model.require_resnet18_weights = True  # the paper uses ImageNet weights
   model.freeze_resnet = True
   # (config.data.use_feature_cache computes the branch's features once.)
-  # PatchGAN critic: 6 convs on gray + RGB; 64 px -> 14x14 patch map.
+  # PatchGAN critic: 6 convs on gray + RGB; patch map 14x14 at 64 px,
+  # 30x30 at 128, 62x62 at 256 (jaxcolor/models/patchgan.py).
   model.d_features = (64, 128, 256, 512, 512, 1)
   model.d_kernel_sizes = (4, 4, 3, 3, 4, 4)
   model.d_strides = (2, 2, 1, 1, 1, 1)

@@ -4,14 +4,31 @@ Start here on your own photos. Every change from configs/default.py (the
 paper, kept exactly as published) is listed below with its reason; the
 measurements behind each (780 photos, evaluated on CBSD68) are in
 docs/results.md.
+
+Variants by image size: `--config=configs/recipe.py:128` trains at 128 px
+(the same network, every encoder layer at stride 2, still reaching 1x1);
+`configs/recipe.py:256` at 256 px with an eighth encoder layer of 512
+channels (pix2pix's unet_256), so the generator again reaches 1x1, the
+ResNet features join d6 at 4x4 and the critic's patch map is 62x62.
+Only measured at 64 px so far.
 """
 
+from configs import common
 from configs import default
 
 
-def get_config():
-  """Returns the paper's model trained with the recommended switches."""
+def get_config(arg=None):
+  """Returns the paper's model trained with the recommended switches.
+
+  Args:
+    arg: the text after ':' in `--config=configs/recipe.py:256`: the image
+      size, 64 (default), 128 or 256.
+  """
+  size = common.size_variant(arg, 'configs/recipe.py')
   config = default.get_config()
+  config.data.image_size = size
+  if size == 256:
+    config.model.g_features += (512,)
   # Predict only chroma on the input's own luminance: no PSNR is lost
   # re-predicting the gray the model was given, and an untrained G is the
   # gray copy (chroma output alone, with the paper's loss and rates, scores

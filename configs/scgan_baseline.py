@@ -18,12 +18,27 @@ GAN weight is `loss.gan_weight`, the gradient penalty is
 can be switched on with `model.saliency_head=True` and
 `loss.saliency_weight`; the perceptual loss and spectral normalisation are
 not implemented.
+
+SCGAN's own size is 256 px: `--config=configs/scgan_baseline.py:256` (and
+`:128`) takes the released code's layout on this model's layers. Its U-Net
+has a stride-1 d1 and halves the side down to 1x1, so 9 encoder layers at
+256 px (64, 128, 256, 512, 512, 512, 512, 512, 512; 8 at 128 px, the last
+512 dropped); its critic is the release's 70x70 PatchGAN
+(`PatchDiscriminator70`: k7s1p3, three k3s2p1, two k4s1p1), whose map is
+the paper's 30x30 at 256 px (14x14 at 128 px):
+  256 -k7s1p3-> 256 -k3s2p1-> 128 -> 64 -> 32 -k4s1p1-> 31 -k4s1p1-> 30.
+The layers keep this model's 4x4 kernels in G (the release: 7x7 d1, 3x3
+elsewhere) and add no normalisation. The 64-px critic above, given only
+a larger data.image_size, maps 128 px to 62x62 and 256 px to 126x126.
 """
 
+from configs import common
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
+  """Args: arg: the image size after ':' (64 by default, 128 or 256)."""
+  size = common.size_variant(arg, 'configs/scgan_baseline.py')
   config = default.get_config()
   config.model.name = 'scgan'
   config.model.use_edge = False
@@ -39,4 +54,11 @@ def get_config():
   config.loss.saliency_weight = 0.0
   config.optim.g_learning_rate = 2e-4
   config.optim.d_learning_rate = 1e-3
+  if size > 64:
+    config.data.image_size = size
+    config.model.g_features = (64, 128, 256) + (512,) * (
+        {128: 5, 256: 6}[size])
+    config.model.d_kernel_sizes = (7, 3, 3, 3, 4, 4)
+    config.model.d_strides = (1, 2, 2, 2, 1, 1)
+    config.model.d_paddings = (3, 1, 1, 1, 1, 1)
   return config

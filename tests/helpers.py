@@ -3,6 +3,7 @@
 Test modules import these; no test module imports another.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from jaxcolor import families
 from jaxcolor import trainer
 from jaxcolor.modes import train
 from jaxcolor.data import pipeline
+from jaxcolor.runtime import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES_DIR = os.path.join(ROOT, 'jaxcolor', 'data', 'samples')
@@ -110,6 +112,102 @@ def train_batches(n=2, config=None):
   it = iter(pipeline.build_train_dataset(config or tiny_config(),
                                          process_index=0, process_count=1))
   return [next(it) for _ in range(n)]
+
+
+# ------------------------------------------------------------------ shared steps
+# Compiling the tiny GAN's step is most of the suite's time: tests that step
+# the same config on the same layout share one traced and compiled program,
+# one fresh state and (`trajectory`) one run, made once per test process.
+_TRAIN_FNS = {}
+_FRESH_STATES = {}
+_BATCHES = {}
+_TRAJECTORIES = {}
+
+
+def config_key(config) -> str:
+  """A config as a string: equal strings, equal configs."""
+  return json.dumps(config.to_dict(), sort_keys=True, default=repr)
+
+
+def _layout_key(par):
+  return par.kind, tuple(d.id for d in par.mesh.devices.flat)
+
+
+def shared_train_fn(config, par):
+  """(family, `trainer.make_train_fn` of `config` on `par`), made once per
+  process for each config and layout."""
+  key = (config_key(config), _layout_key(par))
+  if key not in _TRAIN_FNS:
+    family = families.build(config)
+    _TRAIN_FNS[key] = family, trainer.make_train_fn(family, par, config)
+  return _TRAIN_FNS[key]
+
+
+def shared_fresh_state(config, par):
+  """A fresh replicated state of `config` on `par`'s devices: a new device
+  copy of one host copy made once per process (its init compiled once)."""
+  key = config_key(config)
+  if key not in _FRESH_STATES:
+    _FRESH_STATES[key] = host(fresh_state(config, par)[1])
+  return jax.device_put(_FRESH_STATES[key], par.replicated)
+
+
+def shared_batches(n, config=None):
+  """`train_batches(n, config)`, read once per process (do not modify)."""
+  config = config or tiny_config()
+  key = (config_key(config.data), config.seed)
+  have = _BATCHES.get(key, [])
+  if len(have) < n:
+    _BATCHES[key] = have + train_batches(n, config)[len(have):]
+  return _BATCHES[key][:n]
+
+
+def steps_from_fresh(config, par, batches, start=None):
+  """Trains `batches` from a fresh state of `config` through the trainer's
+  compiled call (`trainer.make_train_fn`: `config.steps_per_call` batches a
+  call), with `shared_train_fn` and `shared_fresh_state`; or, given
+  `start` (a host state of `config`), from that state.
+
+  Returns ([host state before the first call, after each call], [host
+  metrics of each step]).
+  """
+  _, fn = shared_train_fn(config, par)
+  if start is None:
+    state = shared_fresh_state(config, par)
+    start = _FRESH_STATES[config_key(config)]
+  else:
+    state = jax.device_put(start, par.replicated)
+  s = par.to_step_layout(state)
+  states, metrics = [start], []
+  k = config.steps_per_call
+  for i in range(0, len(batches), k):
+    s, m = fn(s, trainer.put_train_batches(par, batches[i:i + k], config))
+    states.append(host(par.from_step_layout(s)))
+    metrics.extend(trainer.split_metrics(par.fetch(m), k))
+  return states, metrics
+
+
+def trajectory(config, kind, n):
+  """`steps_from_fresh` of `config` on all devices (`kind`: 'pmap' or
+  'shard_map') over the first `n` training batches, stepped once per
+  process: every test that asks gets the same (states, metrics), a longer
+  run continues a shorter one (the same steps on the same bits).
+
+  Returns ([host state fresh, after each call], [host metrics of each
+  step]); do not modify them.
+  """
+  key = (config_key(config), kind)
+  states, metrics = _TRAJECTORIES.get(key, (None, []))
+  done = len(metrics)
+  if n > done:
+    more = steps_from_fresh(config, parallel.Parallel.create(kind),
+                            shared_batches(n, config)[done:],
+                            start=states[-1] if states else None)
+    states = (states or [])[:-1] + more[0]  # more[0][0] is states[-1]
+    metrics = metrics + more[1]
+    _TRAJECTORIES[key] = states, metrics
+  k = config.steps_per_call
+  return states[:n // k + 1], metrics[:n]
 
 
 # ------------------------------------------------------------------ runs

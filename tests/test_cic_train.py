@@ -10,28 +10,26 @@ import helpers
 from helpers import tiny_cic
 
 
-def family_steps(config, batches, kind='shard_map'):
-  return helpers.run_steps(config, parallel.Parallel.create(kind), batches)
-
-
 @pytest.fixture(scope='module')
 def batches():
-  return helpers.train_batches()
+  return helpers.shared_batches(2)
 
 
 def test_steps_on_a_fixed_batch_lower_the_loss(batches):
-  config = tiny_cic()
-  first = family_steps(config, batches[:1])[1]['loss']
-  state, m = family_steps(config, [batches[0]] * 10)
-  assert np.isfinite(first) and m['loss'] < first
-  assert int(helpers.host(state).step) == 10
+  # One run of 10 steps: its first step's loss and its last.
+  states, metrics = helpers.steps_from_fresh(
+      tiny_cic(), parallel.Parallel.create('shard_map'), [batches[0]] * 10)
+  first = metrics[0]['loss']
+  assert np.isfinite(first) and metrics[-1]['loss'] < first
+  assert int(states[-1].step) == 10
 
 
 def test_pmap_matches_shard_map_with_synced_batch_norm(batches):
+  del batches
   config = tiny_cic()
-  a, _ = family_steps(config, batches, 'pmap')
-  b, _ = family_steps(config, batches, 'shard_map')
-  a, b = helpers.host(a), helpers.host(b)
+  # pmap's is the step the training run below compiles.
+  a = helpers.trajectory(config, 'pmap', 2)[0][-1]
+  b = helpers.trajectory(config, 'shard_map', 2)[0][-1]
   assert helpers.max_abs_diff(a.params, b.params) < 1e-5
   assert helpers.max_abs_diff(a.batch_stats, b.batch_stats) < 1e-5
 

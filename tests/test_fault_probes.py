@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import cv2
@@ -317,9 +318,14 @@ def _special_files(folder):
   """A FIFO and a socket named like photos beside real photos."""
   os.makedirs(folder, exist_ok=True)
   os.mkfifo(os.path.join(folder, 'pipe.jpg'))
+  # Bound under a short path (AF_UNIX names are at most 108 bytes), then
+  # moved beside the photos: the socket file keeps its kind.
+  short = tempfile.mkdtemp(prefix='jc', dir='/tmp')
   sock = socket.socket(socket.AF_UNIX)
-  sock.bind(os.path.join(folder, 'sock.png'))
+  sock.bind(os.path.join(short, 's'))
   sock.close()
+  os.replace(os.path.join(short, 's'), os.path.join(folder, 'sock.png'))
+  os.rmdir(short)
 
 
 def test_special_files_among_photos_are_skipped(tmp_path, run):

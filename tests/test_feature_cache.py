@@ -190,7 +190,9 @@ def test_fingerprint_names_the_weights_files(photos, records, init_args,
     ({'data.feature_cache_dtype': 'int8'}, 'expected one of'),
     ({'model.resnet_input_size': 64},
      'resnet_input_size: records have 32, config has 64'),
-    ({'model.fusion_size': 1}, r'records have \[2, 2, 512\]'),
+    # fusion_size follows the fusion layer (d5: 4 x 4 at 64 px).
+    ({'model.fusion_layer': 5}, r'records have \[2, 2, 512\]'),
+    ({'model.fusion_size': 1}, 'set model.fusion_size=2'),
 ])
 def test_misuse_is_refused(photos, records, overrides, match):
   config = _config(photos, records('float16'))

@@ -37,29 +37,21 @@ ALL_ON = {'model.output': 'chroma', 'loss.gan': 'hinge',
 
 @pytest.fixture(scope='module')
 def batches():
-  return helpers.train_batches(3)
+  return helpers.shared_batches(3)
 
 
 @pytest.fixture(scope='module')
 def all_on_runs(batches):
   """{'pmap'|'shard_map': (states, metrics)} of 3 steps with ALL_ON."""
+  del batches
   cfg = helpers.tiny_config(**ALL_ON)
-  return {kind: _steps(cfg, batches, kind) for kind in ('pmap', 'shard_map')}
+  return {kind: _steps(cfg, kind) for kind in ('pmap', 'shard_map')}
 
 
-def _steps(config, batches, kind='pmap'):
-  """States after each of `len(batches)` steps (host numpy) and the last
-  metrics."""
-  par = parallel.Parallel.create(kind)
-  family, state = helpers.fresh_state(config, par)
-  step_fn = par.compile(family.train_step)
-  s = par.to_step_layout(state)
-  states, metrics = [helpers.host(par.from_step_layout(s))], []
-  for b in batches:
-    s, m = step_fn(s, par.put_batch(b))
-    states.append(helpers.host(par.from_step_layout(s)))
-    metrics.append(par.fetch(m))
-  return states, metrics
+def _steps(config, kind='pmap'):
+  """States before and after each of 3 steps (host numpy) and each step's
+  metrics; each config and kind stepped once per test process."""
+  return helpers.trajectory(config, kind, 3)
 
 
 # ------------------------------------------------------------------ chroma
@@ -91,8 +83,8 @@ def test_untrained_chroma_generator_outputs_the_gray_copy(make, batches):
                              atol=1e-6)
   # The paper's RGB head starts from random colour instead.
   rgb_family = families.build(make())
-  rgb_state = helpers.host(trainer.init_state(
-      rgb_family, parallel.Parallel.create('pmap'), rgb_family.config))
+  rgb_state = helpers.host(helpers.shared_fresh_state(
+      rgb_family.config, parallel.Parallel.create('pmap')))
   rgb_out = rgb_family.colorize(rgb_state, batches[0])['fake_rgb']
   assert float(np.max(np.abs(rgb_out - np.repeat(gray, 3, -1)))) > 0.05
 
@@ -104,10 +96,9 @@ EMA_DECAY = 0.9
 
 
 def test_ema_leaves_training_alone_and_matches_a_direct_average(batches):
-  plain, _ = _steps(helpers.tiny_config(), batches)
+  plain, _ = _steps(helpers.tiny_config())
   decay = EMA_DECAY
-  with_ema, _ = _steps(helpers.tiny_config(**{'optim.ema_decay': decay}),
-                       batches)
+  with_ema, _ = _steps(helpers.tiny_config(**{'optim.ema_decay': decay}))
   assert all(s.ema_g_params is None for s in plain)  # decay 0: no EMA at all
   for a, b in zip(plain, with_ema):  # the trained weights are the same
     assert helpers.max_abs_diff(a.g_params, b.g_params) == 0.0
@@ -137,14 +128,16 @@ def test_ema_decay_with_and_without_warmup():
       rtol=1e-7)
 
 
-def test_ema_resumes_bit_for_bit_and_inference_uses_it(tmp_path):
+def test_ema_resumes_bit_for_bit_and_inference_uses_it(tmp_path, epoch_run):
+  # With every switch on (an EMA among them): the step is the one
+  # all_on_runs compiles, the evaluation the one of epoch_run.
   def make(**kw):
-    return helpers.tiny_config(**{'optim.ema_decay': EMA_DECAY}, **kw)
+    return helpers.tiny_config(**ALL_ON, **kw)
   resumed = str(tmp_path / 'resumed')
   helpers.train_then_resume(make, resumed)
-  straight = str(tmp_path / 'straight')
-  train.train_and_evaluate(make(num_train_steps=4), straight)
-  a, b = helpers.saved_state(resumed, 4), helpers.saved_state(straight, 4)
+  # The uninterrupted run: the run in epochs (the same schedules: its
+  # length is DECAY), at its step-4 checkpoint.
+  a, b = helpers.saved_state(resumed, 4), helpers.saved_state(epoch_run, 4)
   assert helpers.max_abs_diff(a, b) == 0.0
   assert a['ema_g_params'] is not None
   # colorize, evaluate and export read the average, not the trained weights.
@@ -194,19 +187,27 @@ def test_decaying_schedule_must_outlast_its_warmup():
     families.build(cfg)
 
 
-def test_a_run_given_in_epochs_decays_over_its_length(tmp_path):
+@pytest.fixture(scope='module')
+def epoch_run(tmp_path_factory):
+  """The workdir of a run of ALL_ON given in epochs (num_train_steps -1, no
+  decay_steps), logging every step, a checkpoint every 2 steps."""
+  # The tiny set's epoch is DECAY steps: the step is all_on_runs'.
+  cfg = helpers.tiny_config(**{
+      **ALL_ON, 'optim.decay_steps': 0, 'num_train_steps': -1,
+      'num_epochs': 1, 'log_every_steps': 1, 'image_every_steps': 100,
+      'eval_every_steps': 100, 'checkpoint_every_steps': 2,
+      'keep_checkpoints': 3})
+  families.build(cfg)  # the length is not known yet: no error
+  workdir = str(tmp_path_factory.mktemp('epochs') / 'run')
+  train.train_and_evaluate(cfg, workdir)
+  return workdir
+
+
+def test_a_run_given_in_epochs_decays_over_its_length(epoch_run):
   # A warmup and cosine decay with num_train_steps -1: train resolves
   # the length from the data (1 epoch of the tiny set) before the step.
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  peak = 1e-3
-  cfg = helpers.tiny_config(**{
-      'optim.g_lr_schedule': 'cosine', 'optim.warmup_steps': 1,
-      'optim.g_learning_rate': peak, 'num_train_steps': -1, 'num_epochs': 1,
-      'log_every_steps': 1, 'image_every_steps': 100,
-      'eval_every_steps': 100, 'checkpoint_every_steps': 100})
-  families.build(cfg)  # the length is not known yet: no error
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(cfg, workdir)
+  workdir = epoch_run
   with open(f'{workdir}/config.json') as f:
     total = json.load(f)['num_train_steps']
   assert total > 2  # one pass over the tiny training split
@@ -215,7 +216,8 @@ def test_a_run_given_in_epochs_decays_over_its_length(tmp_path):
   acc.Reload()
   logged = {e.step: float(_tb_value(e)) for e in acc.Tensors('train/g_lr')}
   assert max(logged) == total
-  want = optax.warmup_cosine_decay_schedule(0.0, peak, 1, total, 0.0)
+  want = optax.warmup_cosine_decay_schedule(0.0, G_PEAK, WARMUP, total,
+                                            G_PEAK * END)
   for step, lr in logged.items():
     np.testing.assert_allclose(lr, want(step - 1), rtol=1e-5, atol=1e-12)
 
@@ -306,8 +308,9 @@ def test_rebalanced_l1_weighs_each_pixel_by_its_colours_bin():
 def test_rebalanced_l1_off_or_at_lambda_1_is_the_plain_l1(batches):
   config = helpers.tiny_config()
   assert families.build(config).l1_grid is None    # the paper: no weights
-  family, state = helpers.fresh_state(config, parallel.Parallel.create('pmap'))
-  state = helpers.host(state)
+  family = families.build(config)
+  state = helpers.host(helpers.shared_fresh_state(
+      config, parallel.Parallel.create('pmap')))
   inputs = gan_step.model_inputs(batches[0], config.model)
   fake = gan_step.generate(state.g_params, state.resnet_variables(), inputs,
                       models=family.models, model_config=config.model)

@@ -15,28 +15,25 @@ from helpers import tiny_config
 
 @pytest.fixture(scope='module')
 def batches():
-  return helpers.train_batches(2)
+  return helpers.shared_batches(2)
 
 
 def run(config, batches, kind='shard_map'):
   """Host state and metrics after one compiled call per batch."""
-  par = parallel.Parallel.create(kind)
-  family, state = helpers.fresh_state(config, par)
-  fn = trainer.make_train_fn(family, par, config)
-  s = par.to_step_layout(state)
-  metrics = []
-  for b in batches:
-    s, m = fn(s, trainer.put_train_batches(par, [b], config))
-    metrics.append(par.fetch(m))
-  return host(par.from_step_layout(s)), metrics
+  states, metrics = helpers.steps_from_fresh(
+      config, parallel.Parallel.create(kind), batches)
+  return states[-1], metrics
 
 
+# The GAN's steps run under pmap, as the training run's (config.parallel's
+# default) do: the accumulating step compiles once for both tests.
 def test_gan_micro_batches_give_the_whole_batchs_update(batches):
   # The tiny GAN has no BatchNorm: 2 micro-batches of b per device are one
   # batch of 2b, up to float rounding (sums in another order), for both
   # optimisers; the step counts updates, not micro-batches.
-  whole, m1 = run(tiny_config(), batches)
-  micro, m2 = run(tiny_config(grad_accum_steps=2), batches)
+  (*_, whole), m1 = helpers.trajectory(tiny_config(), 'pmap', len(batches))
+  (*_, micro), m2 = helpers.trajectory(tiny_config(grad_accum_steps=2), 'pmap',
+                                       len(batches))
   assert int(micro.step) == len(batches)
   assert max_abs_diff(whole.d_params, micro.d_params) < 1e-6
   assert max_abs_diff(whole.g_params, micro.g_params) < 1e-6
@@ -61,9 +58,10 @@ def test_cic_accumulates_with_per_micro_batch_batchnorm(batches):
 
 
 def test_accumulation_trains_checkpoints_and_resumes(tmp_path, batches):
+  del batches
   state = helpers.train_then_resume(
       lambda **o: tiny_config(grad_accum_steps=2, **o), str(tmp_path / 'run'))
-  straight, _ = run(tiny_config(), helpers.train_batches(4), 'pmap')
+  (*_, straight), _ = helpers.trajectory(tiny_config(), 'pmap', 4)
   assert max_abs_diff(host(state).g_params, straight.g_params) < 1e-5
 
 

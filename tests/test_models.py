@@ -27,12 +27,11 @@ PEER_G_GFLOP, PEER_D_GFLOP = 3.062, 2.721
 
 
 def _model_config(size=64, **overrides):
+  """The paper's model section at `size` px, its derived keys resolved."""
   mc = default.get_config().model
-  if size == 128:
-    mc.g_stride1_layer = 0
   for k, v in overrides.items():
     setattr(mc, k, v)
-  return mc
+  return models.resolve_sizes(mc, size)
 
 
 def _g_inputs(mc, size, batch=1):

@@ -185,7 +185,7 @@ def test_init_resnet_variables_policies(tmp_path, variables, caplog):
 
 def test_frozen_branch_gets_no_update(variables):
   """As the trainer does: stop_gradient on ResNet variables, one Adam step."""
-  mc = tiny.get_config().model
+  mc = models.resolve_sizes(tiny.get_config().model, 64)
   m = models.build_models(mc)
   gray = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 1)),
                      jnp.float32)

@@ -151,6 +151,10 @@ def test_command_line_and_config_probes(tmp_path):
       Probe('no_workdir', TINY, '--workdir is required for --mode=train'),
       Probe('missing_config', ('--config=nope.py', '--workdir={tmp}/w'),
             '--config=nope.py cannot be loaded: [Errno 2] No such file'),
+      Probe('bad_config_variant', ('--config=configs/recipe.py:100',
+                                   '--workdir={tmp}/w'),
+            '--config cannot be loaded: ValueError: --config=configs/'
+            'recipe.py:100: the variants are the image sizes'),
       Probe('unknown_key', (*TINY, '--workdir={tmp}/w',
                             '--config.data.batchsize=3'),
             "unknown config key on the command line: 'batchsize'"),

@@ -3,6 +3,7 @@
 import contextlib
 import glob
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -12,27 +13,29 @@ from jaxcolor.runtime import checkpoint
 from jaxcolor.runtime import parallel
 from jaxcolor.modes import train
 from jaxcolor.data import pipeline
-from helpers import fresh_state
+import helpers
 from helpers import host
 from helpers import max_abs_diff
-from helpers import run_steps
 from helpers import saved_state
 from helpers import tiny_config
-from helpers import train_batches
 
 
 @pytest.fixture(scope='module')
 def batches():
-  return train_batches()
+  return helpers.shared_batches(2)
 
 
-def test_one_step_updates_generator_and_critic_not_resnet(batches):
-  config = tiny_config()
-  par = parallel.Parallel.create('shard_map')
-  _, before = fresh_state(config, par)
-  before = host(before)
-  after, metrics = run_steps(config, par, batches[:1])
-  after = host(after)
+@pytest.fixture(scope='module')
+def sharded(batches):
+  """([host state fresh, after step 1, after step 2], [metrics of each
+  step]) of the tiny config under shard_map on the 4 devices: one run (and
+  one compiled step) for every test here that steps it."""
+  del batches
+  return helpers.trajectory(tiny_config(), 'shard_map', 2)
+
+
+def test_one_step_updates_generator_and_critic_not_resnet(sharded):
+  (before, after, _), (metrics, _) = sharded
   assert int(after.step) == 1
   assert max_abs_diff(before.g_params, after.g_params) > 0
   assert max_abs_diff(before.d_params, after.d_params) > 0
@@ -56,45 +59,42 @@ def test_one_step_updates_generator_and_critic_not_resnet(batches):
 
 def test_unfrozen_resnet_is_trained(batches):
   config = tiny_config(**{'model.freeze_resnet': False})
-  par = parallel.Parallel.create('shard_map')
-  _, before = fresh_state(config, par)
-  before = host(before)
-  after = host(run_steps(config, par, batches[:1])[0])
+  (before, after), _ = helpers.steps_from_fresh(
+      config, parallel.Parallel.create('shard_map'), batches[:1])
   assert 'resnet' in after.g_params
   assert max_abs_diff(before.g_params['resnet'], after.g_params['resnet']) > 0
 
 
-def test_four_devices_match_one_device(batches):
+def test_four_devices_match_one_device(sharded, batches):
   config = tiny_config()
   assert jax.device_count() == 4
-  four = host(run_steps(config, parallel.Parallel.create('shard_map'),
-                        batches)[0])
+  four = sharded[0][-1]
   one_par = parallel.Parallel(
       kind='shard_map',
       mesh=jax.sharding.Mesh(np.array(jax.devices()[:1]), (parallel.AXIS,)))
-  one = host(run_steps(config, one_par, batches)[0])
+  # The fresh state is the one the 4-device run started from, on 1 device.
+  one = helpers.steps_from_fresh(config, one_par, batches)[0][-1]
   assert max_abs_diff(four.g_params, one.g_params) < 1e-5
   assert max_abs_diff(four.d_params, one.d_params) < 1e-5
 
 
-def test_pmap_matches_shard_map(batches):
-  config = tiny_config()
-  a, ma = run_steps(config, parallel.Parallel.create('pmap'), batches)
-  b, mb = run_steps(config, parallel.Parallel.create('shard_map'), batches)
-  assert max_abs_diff(host(a).g_params, host(b).g_params) < 1e-6
-  assert max_abs_diff(host(a).d_params, host(b).d_params) < 1e-6
-  for k in ma:
-    np.testing.assert_allclose(ma[k], mb[k], rtol=1e-5, err_msg=k)
+def test_pmap_matches_shard_map(sharded):
+  (*_, a), ma = helpers.trajectory(tiny_config(), 'pmap', 2)
+  (*_, b), mb = sharded
+  assert max_abs_diff(a.g_params, b.g_params) < 1e-6
+  assert max_abs_diff(a.d_params, b.d_params) < 1e-6
+  for k in ma[-1]:
+    np.testing.assert_allclose(ma[-1][k], mb[-1][k], rtol=1e-5, err_msg=k)
 
 
-def checkpoint_after_one_step(workdir, batches):
+def checkpoint_after_one_step(workdir, sharded):
   """Saves the state after one step and a train iterator that read 1 batch.
 
   Returns (config, state, iterator).
   """
   config = tiny_config()
-  state, _ = run_steps(config, parallel.Parallel.create('shard_map'),
-                       batches[:1])
+  state = jax.device_put(sharded[0][1],
+                         parallel.Parallel.create('shard_map').replicated)
   it = iter(pipeline.build_train_dataset(config, process_index=0,
                                          process_count=1))
   next(it)
@@ -146,8 +146,8 @@ def test_pmap_layout_converts_a_whole_tree_in_one_program():
     np.testing.assert_array_equal(np.asarray(y), np.asarray(tree[name]))
 
 
-def test_checkpoint_round_trip(tmp_path, batches):
-  config, state, it = checkpoint_after_one_step(str(tmp_path), batches)
+def test_checkpoint_round_trip(tmp_path, sharded):
+  config, state, it = checkpoint_after_one_step(str(tmp_path), sharded)
   expected_next = next(it)
   it2 = iter(pipeline.build_train_dataset(config, process_index=0,
                                           process_count=1))
@@ -190,19 +190,36 @@ def test_saving_replicated_state_compiles_nothing(tmp_path):
   assert restored['a'].sharding.is_equivalent_to(par.replicated, 2)
 
 
-def test_checkpoint_from_other_model_is_refused(tmp_path, batches):
-  _, state, it = checkpoint_after_one_step(str(tmp_path), batches)
+def test_checkpoint_from_other_model_is_refused(tmp_path, sharded):
+  _, state, it = checkpoint_after_one_step(str(tmp_path), sharded)
   other = tiny_config(**{'model.g_features': (8, 8, 16, 16, 16, 16, 32)})
   with pytest.raises(ValueError, match='model.g_features'):
     checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path), other),
                               state, it, other)
 
 
-def test_train_writes_tensorboard_samples_and_checkpoints(tmp_path):
+# One run for the loop's outputs, its resume and its divergence: 2 steps
+# (a checkpoint each), then the same workdir resumed to 4 and a copy of it
+# resumed with a learning rate that poisons the parameters.
+def test_train_writes_tensorboard_samples_and_checkpoints_and_resumes(
+    tmp_path):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  config = tiny_config(**{'num_train_steps': 4})
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(
+      tiny_config(**{'num_train_steps': 2, 'checkpoint_every_steps': 1}),
+      workdir)
+  poisoned = str(tmp_path / 'poisoned')
+  shutil.copytree(workdir, poisoned, ignore=shutil.ignore_patterns('lock'))
+
+  # The checkpoint holds the ResNet: a resume builds only the state's shapes,
+  # so a weights file that is gone by now is not read.
+  gone = tiny_config(num_train_steps=4,
+                     **{'model.resnet18_weights': str(tmp_path / 'gone')})
+  state = train.train_and_evaluate(gone, workdir)
+  assert int(host(state).step) == 4
+  with pytest.raises(FileNotFoundError, match='gone'):
+    train.train_and_evaluate(gone, str(tmp_path / 'fresh'))
+
   events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
   assert events
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={
@@ -221,31 +238,12 @@ def test_train_writes_tensorboard_samples_and_checkpoints(tmp_path):
   assert pngs == ['step_0000002.png', 'step_0000004.png']
   assert os.path.isfile(os.path.join(workdir, 'chroma.json'))  # for colorize
 
-
-def test_non_finite_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(
-      tiny_config(**{'num_train_steps': 2, 'checkpoint_every_steps': 1}),
-      workdir)
-  # Resume the same run with a learning rate that poisons the parameters.
+  # Non-finite: stops with the step and keeps the last good checkpoint.
   bad = tiny_config(**{'optim.g_learning_rate': float('nan'),
                        'checkpoint_every_steps': 1, 'num_train_steps': 5})
   with pytest.raises(train.NonFiniteError, match='g_param_norm at step 3'):
-    train.train_and_evaluate(bad, workdir)
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
+    train.train_and_evaluate(bad, poisoned)
+  ckpt_dir = os.path.join(poisoned, 'checkpoints')
   assert sorted(os.listdir(ckpt_dir)) == ['1', '2']
-  leaves = jax.tree.leaves(saved_state(workdir, 2)['g_params'])
+  leaves = jax.tree.leaves(saved_state(poisoned, 2)['g_params'])
   assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
-
-
-def test_resume_reads_no_weights_file(tmp_path):
-  # The checkpoint holds the ResNet: a resume builds only the state's shapes,
-  # so a weights file that is gone by now is not read.
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
-  gone = tiny_config(num_train_steps=4,
-                     **{'model.resnet18_weights': str(tmp_path / 'gone')})
-  state = train.train_and_evaluate(gone, workdir)
-  assert int(host(state).step) == 4
-  with pytest.raises(FileNotFoundError, match='gone'):
-    train.train_and_evaluate(gone, str(tmp_path / 'fresh'))

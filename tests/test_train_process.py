@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import portpicker
+import pytest
 
 import helpers
 
@@ -62,15 +63,29 @@ def log_text(workdir):
     return f.read().decode(errors='replace')
 
 
-def test_sigterm_and_sigkill_resume_exactly(tmp_path):
-  steps = 24
-  flags = (f'--config.num_train_steps={steps}',
-           '--config.checkpoint_every_steps=4')
-  ref, run = str(tmp_path / 'ref'), str(tmp_path / 'run')
-  ref_proc = start(ref, *flags)
+# The uninterrupted reference run: 24 steps, a checkpoint every 4, all kept.
+STEPS = 24
+FLAGS = (f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=4',
+         '--config.keep_checkpoints=6')
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """(process, workdir) of the reference run, started once for both tests
+  (its step 4 is the two-process test's; its end the resumed run's)."""
+  ref = str(tmp_path_factory.mktemp('reference') / 'ref')
+  proc = start(ref, *FLAGS)
+  yield proc, ref
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+def test_sigterm_and_sigkill_resume_exactly(tmp_path, reference):
+  run = str(tmp_path / 'run')
 
   # Preemption: SIGTERM saves the current step and exits cleanly.
-  proc = start(run, *flags)
+  proc = start(run, *FLAGS)
   first = wait_for_checkpoint(proc, run, after=0)
   proc.send_signal(signal.SIGTERM)
   assert finished(proc) == 0, log_text(run)
@@ -80,23 +95,27 @@ def test_sigterm_and_sigkill_resume_exactly(tmp_path):
   assert saved_steps(run)[-1] == int(stopped[-1]) >= first
 
   # Crash: SIGKILL somewhere after the next checkpoint, no chance to save.
-  proc = start(run, *flags)
+  proc = start(run, *FLAGS)
   wait_for_checkpoint(proc, run, after=int(stopped[-1]))
   time.sleep(np.random.default_rng().uniform(0, 0.5))
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
-  assert saved_steps(run)[-1] < steps
+  assert saved_steps(run)[-1] < STEPS
 
   # Resume to the end; parameters equal the uninterrupted run bit for bit.
-  assert finished(start(run, *flags)) == 0, log_text(run)
+  ref_proc, ref = reference
+  assert finished(start(run, *FLAGS)) == 0, log_text(run)
   assert finished(ref_proc) == 0, log_text(ref)
   assert 'Restored checkpoint' in log_text(run)
-  a, b = final_params(ref, steps), final_params(run, steps)
+  a, b = final_params(ref, STEPS), final_params(run, STEPS)
   assert helpers.max_abs_diff(a, b) == 0.0
 
 
-def test_two_processes_match_one(tmp_path):
-  steps = 3
+def test_two_processes_match_one(tmp_path, reference):
+  # 4 steps on 2 processes of 2 devices each; the one process of 4 devices
+  # is the reference run's first 4 steps (the same config but its length,
+  # which no step reads: constant learning rates).
+  steps = 4
   flags = (f'--config.num_train_steps={steps}',
            f'--config.checkpoint_every_steps={steps}')
   port = portpicker.pick_unused_port()
@@ -107,11 +126,10 @@ def test_two_processes_match_one(tmp_path):
                  f'--config.distributed.process_id={i}',
                  log=str(tmp_path / f'multi{i}.log'), devices=2)
            for i in range(2)]
-  single = str(tmp_path / 'single')
-  single_proc = start(single, *flags, devices=4)
   for i, p in enumerate(procs):
     assert finished(p) == 0, open(tmp_path / f'multi{i}.log').read()
-  assert finished(single_proc) == 0, log_text(single)
+  ref_proc, ref = reference
+  assert finished(ref_proc) == 0, log_text(ref)
   assert '2 process(es)' in open(tmp_path / 'multi0.log').read()
-  a, b = final_params(multi, steps), final_params(single, steps)
+  a, b = final_params(multi, steps), final_params(ref, steps)
   assert helpers.max_abs_diff(a, b) < 1e-5

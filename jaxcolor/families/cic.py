@@ -203,6 +203,14 @@ class CICFamily(families.Family):
 
   def validate(self) -> None:
     super().validate()
+    size = int(self.config.data.image_size)
+    if size % cic.DOWNSAMPLE:
+      d = cic.DOWNSAMPLE
+      raise ValueError(
+          f'config.data.image_size={size}: the CIC network halves the side '
+          f'3 times and predicts ab at 1/{cic.OUTPUT_STRIDE} of it, so it '
+          f'takes multiples of {d} ({d * 8}, {d * 16}, {d * 24}, {d * 32}, '
+          '...; 256, ab at 64x64, is Zhang et al.\'s own)')
     if self.config.data.get('use_feature_cache', False):
       self.featurizer()  # raises: CIC caches nothing
 

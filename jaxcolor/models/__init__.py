@@ -1,9 +1,11 @@
 """The GAN's networks: U-Net generator, PatchGAN critic, ResNet-18 branch.
 
 `build_models(config.model)` turns the config's model section into Flax
-modules; `init_resnet_variables` loads (or, if allowed, randomly creates)
-the ResNet-18 weights; `resnet_init` is its random initialisation (also
-used under `jax.eval_shape` for shapes alone).
+modules; `resolve_sizes` / `size_table` derive and check the keys that
+follow the training size (config.data.image_size); `init_resnet_variables`
+loads (or, if allowed, randomly creates) the ResNet-18 weights;
+`resnet_init` is its random initialisation (also used under
+`jax.eval_shape` for shapes alone).
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxcolor.models import conv_impl
 from jaxcolor.models import generator as generator_lib
@@ -24,6 +27,10 @@ from jaxcolor.models import resnet18
 Generator = generator_lib.Generator
 PatchGAN = patchgan.PatchGAN
 ResNet18 = resnet18.ResNet18
+
+# config.model values meaning "derived from config.data.image_size".
+DERIVED_STRIDE1_LAYER = -1  # g_stride1_layer
+DERIVED_FUSION_SIZE = 0     # fusion_size
 
 # config.model.output -> the generator's image channels (before saliency).
 OUTPUT_CHANNELS = {'rgb': 3, 'chroma': 2}
@@ -57,6 +64,106 @@ def resolve_conv_impl(name: str) -> str:
     raise ValueError(f'config.model.conv_impl={name!r}; expected auto or one '
                      f'of {conv_impl.IMPLS}')
   return name
+
+
+def _sizes_that_work(step: int) -> str:
+  return ', '.join(str(step * m) for m in range(1, 5)) + ', ...'
+
+
+def size_table(model_config: ml_collections.ConfigDict, image_size: int
+               ) -> dict[str, int]:
+  """What the networks do at `image_size` px (sentinels derived).
+
+  Returns:
+    {'g_stride1_layer', 'fusion_size', 'bottleneck' (the generator's
+    innermost side), 'critic_map' (the patch map's side)}.
+
+  Raises:
+    ValueError: one line naming the config keys, when the networks cannot
+      take `image_size` (not a multiple of the generator's total stride,
+      too small for the critic, a fusion size or layer that does not fit).
+  """
+  mc, s = model_config, int(image_size)
+  n = len(mc.g_features)
+  layer = int(mc.g_stride1_layer)
+  if layer == DERIVED_STRIDE1_LAYER:
+    try:
+      layer = generator_lib.stride1_for_side(n, s)
+    except ValueError:
+      step = 2 ** (n - 1)
+      raise ValueError(
+          f'config.data.image_size={s}: the generator\'s {n} encoder layers '
+          f'(config.model.g_features) take multiples of {step} '
+          f'({_sizes_that_work(step)}); set data.image_size to one, or give '
+          f'model.g_features at most {_max_layers(s)} layers') from None
+  elif not 0 <= layer <= n:
+    raise ValueError(f'config.model.g_stride1_layer={layer} must be in 0..{n} '
+                     '(0: every layer has stride 2; -1: derived from '
+                     'config.data.image_size)')
+  total = generator_lib.total_stride(n, layer)
+  if s % total or s < total:
+    raise ValueError(
+        f'config.data.image_size={s} is not a multiple of {total}, the '
+        f'generator\'s total stride ({n} layers in config.model.g_features, '
+        f'model.g_stride1_layer={layer}): sizes that work are '
+        f'{_sizes_that_work(total)}; or set model.g_stride1_layer=-1 to '
+        'derive it from the size')
+  fusion = int(mc.fusion_size)
+  if 1 <= mc.fusion_layer <= n:
+    strides = [1 if i + 1 == layer else 2 for i in range(n)]
+    side = s // int(np.prod(strides[:mc.fusion_layer]))
+    if fusion == DERIVED_FUSION_SIZE:
+      fusion = side
+    elif mc.use_resnet and fusion != side:
+      raise ValueError(
+          f'config.model.fusion_size={fusion} does not fit the generator: '
+          f'encoder layer {mc.fusion_layer} (model.fusion_layer) outputs '
+          f'{side}x{side} at {s} px; set model.fusion_size={side} (or 0: '
+          'derived from config.data.image_size)')
+  elif mc.use_resnet:
+    raise ValueError(f'config.model.fusion_layer={mc.fusion_layer} must be in '
+                     f'1..{n} (the layers of config.model.g_features)')
+  critic_map = patchgan.output_side(s, mc.d_kernel_sizes, mc.d_strides,
+                                    mc.d_paddings)
+  if critic_map < 1:
+    raise ValueError(
+        f'config.data.image_size={s} is too small for the critic '
+        '(config.model.d_kernel_sizes, d_strides, d_paddings): its patch '
+        'map would be empty')
+  return {'g_stride1_layer': layer, 'fusion_size': fusion,
+          'bottleneck': s // total, 'critic_map': critic_map}
+
+
+def _max_layers(side: int) -> int:
+  """The most encoder layers that take `side` (one of them at stride 1)."""
+  twos = 0
+  while side > 0 and side % 2 ** (twos + 1) == 0:
+    twos += 1
+  return twos + 1
+
+
+def resolve_sizes(model_config: ml_collections.ConfigDict,
+                  image_size: int) -> ml_collections.ConfigDict:
+  """Writes the derived g_stride1_layer (-1) and fusion_size (0) for
+  `image_size` into `model_config` (in place; given values stay), so the
+  config saved with a run names what it ran. A size the networks cannot
+  take is left for `size_table` to refuse. Returns `model_config`."""
+  try:
+    table = size_table(model_config, image_size)
+  except ValueError:
+    return model_config
+  for key in ('g_stride1_layer', 'fusion_size'):
+    if model_config[key] != table[key]:
+      model_config[key] = table[key]
+  return model_config
+
+
+def fusion_size(model_config: ml_collections.ConfigDict,
+                image_size: int) -> int:
+  """config.model.fusion_size, derived from `image_size` where it is 0."""
+  if model_config.fusion_size != DERIVED_FUSION_SIZE:
+    return int(model_config.fusion_size)
+  return size_table(model_config, image_size)['fusion_size']
 
 
 def build_models(model_config: ml_collections.ConfigDict,

@@ -22,7 +22,9 @@ convs per block (2, 2, 3, 3, 3) (B = batch):
          conv5_2..3    conv 3x3/1           16,16,256    BN
   out    logits        conv 1x1             16,16,313    no activation
 
-The input side must be a multiple of 8. Input: L / 50 - 1 in [-1, 1]
+The input side must be a multiple of 8; the ab map is a quarter of it:
+16 x 16 at 64 px, 32 x 32 at 128 px, 64 x 64 at 256 px (Zhang et al.'s
+own size: 256 in, ab at 64 x 64). Input: L / 50 - 1 in [-1, 1]
 (`jaxcolor.color.normalize_l`).
 """
 

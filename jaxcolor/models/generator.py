@@ -25,6 +25,13 @@ Every layer but u7 is followed by LeakyReLU; there is no normalisation.
 The decoder layer u(8-i) mirrors d_i: same stride, and it is a plain SAME
 conv where d_i has stride 1 (a stride-1 transposed conv is a conv). With
 `stride1_layer=0` (128 px) all fourteen layers have stride 2.
+
+Other sizes (`stride1_for_side`; config.model.g_stride1_layer=-1 derives
+it): N encoder layers halve the side N times, or N - 1 times with a
+stride-1 first layer, so the bottleneck is S / 2^N or S / 2^(N-1). The
+paper's 7 layers reach 1 x 1 at 64 px (d1 at stride 1) and 128 px (none);
+at 256 px they stop at 2 x 2, and 8 layers (pix2pix's unet_256) or 9 with
+a stride-1 d1 (SCGAN's released 256-px U-Net) reach 1 x 1.
 """
 
 from typing import Any, Optional, Sequence
@@ -52,6 +59,31 @@ def same_padding(kernel: int, stride: int) -> Padding:
   return (pad, pad)
 
 
+def stride1_for_side(num_layers: int, side: int) -> int:
+  """The derived stride-1 layer for a `side` x `side` input.
+
+  0 (every layer at stride 2) where `side` is a multiple of 2^num_layers,
+  else 1 (d1 keeps the resolution, as the paper at 64 px) where it is a
+  multiple of 2^(num_layers - 1). The bottleneck is then as small as these
+  layers can make it (1 x 1 at side 2^num_layers or 2^(num_layers - 1)).
+
+  Raises:
+    ValueError: `side` is not a positive multiple of 2^(num_layers - 1).
+  """
+  if side > 0 and side % 2 ** num_layers == 0:
+    return 0
+  if side > 0 and side % 2 ** (num_layers - 1) == 0:
+    return 1
+  raise ValueError(f'Generator input must be (B,H,W,C) with H and W '
+                   f'divisible by {2 ** (num_layers - 1)} ({num_layers} '
+                   f'encoder layers, one at stride 1); got side {side}')
+
+
+def total_stride(num_layers: int, stride1_layer: int) -> int:
+  """Input side / bottleneck side."""
+  return 2 ** (num_layers - int(stride1_layer > 0))
+
+
 class Generator(nn.Module):
   """U-Net: (B,H,W,C_in) in [-1,1] -> (B,H,W,out_channels) in [-1,1] (tanh).
 
@@ -62,7 +94,8 @@ class Generator(nn.Module):
     zero_init_output: the last layer's kernel starts at zero (its output is
       then tanh(0) = 0 whatever the input: a chroma head starts at gray).
     kernel_size: square kernel of every layer (4).
-    stride1_layer: 1-based encoder layer with stride 1, 0 for none.
+    stride1_layer: 1-based encoder layer with stride 1, 0 for none, -1:
+      derived from the input's side (`stride1_for_side`).
     fusion_layer: 1-based encoder layer whose activation gets the global
       features concatenated (used only when `use_features`).
     use_features: whether __call__ takes ResNet features.
@@ -87,19 +120,26 @@ class Generator(nn.Module):
       return nn.initializers.zeros
     return xavier_uniform
 
-  def strides(self) -> list[int]:
+  def strides(self, side: Optional[int] = None) -> list[int]:
+    """Each encoder layer's stride; `side` (the input's) resolves -1."""
     n = len(self.widths)
-    if not 0 <= self.stride1_layer <= n:
+    layer = self.stride1_layer
+    if layer == -1 and side is not None:
+      layer = stride1_for_side(n, side)
+    if not 0 <= layer <= n:
       raise ValueError(f'g_stride1_layer={self.stride1_layer} must be in '
-                       f'0..{n} (0: every layer has stride 2)')
-    return [1 if i + 1 == self.stride1_layer else 2 for i in range(n)]
+                       f'0..{n} (0: every layer has stride 2; -1: derived '
+                       'from the input size)')
+    return [1 if i + 1 == layer else 2 for i in range(n)]
 
   @nn.compact
   def __call__(self, x: jax.Array,
                features: Optional[jax.Array] = None) -> jax.Array:
     """x: (B,H,W,C_in); features: (B,f,f,512) sized like d_{fusion_layer}."""
     n, k = len(self.widths), self.kernel_size
-    strides = self.strides()
+    if x.ndim != 4:
+      raise ValueError(f'Generator input must be (B,H,W,C); got {x.shape}')
+    strides = self.strides(x.shape[1])
     if self.use_features and not 1 <= self.fusion_layer <= n:
       raise ValueError(f'fusion_layer={self.fusion_layer} must be in 1..{n}')
     if self.use_features != (features is not None):

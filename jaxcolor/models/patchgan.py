@@ -10,6 +10,18 @@ Default table (64 px input, PyTorch-style symmetric padding):
   conv5  4x4/1 pad 1        15,15,512
   conv6  4x4/1 pad 1        14,14,1      logits
 
+The map grows with the input: each conv maps a side n to
+(n + 2p - k) // s + 1 (`output_side`). Patch maps of the shipped critics:
+
+  critic (config)                         64 px   128 px   256 px
+  paper, configs/default.py               14x14   30x30    62x62
+  SCGAN as the paper, scgan_baseline.py   30x30   62x62   126x126
+  SCGAN's release, scgan_baseline.py:256  6x6     14x14    30x30
+
+(the last is the released code's 70 x 70 PatchGAN, k7s1p3, three k3s2p1,
+two k4s1p1: 30 x 30 at its own 256 px, which is where the 30 x 30 the
+paper states comes from).
+
 No normalisation. Each output value is a logit for "this patch is real";
 the paper's sigmoid is applied by its objective (`losses.critic_value`),
 so every GAN objective shares this one network.
@@ -22,6 +34,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxcolor.models import conv_impl
+
+
+def output_side(side: int, kernel_sizes: Sequence[int],
+                strides: Sequence[int], paddings: Sequence[int]) -> int:
+  """Side of the patch map for a `side` x `side` input (<= 0: too small)."""
+  for k, s, p in zip(kernel_sizes, strides, paddings):
+    if side + 2 * p < k:
+      return 0
+    side = (side + 2 * p - k) // s + 1
+  return side
 
 
 class PatchGAN(nn.Module):

@@ -4,6 +4,7 @@ SCGAN, and the migration of their old saved configs.
 
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -41,6 +42,11 @@ class GANFamily(families.Family):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
+    # g_stride1_layer=-1 and fusion_size=0 become the values derived from
+    # data.image_size, in the run's own config: what it saves (config.json,
+    # checkpoints, bundles) and compares on resume are the values it ran,
+    # as in configs saved before these keys could be derived.
+    models_lib.resolve_sizes(config.model, config.data.image_size)
     self.models = models_lib.build_models(
         config.model, dtype=families.compute_dtype(config))
     # Inference runs float32 whatever the training dtype.
@@ -49,6 +55,8 @@ class GANFamily(families.Family):
 
   @classmethod
   def upgrade_config(cls, saved: dict) -> dict:
+    # Saved model.g_stride1_layer and fusion_size are explicit (older runs
+    # set them by hand, newer ones save the derived values): kept as they are.
     for key in _MOVED_TO_MODEL:
       if key in saved:
         saved['model'].setdefault(key, saved.pop(key))
@@ -78,6 +86,14 @@ class GANFamily(families.Family):
   def validate(self) -> None:
     super().validate()
     mc, o = self.config.model, self.config.optim
+    size = int(self.config.data.image_size)
+    table = models_lib.size_table(mc, size)  # raises: a size G/D cannot take
+    if table['bottleneck'] > 1:
+      logging.warning(
+          'At %d px the generator\'s %d encoder layers (config.model.'
+          'g_features) stop at a %dx%d bottleneck, not 1x1; each layer added '
+          'to g_features halves it (configs/recipe.py:256 has 8 layers)',
+          size, len(mc.g_features), table['bottleneck'], table['bottleneck'])
     _check_choice('config.loss.gan', self.config.loss.gan,
                   losses.GAN_OBJECTIVES)
     for key in ('g_lr_schedule', 'd_lr_schedule'):

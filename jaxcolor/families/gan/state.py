@@ -81,7 +81,8 @@ def create_train_state(rng: jax.Array, resnet: Any, *,
   x = jnp.zeros((1, size, size, generator_input_channels(mc)), jnp.float32)
   feats = None
   if mc.use_resnet:
-    feats = jnp.zeros((1, mc.fusion_size, mc.fusion_size, 512), jnp.float32)
+    f = models_lib.fusion_size(mc, size)
+    feats = jnp.zeros((1, f, f, 512), jnp.float32)
   g_params = {'generator': models.generator.init(g_rng, x, feats)['params']}
   critic_in = jnp.zeros((1, size, size, 4), jnp.float32)
   d_params = models.critic.init(d_rng, critic_in)['params']

@@ -65,7 +65,8 @@ def generate(g_params, resnet_vars, inputs, *, models, model_config):
     feats = resnet18.fusion_features(
         models.resnet, resnet_vars, inputs['gray'],
         input_size=model_config.resnet_input_size,
-        fusion_size=model_config.fusion_size)
+        fusion_size=models_lib.fusion_size(model_config,
+                                           inputs['gray'].shape[1]))
   return models.generator.apply({'params': g_params['generator']},
                                 inputs['x'], feats)
 

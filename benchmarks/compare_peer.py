@@ -6,8 +6,11 @@
 Runs, alternating (peer, jaxcolor variants, peer, ...) `--repeats` times on
 this machine with the same batch and thread count:
 
-- the peer's `bench.py --channels_last` (its best CPU configuration; add
-  `--peer_nchw` to also run its NCHW eager mode);
+- the peer's `bench.py --channels_last` in float32 and with `--bf16`
+  (torch.autocast to bfloat16 around the step, parameters and optimiser
+  state in float32: what jaxcolor's `config.dtype='bfloat16'` means); add
+  `--peer_nchw` to also run its NCHW eager mode, `--no_peer_bf16` to skip
+  the autocast run;
 - jaxcolor's `python main.py --mode=benchmark --config.benchmark.what=step`
   (the trainer's compiled step on synthetic data) for each variant below.
 
@@ -15,8 +18,11 @@ Variants: 'same' is the peer's computation in float32 (G forward reused for
 the G update, ResNet run every step); 'same_ynnpack' the same with XLA's
 default CPU convolution kernels (YNNPACK) instead of Eigen's; 'phase' the
 same with the previous convolution forms; the others add the speed-ups
-(ResNet feature cache, bfloat16, several steps per compiled call). Also
-prints FLOPs per image of both sides (the peer's flops.py; jaxcolor: the
+(ResNet feature cache, bfloat16, several steps per compiled call);
+'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step. Each row is
+compared with the peer's best float32 run and, like with like, with the
+peer's run of its own dtype. Also names the CPU (lscpu's model name and
+its AVX-512/AMX bfloat16 flags) and prints FLOPs per image of both sides (the peer's flops.py; jaxcolor: the
 same analytic count over its own modules) and checks they agree within
 1 %. Writes everything as JSON.
 """
@@ -38,6 +44,7 @@ VARIANTS = {
     'same': ['--config.model.conv_impl=fast'],
     'same_ynnpack': ['--config.model.conv_impl=fast',
                      '--config.xla_cpu_convolutions=default'],
+    'same_bf16': ['--config.model.conv_impl=fast', '--config.dtype=bfloat16'],
     'phase': ['--config.model.conv_impl=phase'],
     'cache': ['--config.model.conv_impl=fast',
               '--config.data.use_feature_cache=True'],
@@ -65,6 +72,23 @@ def _env(threads):
   env['OMP_NUM_THREADS'] = str(threads)
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   return env
+
+
+BF16_VARIANTS = ('same_bf16', 'cache_bf16')
+CPU_FLAGS = ('avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
+
+
+def cpu_name() -> dict:
+  """lscpu's model name and the CPU's bfloat16-relevant flags."""
+  try:
+    out = subprocess.run(['lscpu'], capture_output=True, text=True,
+                         check=False).stdout
+  except OSError:
+    out = ''
+  fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
+  flags = fields.get('Flags', '').split()
+  return {'model_name': fields.get('Model name', '?').strip(),
+          'flags': [f for f in CPU_FLAGS if f in flags]}
 
 
 def _last_json(text):
@@ -168,8 +192,9 @@ def main():
   p.add_argument('--threads', type=int, default=2)
   p.add_argument('--repeats', type=int, default=2)
   p.add_argument('--variants',
-                 default='same,same_ynnpack,' + ','.join(SPEEDUPS))
+                 default='same,same_bf16,same_ynnpack,' + ','.join(SPEEDUPS))
   p.add_argument('--peer_nchw', action='store_true')
+  p.add_argument('--no_peer_bf16', action='store_true')
   p.add_argument('--peer_steps', type=int, default=5)
   p.add_argument('--jax_steps', type=int, default=5)
   p.add_argument('--json', default='compare_peer.json')
@@ -191,15 +216,19 @@ def main():
     flops_rows.append((key, peer_flops[key], ours[key], rel))
 
   peers = {'peer_channels_last': ['--channels_last']}
+  if not a.no_peer_bf16:
+    peers['peer_channels_last_bf16'] = ['--channels_last', '--bf16']
   if a.peer_nchw:
     peers['peer_nchw'] = []
   results = {name: [] for name in [*peers, *variants]}
   with tempfile.TemporaryDirectory(prefix='compare_peer_') as tmp:
     for r in range(a.repeats):
       for name, extra in peers.items():
-        results[name].append(run_peer(a, extra))
-        print(f'[{r}] {name}: {results[name][-1]["images_per_sec"]:.2f} img/s',
-              flush=True)
+        try:
+          results[name].append(run_peer(a, extra))
+        except (subprocess.CalledProcessError, ValueError) as e:
+          results[name].append({'error': str(e).splitlines()[0][:300]})
+        print(f'[{r}] {name}: {results[name][-1]}', flush=True)
       for v in variants:
         results[v].append(run_jax(a, v, tmp))
         print(f'[{r}] {v}: {results[v][-1]}', flush=True)
@@ -209,22 +238,31 @@ def main():
     return statistics.median(vals) if vals else float('nan')
 
   ref = median_ips(results['peer_channels_last'])
+  ref_bf16 = median_ips(results.get('peer_channels_last_bf16', []))
   table = {}
   for name, rows in results.items():
     ips = median_ips(rows)
+    bf16 = name in BF16_VARIANTS or name.endswith('_bf16')
     table[name] = {'images_per_sec': ips, 'ratio_vs_peer_best': ips / ref,
+                   'ratio_vs_peer_bf16': ips / ref_bf16,
+                   'ratio_like_with_like': ips / (ref_bf16 if bf16 else ref),
                    'runs': rows}
   speedups = [v for v in variants if v in SPEEDUPS]
   best = max(speedups, key=lambda v: table[v]['images_per_sec'],
              default=None)
 
-  print(f'\nBatch {a.batch}, {a.threads} threads, {a.repeats} alternating '
-        f'runs each (median); peer best = eager channels_last')
-  print(f'{"run":22s} {"images/s":>9s} {"x peer":>7s}')
+  cpu = cpu_name()
+  print(f'\n{cpu["model_name"]} ({", ".join(cpu["flags"]) or "no AVX-512"}),'
+        f' batch {a.batch}, {a.threads} threads, {a.repeats} alternating '
+        f'runs each (median); peer = eager channels_last')
+  print(f'{"run":26s} {"images/s":>9s} {"x peer f32":>10s} '
+        f'{"x peer bf16":>11s} {"x same dtype":>12s}')
   for name, row in table.items():
     mark = '  <- best with speed-ups' if name == best else ''
-    print(f'{name:22s} {row["images_per_sec"]:9.2f} '
-          f'{row["ratio_vs_peer_best"]:7.2f}{mark}')
+    print(f'{name:26s} {row["images_per_sec"]:9.2f} '
+          f'{row["ratio_vs_peer_best"]:10.2f} '
+          f'{row["ratio_vs_peer_bf16"]:11.2f} '
+          f'{row["ratio_like_with_like"]:12.2f}{mark}')
   print(f'\n{"GFLOP per image":30s} {"peer":>8s} {"jaxcolor":>9s} {"diff":>7s}')
   ok = True
   for key, pv, ov, rel in flops_rows:
@@ -233,7 +271,8 @@ def main():
   print(f'FLOPs agree within 1 %: {ok}')
   with open('/proc/loadavg') as f:
     load = f.read().split()[:3]
-  report = {'batch': a.batch, 'threads': a.threads, 'repeats': a.repeats,
+  report = {'cpu': cpu, 'batch': a.batch, 'threads': a.threads,
+            'repeats': a.repeats,
             'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'loadavg_end': load,
             'peer_flops': peer_flops, 'jaxcolor_flops': ours,
             'flops_agree_1pct': ok, 'best_speedup_variant': best,

@@ -32,7 +32,7 @@ fi
 echo "$(ls "$PHOTOS" | wc -l) training photos in $PHOTOS"
 
 RECORDS=$OUT/records780  # with the ResNet branch's features (seed 0)
-COMMON=(--config.data.prepared_dir="$RECORDS" --config.data.batch_size=16
+COMMON=(--config.data.batch_size=16
         --config.data.eval_batch_size=16 --config.data.num_workers=1
         --config.log_every_steps=20 --config.eval_every_steps=80
         --config.image_every_steps=160 --config.checkpoint_every_steps=160)
@@ -52,8 +52,8 @@ CHROMA=(--config.model.output=chroma)
 COSINE_RATES=(--config.optim.g_learning_rate=5e-4 --config.optim.d_learning_rate=1e-4
               --config.optim.g_lr_schedule=cosine --config.optim.d_lr_schedule=cosine
               --config.optim.warmup_steps=20)
-# name | config | steps | flags
-declare -A CONFIG STEPS FLAGS
+# name | config | steps | flags; a row's records: RECORDS unless RECORDS_OF
+declare -A CONFIG STEPS FLAGS RECORDS_OF
 ORDER=()
 row() { ORDER+=("$1"); CONFIG[$1]=$2; STEPS[$1]=$3; shift 3; FLAGS[${ORDER[-1]}]="$*"; }
 # 60-minute rows (steps = 60 min / the step time alone, docs/results.md)
@@ -104,9 +104,24 @@ row recipe_cosine_paper_gan_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${
 row recipe_cosine_gan_0.3_160    configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${COSINE_RATES[*]} --config.loss.gan_weight=0.3"
 row recipe_cosine_d_4e-4_160     configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${COSINE_RATES[*]} --config.optim.d_learning_rate=4e-4"
 row recipe_cosine_rebalance_160  configs/recipe.py 160 "${GAN[*]} ${CACHE[*]} ${COSINE_RATES[*]} --config.loss.l1_rebalance=True"
+# The quick start (the recipe at a quarter of the paper's widths without the
+# ResNet branch) at 64 and at 128 px for equal train time: 10 minutes of
+# each one's step alone (batch 16, --mode=benchmark back to back on 2 cores
+# of a Zen 3: 0.61 s at 64 px, 1.71 s at 128 px; docs/results.md).
+QS_EVERY=(--config.log_every_steps=50)
+row qs_64  configs/quickstart.py 984 "${QS_EVERY[*]} --config.eval_every_steps=246 --config.image_every_steps=246"
+row qs_128 configs/quickstart.py 350 "${QS_EVERY[*]} --config.eval_every_steps=175 --config.image_every_steps=175 --config.data.image_size=128"
+RECORDS_OF[qs_128]=$OUT/records780_128  # 128 px, no features
 
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${CONFIG[$name]:-}" ] || { echo "unknown row $name"; exit 2; }
+  records=${RECORDS_OF[$name]:-$RECORDS}
+  if [ ! -f "$records/metadata.json" ]; then
+    size=$(sed -n 's/.*--config.data.image_size=\([0-9]*\).*/\1/p' <<< "${FLAGS[$name]}")
+    "$PY" main.py --config=configs/default.py --mode=prepare \
+      --config.data.train_dir="$PHOTOS" --config.data.val_dir="$DATASETS/CBSD68" \
+      --config.data.prepared_dir="$records" --config.data.image_size="${size:-64}"
+  fi
   run=$OUT/runs/$name
   if [ -f "$run/evaluation/bilinear/evaluation.json" ] && \
      [ -f "$run/evaluation/guided/evaluation.json" ]; then
@@ -116,7 +131,7 @@ for name in "${@:-${ORDER[@]}}"; do
   start=$(date +%s)
   # shellcheck disable=SC2086
   "$PY" main.py --config="${CONFIG[$name]}" --workdir="$run" "${COMMON[@]}" \
-    --config.num_train_steps="${STEPS[$name]}" ${FLAGS[$name]}
+    --config.data.prepared_dir="$records" --config.num_train_steps="${STEPS[$name]}" ${FLAGS[$name]}
   echo "$name: main.py --mode=train took $(( $(date +%s) - start )) s (this call; a resumed row counts only its own part)" | tee -a "$OUT/wall_times.txt"
   for up in bilinear guided; do
     "$PY" main.py --mode=evaluate --workdir="$run" --input="$DATASETS/CBSD68" \

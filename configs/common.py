@@ -126,5 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
   bench.num_batches = 20       # input: timed batches
   bench.warmup_batches = 3     # input: untimed batches first
   bench.peak_tflops = 0.0      # peak per device for MFU; 0: table of known chips
+  # step: GiB budgets to fit by XLA's memory estimate, e.g. (16, 40, 80):
+  # the step is also compiled (not run) at memory_fit_batch and twice that
+  # many images per device. (): not measured.
+  bench.memory_budgets_gib = ()
+  bench.memory_fit_batch = 128
   bench.output_json = ''       # default: <workdir>/benchmark_<what>.json
   return config

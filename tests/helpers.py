@@ -267,6 +267,15 @@ def untrained(kind: str, tmp_path_factory) -> str:
   return _MADE[kind]
 
 
+def xla_flags(devices: int) -> str:
+  """The test session's XLA_FLAGS (conftest.py: its compile settings) with
+  `devices` CPU devices, for a process a test starts."""
+  count = '--xla_force_host_platform_device_count='
+  return ' '.join([f'{count}{devices}'] + [
+      f for f in os.environ.get('XLA_FLAGS', '').split()
+      if not f.startswith(count)])
+
+
 # ------------------------------------------------------------------ main.py
 def run_main(*args, timeout=120, env=None):
   """main.py in a fresh process from the repo root; CompletedProcess."""

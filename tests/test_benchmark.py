@@ -82,6 +82,8 @@ def pmap_report(tmp_path_factory):
   args = ['--mode=benchmark', '--config=configs/tiny.py',
           '--config.benchmark.num_steps=3', '--config.benchmark.warmup_steps=2',
           '--config.benchmark.peak_tflops=0.5',
+          '--config.benchmark.memory_budgets_gib=(16,40,80)',
+          '--config.benchmark.memory_fit_batch=4',
           f'--config.benchmark.output_json={out}']
   script = (
       'import runpy, sys\n'
@@ -125,6 +127,32 @@ def test_step_benchmark_writes_every_field(pmap_report):
   assert all(report[k] == step[k] for k in TIMING_FIELDS)
   assert report['mfu'] == pytest.approx(step['achieved_tflops'] / (0.5 * 4))
   assert 'step (synthetic)' in stdout and 'XLA FLOPs' in stdout
+  check_memory_fit(step, per_device=2, fit_batch=4,
+                   budgets=('16', '40', '80'))
+  assert 'largest batch/device that fits 16 GiB' in stdout
+  params = report['parameters']
+  assert params['ResNet-18 (frozen)'] == 11_689_512  # torchvision's count
+  assert params['generator'] > 0 and params['critic'] > 0
+  assert 'parameters: generator' in stdout
+
+
+def check_memory_fit(step, per_device, fit_batch, budgets):
+  """The fixed + per-image split of XLA's estimate and the batches that
+  fit each budget by it."""
+  fixed = step['memory_fixed_bytes']
+  per_image = step['memory_marginal_per_image_bytes']
+  assert fixed > 0 and per_image > 0
+  assert step['memory_fit_batches'] == [fit_batch, 2 * fit_batch]
+  for images, memory in zip(step['memory_fit_batches'],
+                            step['memory_at_fit_batches_bytes']):
+    assert fixed + per_image * images == pytest.approx(memory)
+  assert step['device_memory_per_image_bytes'] == pytest.approx(
+      step['device_memory_bytes'] / per_device)
+  fits = step['max_batch_per_device_by_gib']
+  assert list(fits) == list(budgets)
+  for gib, n in fits.items():
+    assert fixed + n * per_image <= float(gib) * 2**30
+    assert fixed + (n + 1) * per_image > float(gib) * 2**30
 
 
 def test_benchmark_does_not_import_tensorflow(pmap_report):
@@ -181,11 +209,16 @@ def test_all_runs_step_e2e_and_input_with_shard_map(pmap_report, tmp_path,
 def test_baselines_run_the_step_benchmark(tmp_path, make_config, parallel,
                                           model):
   config = override(make_config(), {
-      **FEW_STEPS, 'parallel': parallel,
+      **FEW_STEPS, 'parallel': parallel, 'benchmark.memory_budgets_gib': (1,),
+      'benchmark.memory_fit_batch': 2,
       'benchmark.output_json': str(tmp_path / 'b.json')})
   report = benchmark.run(config, None)
   assert report['model'] == model and report['parallel'] == parallel
   check_timing(report['step'])
+  check_memory_fit(report['step'], per_device=2, fit_batch=2,
+                   budgets=('1',))
+  assert set(report['parameters']) == (
+      {'network'} if model == 'cic' else {'generator', 'critic'})
   assert report['mfu'] is None  # no peak for a CPU unless given
   assert os.path.exists(tmp_path / 'b.json')
 
@@ -202,6 +235,12 @@ def test_bad_settings_fail_before_any_work():
                                         'data.train_dir': ''})
   with pytest.raises(ValueError, match='set config.data.train_dir'):
     benchmark.run(config, None)
+  for bad in ({'benchmark.memory_budgets_gib': (16, 0)},
+              {'benchmark.memory_budgets_gib': (16,),
+               'benchmark.memory_fit_batch': 0}):
+    with pytest.raises(ValueError, match='memory_budgets_gib must be '
+                       'positive GiB and memory_fit_batch at least 1'):
+      benchmark.run(override(tiny.get_config(), bad), None)
 
 
 @pytest.mark.parametrize('kind,dtype,precision,peak', [

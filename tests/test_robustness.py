@@ -144,7 +144,7 @@ def _user_file_kept(tmp, out):
 
 # ------------------------------------------------------------------ probes
 def test_command_line_and_config_probes(tmp_path):
-  four = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  four = {'XLA_FLAGS': helpers.xla_flags(4)}
   run_all([
       Probe('unknown_mode', (*TINY, '--mode=nope'),
             'flag --mode=nope: value should be one of'),

@@ -7,8 +7,11 @@ the size variants of the config files (`--config=configs/x.py:256`) train.
 """
 
 import logging
+import os
+import shutil
 
 from absl import logging as absl_logging
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,10 +24,15 @@ from configs import recipe
 from configs import scgan_baseline
 from configs import tiny
 from jaxcolor import families
+from jaxcolor import inference
 from jaxcolor import models
+from jaxcolor import records as records_lib
 from jaxcolor import trainer
+from jaxcolor.color import recombine
 from jaxcolor.models import cic
 from jaxcolor.modes import benchmark
+from jaxcolor.modes import export
+from jaxcolor.modes import train
 from jaxcolor.runtime import parallel
 import helpers
 
@@ -35,7 +43,7 @@ BATCH = 4  # one example on each of the 4 test devices
 def _variant(name, size):
   """A shipped config's size variant, narrow, on the tiny data: one network
   for both sizes (the 256-px variant's, SCGAN's 128-px one: its 256-px U-Net
-  cannot take 128 px), so both sizes share one fresh state."""
+  cannot take 128 px)."""
   if name == 'cic':
     config = cic_baseline.get_config(str(size))
     config.model.widths = (8, 16, 16, 32, 16)
@@ -63,24 +71,6 @@ EXPECTED = {
     ('scgan', 128): (1, 4, 1, 14), ('scgan', 256): (0, 4, 1, 30),
     ('cic', 128): (32,), ('cic', 256): (64,),
 }
-# Compiling a GAN step costs ~20 s of CPU: every family steps for real at
-# 256 px (and the proposed model at 128 px too); these are traced (init and
-# step under jax.eval_shape: shapes, no compile).
-TRACED = {('gan_no_resnet', 128), ('gan_no_resnet', 256), ('scgan', 128),
-          ('cic', 128)}
-_FRESH = {}  # name -> host copy of a fresh state (the same at every size)
-
-
-def _fresh_state(name, family, config, par):
-  """A fresh state of `config` on `par`: initialised (compiled) once per
-  network; the other size checks its traced init has the same shapes."""
-  if name not in _FRESH:
-    _FRESH[name] = helpers.host(helpers.fresh_state(config, par)[1])
-  shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
-  assert shapes(family.abstract_state()) == shapes(_FRESH[name])
-  return jax.device_put(_FRESH[name], par.replicated)
-
-
 def _bottleneck(family, config):
   """The side of the generator's innermost layer, traced (no compile)."""
   mc, s = config.model, config.data.image_size
@@ -99,7 +89,9 @@ def _bottleneck(family, config):
 
 
 @pytest.mark.parametrize('name,size', sorted(EXPECTED))
-def test_one_train_step_at_each_size(name, size):
+def test_the_derived_keys_and_shapes_at_each_size(name, size):
+  """Traced (shapes, no compile): `test_the_whole_product_at_size` runs the
+  same networks' steps for real."""
   config = _variant(name, size)
   family = families.build(config)
   if name == 'cic':
@@ -117,19 +109,12 @@ def test_one_train_step_at_each_size(name, size):
     assert got == EXPECTED[name, size]
   par = parallel.Parallel.create('shard_map')
   batch = benchmark.synthetic_batch(config, np.random.default_rng(0), BATCH)
-  step = par.compile(family.train_step)
-  if (name, size) in TRACED:
-    abstract = trainer.abstract_state(family, par)
-    state, metrics = jax.eval_shape(step, abstract, par.put_batch(batch))
-    assert jax.tree.map(lambda a: a.shape, state) == jax.tree.map(
-        lambda a: a.shape, abstract)
-    assert all(m.shape == () for m in metrics.values())
-  else:
-    state = par.to_step_layout(_fresh_state(name, family, config, par))
-    state, metrics = step(state, par.put_batch(batch))
-    metrics = par.fetch(metrics)
-    assert int(helpers.host(par.from_step_layout(state)).step) == 1
-    assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
+  abstract = trainer.abstract_state(family, par)
+  state, metrics = jax.eval_shape(par.compile(family.train_step), abstract,
+                                  par.put_batch(batch))
+  assert jax.tree.map(lambda a: a.shape, state) == jax.tree.map(
+      lambda a: a.shape, abstract)
+  assert all(m.shape == () for m in metrics.values())
   inputs = family.host_inputs(batch['gray'])
   chroma = jax.eval_shape(family.predict,
                           family.abstract_inference_params(), inputs)
@@ -228,3 +213,61 @@ def test_config_variants_name_their_size():
   with pytest.raises(ValueError, match=r'configs/recipe.py:128'):
     recipe.get_config('100')
   assert cic.OUTPUT_STRIDE == 4
+
+
+# ------------------------------------------------------------------ product
+def _product_config(name, size, records, parallel_kind, **overrides):
+  """`_variant` trained from prepared records (the proposed model with its
+  feature cache), 2 steps of batch 4, a checkpoint after each."""
+  config = _variant(name, size)
+  return helpers.override(config, **{
+      'data.prepared_dir': records, 'parallel': parallel_kind,
+      'data.use_feature_cache': name == 'gan', 'num_train_steps': 2,
+      'checkpoint_every_steps': 1, 'keep_checkpoints': 3,
+      'log_every_steps': 1, 'eval_every_steps': 2, 'image_every_steps': 2,
+      **overrides})
+
+
+def _resume_from_step_1(workdir, copy, config):
+  """`workdir` copied with its checkpoint of step 2 removed, resumed to 2
+  by `config`; returns the copy's new checkpoint of step 2."""
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(os.path.join(copy, 'checkpoints', '2'))
+  train.train_and_evaluate(config, copy)
+  return helpers.saved_state(copy, 2)
+
+
+@pytest.mark.parametrize('name', ['gan', 'scgan', 'cic'])
+@pytest.mark.parametrize('size', [128, 256])
+def test_the_whole_product_at_size(name, size, tmp_path):
+  """prepare -> train from records (pmap) with evaluation and sample grids
+  -> exact resume under pmap, the same step under jit(shard_map) -> export
+  -> colorize a photo of an odd size, at the model's own size."""
+  records = str(tmp_path / 'records')
+  meta = records_lib.prepare(_product_config(name, size, records, 'pmap'))
+  assert meta['image_size'] == size
+
+  run = str(tmp_path / 'run')
+  train.train_and_evaluate(_product_config(name, size, records, 'pmap'), run)
+  grid = cv2.imread(os.path.join(run, 'samples', 'step_0000002.png'))
+  assert grid.shape[0] % (size + 4) == 0 and grid.shape[1] % (size + 4) == 0
+  straight = helpers.saved_state(run, 2)
+
+  quiet = {'eval_every_steps': 100, 'image_every_steps': 100}
+  resumed = _resume_from_step_1(
+      run, str(tmp_path / 'pmap'),
+      _product_config(name, size, records, 'pmap', **quiet))
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  sharded = _resume_from_step_1(
+      run, str(tmp_path / 'shard_map'),
+      _product_config(name, size, records, 'shard_map', **quiet))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+               sharded, straight)
+
+  bundle = export.export(run, str(tmp_path / 'bundle'))
+  predictor = inference.load(bundle, batch_size=1)
+  assert predictor.image_size == size and predictor.step == 2
+  image = helpers.photo(size // 2 + 37, size + 91)  # neither side the model's
+  out, = inference.colorize_photos(predictor, [image])
+  assert out.shape == image.shape
+  helpers.assert_same_luminance(out, recombine.to_gray(image))

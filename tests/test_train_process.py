@@ -20,7 +20,7 @@ COMMON = ('--config.eval_every_steps=1000', '--config.image_every_steps=1000',
 
 def start(workdir, *flags, log=None, devices=4):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=helpers.xla_flags(devices))
   cmd = [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=train',
          '--config=' + os.path.join(ROOT, 'configs', 'tiny.py'),
          f'--workdir={workdir}', *COMMON, *flags]

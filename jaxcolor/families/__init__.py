@@ -132,6 +132,17 @@ class Family:
     key = init_key(self.config.seed) if key is None else key
     return jax.eval_shape(self.init, *self.abstract_init_inputs(key))
 
+  def parameter_trees(self, state: Any) -> dict[str, Any]:
+    """{what it is: its parameter tree} of a state or its shapes, for the
+    parameter counts of `--mode=benchmark`."""
+    del state
+    return {}
+
+  def parameter_counts(self, state: Any) -> dict[str, int]:
+    """{what it is: number of parameters} (`parameter_trees`)."""
+    return {what: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+            for what, tree in self.parameter_trees(state).items()}
+
   def check_data(self, state: Any, data: Any) -> None:
     """Raises ValueError when `data` cannot feed `state` (e.g. cached
     model outputs made with other weights)."""

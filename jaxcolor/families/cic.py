@@ -229,6 +229,9 @@ class CICFamily(families.Family):
   def init(self, rng, weights):
     return create_state(rng, weights, net=self.net, config=self.config)
 
+  def parameter_trees(self, state):
+    return {'network': state.params}
+
   def train_step(self, state, batch):
     return train_step(state, batch, net=self.net, bins=self.bins,
                       config=self.config)

@@ -281,6 +281,11 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
   batch = trainer.put([synthetic_batch(config, rng, per_process)
                        for _ in range(trainer.k)])
   _, info, _ = trainer.compile(batch)
+  fit = _memory_fit(trainer, config, rng, notes)
+  if info['device_memory_bytes']:
+    per_device = config.data.batch_size // jax.device_count()
+    fit['device_memory_per_image_bytes'] = (info['device_memory_bytes']
+                                            / per_device)
   t = time.perf_counter()
   for _ in range(bench.warmup_steps):
     trainer.call(batch)
@@ -293,9 +298,56 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
     notes.append('step: timed calls %d..%d traced by jax.profiler into %s '
                  '(their times include its overhead)'
                  % (*trace.traced, trace.folder))
-  return {'data': 'synthetic, on the devices', **info, 'warmup_s': warmup_s,
-          **_throughput(info, seconds, config, peak),
+  return {'data': 'synthetic, on the devices', **info, **fit,
+          'warmup_s': warmup_s, **_throughput(info, seconds, config, peak),
           'metrics_finite': trainer.metrics_finite()}
+
+
+def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
+                notes: list[str]) -> dict:
+  """XLA's device-memory estimate as a fixed part plus a part per image, and
+  the largest per-device batch each of `config.benchmark.memory_budgets_gib`
+  holds by it.
+
+  The step is compiled (not run) at `memory_fit_batch` and twice that many
+  images per device: at small batches the peak is the optimiser update
+  (parameters, gradients, Adam states) and hides the activations, at large
+  ones it grows by the activations of each image. {} without budgets or
+  without an estimate.
+  """
+  bench = config.benchmark
+  budgets = tuple(bench.memory_budgets_gib)
+  if not budgets:
+    return {}
+  per_device = int(bench.memory_fit_batch)
+  memory = []
+  for images in (per_device, 2 * per_device):
+    per_process = images * jax.local_device_count()
+    batch = trainer.put([synthetic_batch(config, rng, per_process)
+                         for _ in range(trainer.k)])
+    memory.append(_device_memory(trainer.fn.lower(trainer.state,
+                                                  batch).compile()))
+    del batch
+  if not all(memory):
+    notes.append('memory: XLA gave no memory estimate on this backend')
+    return {}
+  per_image = (memory[1] - memory[0]) / per_device
+  if per_image <= 0:
+    notes.append('memory: the estimate does not grow with the batch; no fit')
+    return {}
+  fixed = max(0.0, memory[0] - per_image * per_device)
+  fits = {f'{gib:g}': max(0, int((gib * 2**30 - fixed) // per_image))
+          for gib in budgets}
+  notes.append(
+      "memory: XLA's estimate for this backend (%s), per device: arguments "
+      '+ outputs + temporaries - donated, fitted at %d and %d images per '
+      'device; the batch that fits is per device, by that estimate alone'
+      % (jax.default_backend(), per_device, 2 * per_device))
+  return {'memory_fit_batches': [per_device, 2 * per_device],
+          'memory_at_fit_batches_bytes': memory,
+          'memory_fixed_bytes': fixed,
+          'memory_marginal_per_image_bytes': per_image,
+          'max_batch_per_device_by_gib': fits}
 
 
 def _e2e_path(trainer: _Trainer, config, peak) -> dict:
@@ -434,6 +486,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if what not in WHATS:
     raise ValueError(f'config.benchmark.what={what!r}; supported: '
                      + ', '.join(repr(w) for w in WHATS))
+  bench = config.benchmark
+  if bench.memory_budgets_gib and (
+      bench.memory_fit_batch < 1 or min(bench.memory_budgets_gib) <= 0):
+    raise ValueError(
+        'config.benchmark.memory_budgets_gib must be positive GiB and '
+        f'memory_fit_batch at least 1, got {tuple(bench.memory_budgets_gib)} '
+        f'and {bench.memory_fit_batch}')
   if what != 'step' and not (config.data.train_dir or
                              config.data.prepared_dir):
     raise ValueError('set config.data.train_dir (and/or prepared_dir) to the '
@@ -520,6 +579,23 @@ def _table(report: dict) -> str:
           f'{flops_row["flops_per_image"] / 1e9:.3f} G/image; peak '
           f'{_fmt(r["peak_tflops"], "g")} TFLOP/s per device '
           f'({r["peak_basis"]})')
+  step = r.get('step', {})
+  if step.get('device_memory_bytes'):
+    lines.append(
+        f'XLA device memory: {step["device_memory_bytes"] / 2**20:.1f} '
+        f'MiB/device at {r["per_device_batch"]} image(s)/device')
+    if step.get('max_batch_per_device_by_gib'):
+      fits = ', '.join(f'{gib} GiB: {n}' for gib, n in
+                       step['max_batch_per_device_by_gib'].items())
+      lines.append(
+          f'XLA device memory fitted at {step["memory_fit_batches"][0]} and '
+          f'{step["memory_fit_batches"][1]} images/device: '
+          f'{step["memory_fixed_bytes"] / 2**20:.1f} MiB fixed + '
+          f'{step["memory_marginal_per_image_bytes"] / 2**20:.2f} MiB/image;'
+          f' largest batch/device that fits {fits}')
+  if r.get('parameters'):
+    lines.append('parameters: ' + ', '.join(
+        f'{what} {n:,}' for what, n in r['parameters'].items()))
   if 'input' in r:
     inp = r['input']
     header = (f'{"input path":<10} {"workers":>7} {"images/s":>10} '
@@ -571,6 +647,8 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   if what != 'input':
     trainer = _Trainer(config)
     report['init_s'] = trainer.init_s
+    report['parameters'] = trainer.family.parameter_counts(
+        trainer.family.abstract_state())
   if what in ('step', 'all'):
     logging.info('benchmark: step on synthetic data')
     report['step'] = _step_section(

@@ -150,6 +150,15 @@ class GANFamily(families.Family):
     return state_lib.create_train_state(rng, resnet, models=self.models,
                                         config=self.config)
 
+  def parameter_trees(self, state):
+    trees = {'generator': state.g_params['generator'],
+             'critic': state.d_params}
+    resnet = state_lib.resnet_variables(state.g_params, state.resnet)
+    if resnet is not None:
+      frozen = 'trained' if 'resnet' in state.g_params else 'frozen'
+      trees[f'ResNet-18 ({frozen})'] = resnet['params']
+    return trees
+
   def check_data(self, state, data) -> None:
     """Cached features must come from this state's ResNet and settings."""
     if data is None or data.feature_entry is None:

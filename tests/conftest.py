@@ -20,9 +20,9 @@ TEST_COMPILE_FLAGS = ('--xla_backend_optimization_level=1',
                       '--xla_cpu_use_fusion_emitters=false')
 
 # Must happen before jax is imported anywhere in the test process. The
-# convolution kernels are the ones main.py picks by default; the compile
-# flags of `helpers.TEST_COMPILE_FLAGS` make XLA compile the tests' tiny
-# programs in about 60 % of the time (the suite is mostly compiles).
+# convolution kernels are the ones main.py picks by default, plus the
+# compile settings above (the suite is mostly compiles); processes the
+# tests start get the same (`helpers.xla_flags`).
 os.environ.setdefault('XLA_FLAGS', ' '.join(
     ['--xla_force_host_platform_device_count=4']
     + xla_flags.cpu_flags(xla_flags.DEFAULT) + list(TEST_COMPILE_FLAGS)))

@@ -25,9 +25,10 @@ and runs every step on its own 224-px input, as the paper's step does.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+import compare_peer  # this folder's: lscpu's model name and flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,17 +57,8 @@ def _command(model: str, size: int, batch: int, num_steps: int,
 
 
 def _cpu_name() -> str:
-  try:
-    out = subprocess.run(['lscpu'], capture_output=True, text=True,
-                         check=False).stdout
-  except OSError:
-    return platform.processor() or 'unknown CPU'
-  name = next((line.split(':', 1)[1].strip() for line in out.splitlines()
-               if line.startswith('Model name')), 'unknown CPU')
-  flags = next((line.split(':', 1)[1].split() for line in out.splitlines()
-                if line.startswith('Flags')), [])
-  wide = [f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
-  return f'{name} ({", ".join(wide) or "no AVX-512"})'
+  cpu = compare_peer.cpu_name()
+  return f'{cpu["model_name"]} ({", ".join(cpu["flags"]) or "no AVX-512"})'
 
 
 def _ratio(value, base) -> str:

@@ -218,10 +218,12 @@ def test_config_variants_name_their_size():
 # ------------------------------------------------------------------ product
 def _product_config(name, size, records, parallel_kind, **overrides):
   """`_variant` trained from prepared records (the proposed model with its
-  feature cache), 2 steps of batch 4, a checkpoint after each."""
+  feature cache), 2 steps of batch 4, a checkpoint after each; prepared in
+  this process (test_records runs the pool of processes)."""
   config = _variant(name, size)
   return helpers.override(config, **{
-      'data.prepared_dir': records, 'parallel': parallel_kind,
+      'data.prepared_dir': records, 'data.prepare_processes': 1,
+      'parallel': parallel_kind,
       'data.use_feature_cache': name == 'gan', 'num_train_steps': 2,
       'checkpoint_every_steps': 1, 'keep_checkpoints': 3,
       'log_every_steps': 1, 'eval_every_steps': 2, 'image_every_steps': 2,

@@ -254,6 +254,16 @@ def test_the_whole_product_at_size(name, size, tmp_path):
   grid = cv2.imread(os.path.join(run, 'samples', 'step_0000002.png'))
   assert grid.shape[0] % (size + 4) == 0 and grid.shape[1] % (size + 4) == 0
   straight = helpers.saved_state(run, 2)
+  if name == 'scgan':  # no ResNet branch, none in its checkpoints
+    assert not straight.get('resnet')
+  if name == 'cic':  # its own curves, evaluation and samples
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+    acc = event_accumulator.EventAccumulator(
+        run, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    for tag in ('train/loss', 'train/grad_norm', 'val/psnr', 'val/ssim',
+                'val/psnr_gray', 'samples'):
+      assert tag in acc.Tags()['tensors'], tag
 
   quiet = {'eval_every_steps': 100, 'image_every_steps': 100}
   resumed = _resume_from_step_1(

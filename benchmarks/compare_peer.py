@@ -2,6 +2,7 @@
 
   python benchmarks/compare_peer.py --peer_dir PATH/torch_ref \
       --peer_python PATH/bin/python [--batch 64] [--threads 2] [--repeats 2]
+      [--peer_timeout 600]
 
 Runs, alternating (peer, jaxcolor variants, peer, ...) `--repeats` times on
 this machine with the same batch and thread count:
@@ -103,7 +104,7 @@ def run_peer(a, extra):
          str(a.batch), '--threads', str(a.threads), '--steps',
          str(a.peer_steps), '--warmup', '2', *extra]
   p = subprocess.run(_pin(cmd, a.threads), capture_output=True, text=True,
-                     env=_env(a.threads), check=True)
+                     env=_env(a.threads), check=True, timeout=a.peer_timeout)
   return _last_json(p.stdout)
 
 
@@ -196,6 +197,9 @@ def main():
   p.add_argument('--peer_nchw', action='store_true')
   p.add_argument('--no_peer_bf16', action='store_true')
   p.add_argument('--peer_steps', type=int, default=5)
+  # Without bfloat16 units (e.g. a Zen 3) the peer's --bf16 step takes
+  # minutes: such a run is recorded as timed out instead of waited for.
+  p.add_argument('--peer_timeout', type=float, default=600.0)
   p.add_argument('--jax_steps', type=int, default=5)
   p.add_argument('--json', default='compare_peer.json')
   a = p.parse_args()
@@ -226,6 +230,9 @@ def main():
       for name, extra in peers.items():
         try:
           results[name].append(run_peer(a, extra))
+        except subprocess.TimeoutExpired:
+          results[name].append({'error': f'timed out after {a.peer_timeout:g}'
+                                         ' s (--peer_timeout)'})
         except (subprocess.CalledProcessError, ValueError) as e:
           results[name].append({'error': str(e).splitlines()[0][:300]})
         print(f'[{r}] {name}: {results[name][-1]}', flush=True)

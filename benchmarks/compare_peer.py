@@ -23,9 +23,9 @@ same with the previous convolution forms; the others add the speed-ups
 'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step. Each row is
 compared with the peer's best float32 run and, like with like, with the
 peer's run of its own dtype. Also names the CPU (lscpu's model name and
-its AVX-512/AMX bfloat16 flags) and prints FLOPs per image of both sides (the peer's flops.py; jaxcolor: the
-same analytic count over its own modules) and checks they agree within
-1 %. Writes everything as JSON.
+its AVX-512/AMX bfloat16 flags), prints FLOPs per image of both sides (the
+peer's flops.py; jaxcolor: the same analytic count over its own modules)
+and checks they agree within 1 %. Writes everything as JSON.
 """
 
 import argparse
@@ -75,7 +75,6 @@ def _env(threads):
   return env
 
 
-BF16_VARIANTS = ('same_bf16', 'cache_bf16')
 CPU_FLAGS = ('avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
 
 
@@ -249,7 +248,7 @@ def main():
   table = {}
   for name, rows in results.items():
     ips = median_ips(rows)
-    bf16 = name in BF16_VARIANTS or name.endswith('_bf16')
+    bf16 = name.endswith('_bf16')  # peer and jaxcolor runs alike
     table[name] = {'images_per_sec': ips, 'ratio_vs_peer_best': ips / ref,
                    'ratio_vs_peer_bf16': ips / ref_bf16,
                    'ratio_like_with_like': ips / (ref_bf16 if bf16 else ref),

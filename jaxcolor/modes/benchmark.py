@@ -270,6 +270,14 @@ def _time_calls(n: int, call: Callable[[], Any],
   return seconds
 
 
+def _synthetic_call_batch(trainer: _Trainer, config,
+                          rng: np.random.Generator, per_process: int) -> Any:
+  """One compiled call's device batch of synthetic images (`trainer.k`
+  steps of `per_process` images each)."""
+  return trainer.put([synthetic_batch(config, rng, per_process)
+                      for _ in range(trainer.k)])
+
+
 def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
                   notes: list[str]) -> dict:
   """The compiled step on synthetic, device-resident batches; with
@@ -278,8 +286,7 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
   bench = config.benchmark
   per_process = config.data.batch_size // jax.process_count()
   rng = np.random.default_rng(config.seed + jax.process_index())
-  batch = trainer.put([synthetic_batch(config, rng, per_process)
-                       for _ in range(trainer.k)])
+  batch = _synthetic_call_batch(trainer, config, rng, per_process)
   _, info, _ = trainer.compile(batch)
   fit = _memory_fit(trainer, config, rng, notes)
   if info['device_memory_bytes']:
@@ -323,8 +330,7 @@ def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
   memory = []
   for images in (per_device, 2 * per_device):
     per_process = images * jax.local_device_count()
-    batch = trainer.put([synthetic_batch(config, rng, per_process)
-                         for _ in range(trainer.k)])
+    batch = _synthetic_call_batch(trainer, config, rng, per_process)
     memory.append(_device_memory(trainer.fn.lower(trainer.state,
                                                   batch).compile()))
     del batch

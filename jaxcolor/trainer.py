@@ -159,9 +159,7 @@ def init_state(family: families.Family, par: parallel.Parallel,
   hold its arrays; the optimiser states, step (0) and rng stay fresh.
   """
   inputs = family.init_inputs(families.init_key(config.seed), data)
-  abstract = jax.eval_shape(family.init, *inputs)
-  shardings = jax.tree.map(lambda _: par.replicated, abstract)
-  state = jax.jit(family.init, out_shardings=shardings)(*inputs)
+  state = jax.jit(family.init, out_shardings=par.replicated)(*inputs)
   if source is None:
     return state
   merged, what = family.init_from_source(state, source.tree)

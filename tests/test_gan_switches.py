@@ -15,7 +15,6 @@ from jaxcolor import inference
 from jaxcolor import losses
 from jaxcolor.runtime import parallel
 from jaxcolor.color import ab_bins
-from jaxcolor import trainer
 from jaxcolor.modes import train
 from jaxcolor.families.gan import family as gan_family
 from jaxcolor.families.gan import optim as gan_optim

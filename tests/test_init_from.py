@@ -5,7 +5,6 @@ One tiny GAN source (EMA on, trained 2 steps) and its export bundle are
 made per module; every fine-tuning run trains 2 steps at most.
 """
 
-import functools
 import logging
 import os
 import shutil
@@ -118,9 +117,7 @@ def test_from_a_bundle_the_first_evaluation_is_the_sources(source):
   fresh = helpers.host(helpers.fresh_state(config, par)[1])
   _assert_equal_trees(state.d_params, fresh.d_params)
 
-  eval_fn = par.compile(functools.partial(train.eval_step,
-                                          colorize=family.colorize),
-                        donate_state=False)
+  eval_fn = train.compile_eval(family, par)
   scores = train.evaluate(eval_fn, par.to_step_layout(device_state), par,
                           pipeline.Data.create(config))
   logged = report.read_scalars(workdir)

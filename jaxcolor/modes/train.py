@@ -48,15 +48,19 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 # ------------------------------------------------------------------ evaluation during training
 def eval_step(state: Any, batch: dict, *, colorize: Callable):
-  """Sums of per-image PSNR/SSIM (model and gray copy) over the valid images.
+  """Sums of per-image PSNR/SSIM (model and gray copy) over the valid
+  images, and the images themselves (for sample grids: one program serves
+  both).
 
   `colorize(state, batch)['fake_rgb']` is the model's RGB in [-1, 1];
   `batch['mask']` (B,) is 1 for real examples and 0 for padding. Returns
-  (state unchanged, sums psum-ed over devices).
+  (state unchanged, (sums psum-ed over devices, this device's `colorize`
+  outputs)).
   """
   import dm_pix  # pylint: disable=g-import-not-at-top
+  outputs = colorize(state, batch)
   real = preprocess.to_unit(preprocess.normalize(batch['rgb']))
-  fake = preprocess.to_unit(colorize(state, batch)['fake_rgb'])
+  fake = preprocess.to_unit(outputs['fake_rgb'])
   gray3 = jnp.repeat(preprocess.to_unit(preprocess.normalize(batch['gray'])),
                      3, axis=-1)
   mask = batch['mask'].astype(jnp.float32)
@@ -67,19 +71,21 @@ def eval_step(state: Any, batch: dict, *, colorize: Callable):
   }
   sums = {k: jnp.sum(v * mask) for k, v in sums.items()}
   sums['count'] = jnp.sum(mask)
-  return state, jax.lax.psum(sums, AXIS)
+  return state, (jax.lax.psum(sums, AXIS), outputs)
 
 
-def sample_step(state: Any, batch: dict, *, colorize: Callable):
-  """Generated images for a grid: (state, colorize(state, batch))."""
-  return state, colorize(state, batch)
+def compile_eval(family: families.Family, par: parallel.Parallel) -> Callable:
+  """`eval_step` of `family` compiled on `par`: its sums replicated, its
+  images sharded like the batch."""
+  return par.compile(functools.partial(eval_step, colorize=family.colorize),
+                     donate_state=False, batch_output=(False, True))
 
 
 def evaluate(eval_fn, state, par, data: pipeline.Data) -> dict[str, float]:
   """Mean PSNR/SSIM of the model and of the gray copy over the val split."""
   totals = None
   for batch in data.eval_batches():
-    _, sums = eval_fn(state, par.put_batch(batch))
+    _, (sums, _) = eval_fn(state, par.put_batch(batch))
     sums = par.fetch(sums)
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
   if not totals or totals['count'] == 0:
@@ -88,11 +94,11 @@ def evaluate(eval_fn, state, par, data: pipeline.Data) -> dict[str, float]:
   return {f'val/{k}': float(v / count) for k, v in totals.items()}
 
 
-def _write_samples(writer, workdir, step, sample_fn, step_state, batch, par,
+def _write_samples(writer, workdir, step, eval_fn, step_state, batch, par,
                    family):
   """Gray | generated | real [| the family's own columns] grid to
-  TensorBoard and a PNG."""
-  _, out = sample_fn(step_state, par.put_batch(batch))
+  TensorBoard and a PNG (`eval_fn`'s images of `batch`)."""
+  _, (_, out) = eval_fn(step_state, par.put_batch(batch))
   out = _gather_local(out)
   inputs = {k: preprocess.normalize(v) for k, v in batch.items()
             if k in ('gray', 'rgb')}
@@ -278,8 +284,9 @@ def _train(config, workdir, signals: _Signals,
   upgrade = functools.partial(families.upgrade_config,
                               allowed=(config.model.name,))
   # Every check that can refuse the run, before anything is written.
-  checkpoint.check_resumable(workdir, trainer.abstract_state(family, par),
-                             config, upgrade, family.resume_may_differ)
+  abstract_state = trainer.abstract_state(family, par)
+  checkpoint.check_resumable(workdir, abstract_state, config, upgrade,
+                             family.resume_may_differ)
   if process_index == 0:
     files.check_writable(workdir, '--workdir')
     lock.acquire()  # claims it (taking over a killed run's)
@@ -304,7 +311,7 @@ def _train(config, workdir, signals: _Signals,
   try:
     manager = checkpoint.create_manager(workdir, config)
     restored = checkpoint.restore_latest(
-        manager, trainer.abstract_state(family, par), train_iter, config,
+        manager, abstract_state, train_iter, config,
         writer=process_index == 0, upgrade=upgrade,
         may_differ=family.resume_may_differ)
     if restored is None:
@@ -368,12 +375,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
     writer.write_hparams({k: str(v) for k, v in
                           checkpoint.flatten_dict(config.to_dict()).items()})
   step_fn = trainer.make_train_fn(family, par, config)
-  eval_fn = par.compile(
-      functools.partial(eval_step, colorize=family.colorize),
-      donate_state=False)
-  sample_fn = par.compile(
-      functools.partial(sample_step, colorize=family.colorize),
-      donate_state=False, batch_output=True)
+  eval_fn = compile_eval(family, par)  # evaluation and sample grids
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps)
@@ -494,7 +496,7 @@ def _loop(run: _Run, state: Any, start_step: int) -> Any:
       signals.phase = 'evaluation'  # still busy: stops after it
       is_last = step == total_steps
       if (step % config.image_every_steps == 0 or is_last) and sample_batch:
-        _write_samples(writer, workdir, step, sample_fn, step_state,
+        _write_samples(writer, workdir, step, eval_fn, step_state,
                        sample_batch, par, family)
       if step % config.eval_every_steps == 0 or is_last:
         with report_progress.timed('eval'):

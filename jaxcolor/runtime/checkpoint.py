@@ -191,11 +191,13 @@ def _flat_shapes(tree: Any) -> dict[str, tuple]:
           if x is not None}
 
 
-def check_structure(step_dir: str, abstract_state: Any) -> None:
+def check_structure(step_dir: str, abstract_state: Any) -> Any:
   """Raises ValueError naming the arrays where the saved state differs from
-  the one this config builds (another model or code, not damage)."""
+  the one this config builds (another model or code, not damage); returns
+  the saved tree's metadata, as read."""
+  saved = _state_tree(step_dir)
   want = _flat_shapes(abstract_state)
-  have = _flat_shapes(_state_tree(step_dir))
+  have = _flat_shapes(saved)
   diffs = [f'  {k}: missing' for k in sorted(set(want) - set(have))]
   diffs += [f'  {k}: not in this model' for k in sorted(set(have) - set(want))]
   diffs += [f'  {k}: saved {have[k]}, model {want[k]}'
@@ -207,6 +209,7 @@ def check_structure(step_dir: str, abstract_state: Any) -> None:
                      'this config builds:\n' + '\n'.join(shown) +
                      '\nUse a new --workdir, or the code and config that '
                      'wrote it.')
+  return saved
 
 
 # A damaged checkpoint fails Orbax's read of every array it touches: Orbax
@@ -322,12 +325,12 @@ def clean_interrupted(workdir: str) -> list[str]:
   return removed
 
 
-def _restore_state(manager: ocp.CheckpointManager, step: int, path: str,
+def _restore_state(manager: ocp.CheckpointManager, step: int, saved: Any,
                    abstract_state: Any) -> Any:
-  """The state of `step`. Top-level fields that are None in this state
-  and absent from the saved tree (fields added since, whose switch is
-  off, e.g. a GAN run's EMA) are restored as None."""
-  saved = _state_tree(path)
+  """The state of `step`, whose saved tree's metadata is `saved`.
+  Top-level fields that are None in this state and absent from the saved
+  tree (fields added since, whose switch is off, e.g. a GAN run's EMA) are
+  restored as None."""
   absent = []
   if dataclasses.is_dataclass(abstract_state) and isinstance(saved, dict):
     absent = [f.name for f in dataclasses.fields(abstract_state)
@@ -371,10 +374,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     try:
       check_compatible(upgrade(read_saved_config(path)), config, path,
                        may_differ)
-      check_structure(path, abstract_state)
+      saved = check_structure(path, abstract_state)
       with _Quiet():
         try:
-          state = _restore_state(manager, step, path, abstract_state)
+          state = _restore_state(manager, step, saved, abstract_state)
           manager.restore(step, args=ocp.args.Composite(
               data=grain.checkpoint.CheckpointRestore(data_iterator)))
         except Exception as e:  # pylint: disable=broad-except

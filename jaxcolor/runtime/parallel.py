@@ -14,7 +14,7 @@ the step was compiled; `to_step_layout`/`from_step_layout` convert.
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from absl import logging
 import jax
@@ -72,19 +72,23 @@ class Parallel:
 
   # ------------------------------------------------------------ compile
   def compile(self, per_device_fn: Callable, *, donate_state: bool = True,
-              batch_output: bool = False, stacked: bool = False) -> Callable:
+              batch_output: Union[bool, tuple[bool, ...]] = False,
+              stacked: bool = False) -> Callable:
     """Compiles `per_device_fn(state, batch) -> (state, output)`.
 
     `state` is replicated (step layout) and `batch` sharded on its example
     axis: the leading one, or, with `stacked`, the one after a leading
     axis of k stacked batches (see `put_batch`). `output` is replicated (it
     must be `pmean`/`psum`-ed inside), or, with `batch_output`, per-example
-    and sharded like an unstacked batch.
+    and sharded like an unstacked batch; for an `output` that is a tuple,
+    `batch_output` may say so for each of its items.
     """
     donate = (0,) if donate_state else ()
     if self.kind == 'pmap':
       return jax.pmap(per_device_fn, axis_name=AXIS, donate_argnums=donate)
-    out_spec = P(AXIS) if batch_output else P()
+    spec = lambda per_example: P(AXIS) if per_example else P()
+    out_spec = (tuple(map(spec, batch_output))
+                if isinstance(batch_output, tuple) else spec(batch_output))
     batch_spec = P(None, AXIS) if stacked else P(AXIS)
     mapped = jax.shard_map(per_device_fn, mesh=self.mesh,
                            in_specs=(P(), batch_spec),

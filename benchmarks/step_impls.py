@@ -61,8 +61,9 @@ def main():
   p.add_argument('--xla_cpu_convolutions', default=xla_flags.DEFAULT,
                  help='XLA CPU convolution kernels (as the config key)')
   a = p.parse_args()
-  xla_flags.apply(a.xla_cpu_convolutions)  # before JAX starts, as main.py
   overrides = dict(s.split('=', 1) for s in a.set)
+  # Before JAX starts, as main.py.
+  xla_flags.apply(a.xla_cpu_convolutions, overrides.get('dtype', 'float32'))
   runs = {}
   for impl in a.impls.split(','):
     compiled, state, data, compile_s = build(impl, a.batch, overrides)

@@ -25,7 +25,8 @@ TEST_COMPILE_FLAGS = ('--xla_backend_optimization_level=1',
 # tests start get the same (`helpers.xla_flags`).
 os.environ.setdefault('XLA_FLAGS', ' '.join(
     ['--xla_force_host_platform_device_count=4']
-    + xla_flags.cpu_flags(xla_flags.DEFAULT) + list(TEST_COMPILE_FLAGS)))
+    + xla_flags.cpu_flags(xla_flags.resolve(xla_flags.DEFAULT))
+    + list(TEST_COMPILE_FLAGS)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # The tests compile the same tiny programs many times (and in the processes

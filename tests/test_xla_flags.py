@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxcolor.runtime import xla_flags
@@ -22,8 +23,11 @@ except ValueError as e:
 import jax, jax.numpy as jnp
 f = lambda w, x: jnp.sum(jax.lax.conv_general_dilated(
     x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
-text = jax.jit(jax.grad(f)).lower(jnp.ones((3, 3, 64, 64)),
-                                  jnp.ones((2, 16, 16, 64))).compile().as_text()
+w = jax.random.normal(jax.random.key(0), (3, 3, 64, 64)) / 24
+x = jax.random.normal(jax.random.key(1), (2, 16, 16, 64))
+compiled = jax.jit(jax.grad(f)).lower(w, x).compile()
+text = compiled.as_text()
+print('GRAD', float(jnp.sum(jnp.abs(compiled(w, x)))))
 # The program has only convolutions: any YNNPACK fusion is one of them.
 print('YNN_CONV', any(' fusion(' in l and 'ynn_fusion' in l.split('=')[0]
                       for l in text.splitlines()))
@@ -46,12 +50,49 @@ def _probe(choice, env_flags):
   return dict(line.split(' ', 1) for line in out.stdout.splitlines())
 
 
+EIGEN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+
+
 def test_cpu_flags_and_bad_value():
-  assert xla_flags.cpu_flags('eigen') == [
-      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution']
+  assert xla_flags.cpu_flags('eigen') == [EIGEN]
+  assert xla_flags.cpu_flags('onednn') == [EIGEN, '--xla_cpu_use_onednn=true']
   assert xla_flags.cpu_flags('default') == []
+  for bad in ('fastest', 'auto'):  # 'auto' is resolved first
+    with pytest.raises(ValueError, match='xla_cpu_convolutions'):
+      xla_flags.cpu_flags(bad)
   with pytest.raises(ValueError, match='xla_cpu_convolutions'):
-    xla_flags.cpu_flags('onednn')
+    xla_flags.resolve('fastest')
+
+
+# /proc/cpuinfo's lines as Linux writes them (abridged) on three CPU kinds.
+CPUINFO = {
+    'xeon_amx': 'model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: '
+                'fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n',
+    'zen4': 'model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f '
+            'avx512_bf16\n',
+    'zen3': 'model name\t: AMD EPYC 7R13\nflags\t\t: fpu avx2 fma\n',
+}
+
+
+@pytest.mark.parametrize('cpu,dtype,want', [
+    ('xeon_amx', 'bfloat16', 'onednn'), ('xeon_amx', 'float32', 'eigen'),
+    ('zen4', 'bfloat16', 'eigen'), ('zen3', 'bfloat16', 'eigen'),
+    ('missing', 'bfloat16', 'eigen')])
+def test_auto_picks_by_the_cpus_instruction_set_and_dtype(
+    cpu, dtype, want, tmp_path):
+  path = tmp_path / 'cpuinfo'
+  if cpu != 'missing':  # another system: no /proc/cpuinfo
+    path.write_text(CPUINFO[cpu] * 2)  # one block per core
+  features = xla_flags.cpu_features(str(path))
+  assert ('amx_bf16' in features) == (cpu == 'xeon_amx')
+  assert xla_flags.resolve('auto', dtype, features) == want
+  for choice in ('eigen', 'onednn', 'default'):  # a choice made is kept
+    assert xla_flags.resolve(choice, dtype, features) == choice
+
+
+def test_this_machines_cpu_is_read():
+  # Linux lists its flags; the test machines run Linux.
+  assert 'fpu' in xla_flags.cpu_features()
 
 
 def test_eigen_keeps_convolutions_off_ynnpack_and_other_flags():
@@ -63,6 +104,15 @@ def test_eigen_keeps_convolutions_off_ynnpack_and_other_flags():
   assert got['DEVICES'] == '2'          # the user's flags still apply
   # Once a backend has started, XLA would ignore new flags: apply refuses.
   assert got['LATE'].startswith('xla_flags.apply must run before')
+
+
+def test_onednn_compiles_and_computes_what_eigen_does():
+  eigen = _probe('eigen', '')
+  onednn = _probe('onednn', '')
+  assert onednn['FLAGS'] == EIGEN + ' --xla_cpu_use_onednn=true'
+  assert onednn['YNN_CONV'] == 'False'
+  np.testing.assert_allclose(float(onednn['GRAD']), float(eigen['GRAD']),
+                             rtol=1e-4)
 
 
 def test_default_leaves_xla_its_choice():

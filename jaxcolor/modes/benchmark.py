@@ -50,6 +50,7 @@ from jaxcolor import models as models_lib
 from jaxcolor.runtime import files
 from jaxcolor.runtime import parallel
 from jaxcolor.runtime import profiler
+from jaxcolor.runtime import xla_flags
 from jaxcolor import records as records_lib
 from jaxcolor import trainer as trainer_lib
 from jaxcolor.data import feature_cache
@@ -534,7 +535,10 @@ def _header(config: ml_collections.ConfigDict,
       'use_feature_cache': config.data.use_feature_cache,
       'conv_impl': (models_lib.resolve_conv_impl(config.model.conv_impl)
                     if 'conv_impl' in config.model else None),
-      'xla_cpu_convolutions': config.get('xla_cpu_convolutions'),
+      # What 'auto' stood for on this CPU (main.py set its flags).
+      'xla_cpu_convolutions': xla_flags.resolve(
+          config.get('xla_cpu_convolutions', xla_flags.DEFAULT),
+          config.get('dtype', 'float32')),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'image_size': config.data.image_size,
       'num_steps': bench.num_steps, 'warmup_steps': bench.warmup_steps,

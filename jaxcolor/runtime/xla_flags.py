@@ -1,12 +1,13 @@
 """XLA flags main.py sets for its process, from `config.xla_cpu_convolutions`.
 
 XLA's CPU backend (jaxlib 0.10) hands convolutions to YNNPACK by default.
-On this model's shapes its own Eigen convolutions are faster: the paper
-step at batch 64 on 2 CPU cores takes 12.7 s with Eigen convolutions and
-18.4 s with YNNPACK's (docs/benchmarks.md). 'eigen' turns YNNPACK off for
-convolutions only (matmuls stay on YNNPACK, which is as fast or faster
-there); 'default' leaves XLA's choice. The flag only affects the CPU
-compiler, so it is harmless on GPUs and TPUs.
+On this model's shapes its own Eigen convolutions are faster
+(docs/benchmarks.md): 'eigen' turns YNNPACK off for convolutions only
+(matmuls stay on YNNPACK, which is as fast or faster there). 'onednn' is
+'eigen' with XLA's oneDNN rewrites on, which pays for bfloat16 on CPUs with
+AMX-BF16 tiles. 'auto' picks by the CPU's instruction set and the compute
+dtype (`resolve`); 'default' leaves XLA's choice. The flags only affect the
+CPU compiler, so they are harmless on GPUs and TPUs.
 
 XLA reads XLA_FLAGS once, when JAX starts its first backend, so `apply`
 must run before anything computes; a value the user already put in
@@ -14,18 +15,58 @@ XLA_FLAGS wins.
 """
 
 import os
+from typing import Optional
 
 from absl import logging
 
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
-CHOICES = ('eigen', 'default')
-DEFAULT = 'eigen'  # also for modes that run without --config (colorize, ...)
+ONEDNN_FLAG = '--xla_cpu_use_onednn'
+CHOICES = ('auto', 'eigen', 'onednn', 'default')
+DEFAULT = 'auto'  # also for modes that run without --config (colorize, ...)
+CPUINFO = '/proc/cpuinfo'
+
+
+def cpu_features(path: str = CPUINFO) -> frozenset[str]:
+  """The CPU's feature flags as Linux lists them ('avx512_bf16', 'amx_bf16',
+  ...); empty where the file is missing or unreadable (other systems)."""
+  try:
+    with open(path, encoding='ascii', errors='replace') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() in ('flags', 'Features'):
+          return frozenset(value.split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def resolve(choice: str, dtype: str = 'float32',
+            features: Optional[frozenset[str]] = None) -> str:
+  """config.xla_cpu_convolutions -> the choice it stands for on this CPU.
+
+  'auto' is 'onednn' for bfloat16 on a CPU with AMX-BF16 tiles (the one
+  case measured faster: docs/benchmarks.md) and 'eigen' everywhere else,
+  float32 and CPUs without AMX (AVX512-BF16 alone: not yet measured)
+  included. `features` defaults to `cpu_features()`.
+  """
+  if choice not in CHOICES:
+    raise ValueError(f'config.xla_cpu_convolutions={choice!r}; expected one '
+                     f'of {CHOICES}')
+  if choice != 'auto':
+    return choice
+  features = cpu_features() if features is None else features
+  if dtype == 'bfloat16' and 'amx_bf16' in features:
+    return 'onednn'
+  return 'eigen'
 
 
 def cpu_flags(convolutions: str) -> list[str]:
-  """config.xla_cpu_convolutions -> the XLA flags that select it."""
+  """A resolved choice ('eigen', 'onednn', 'default') -> the XLA flags that
+  select it."""
   if convolutions == 'eigen':
     return [f'{YNN_FLAG}=-individual_convolution']
+  if convolutions == 'onednn':
+    return [f'{YNN_FLAG}=-individual_convolution', f'{ONEDNN_FLAG}=true']
   if convolutions == 'default':
     return []
   raise ValueError(f'config.xla_cpu_convolutions={convolutions!r}; expected '
@@ -38,20 +79,29 @@ def backends_started() -> bool:
   return bool(xla_bridge._backends)  # pylint: disable=protected-access
 
 
-def apply(convolutions: str) -> str:
-  """Adds `cpu_flags(convolutions)` to os.environ['XLA_FLAGS'].
+def apply(convolutions: str, dtype: str = 'float32') -> str:
+  """Adds the flags of `resolve(convolutions, dtype)` to
+  os.environ['XLA_FLAGS'].
 
-  Returns XLA_FLAGS as it is now. Flags the user already set for the same
-  option are kept (and logged). Raises RuntimeError if a backend has
-  already started, since XLA would no longer read the flags.
+  Returns XLA_FLAGS as it is now. A flag the user already set for the same
+  option is kept (and logged). Raises ValueError for an unknown choice,
+  RuntimeError if a backend has already started, since XLA would no longer
+  read the flags.
   """
-  wanted = cpu_flags(convolutions)
+  chosen = resolve(convolutions, dtype)
+  if chosen != convolutions:
+    logging.info('config.xla_cpu_convolutions=%r: %r for %s on this CPU.',
+                 convolutions, chosen, dtype)
   current = os.environ.get('XLA_FLAGS', '')
+  wanted = []
+  for flag in cpu_flags(chosen):
+    option = flag.split('=')[0]
+    if option in current:
+      logging.info('XLA_FLAGS already sets %s; config.xla_cpu_convolutions='
+                   '%r does not change it.', option, convolutions)
+    else:
+      wanted.append(flag)
   if not wanted:
-    return current
-  if YNN_FLAG in current:
-    logging.info('XLA_FLAGS already sets %s; config.xla_cpu_convolutions=%r '
-                 'is not applied.', YNN_FLAG, convolutions)
     return current
   if backends_started():
     raise RuntimeError('xla_flags.apply must run before JAX starts a backend '

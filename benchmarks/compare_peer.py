@@ -20,7 +20,11 @@ the G update, ResNet run every step); 'same_ynnpack' the same with XLA's
 default CPU convolution kernels (YNNPACK) instead of Eigen's; 'phase' the
 same with the previous convolution forms; the others add the speed-ups
 (ResNet feature cache, bfloat16, several steps per compiled call);
-'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step. Each row is
+'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step (both with
+`xla_cpu_convolutions='auto'`). `--variants cpu_kernels` sweeps what 'auto'
+and conv_impl choose between on a new CPU kind: each kernel choice
+('eigen', 'onednn', 'ynnpack') and, with oneDNN, each convolution form, in
+both dtypes (names ending in '_bf16' run bfloat16). Each row is
 compared with the peer's best float32 run and, like with like, with the
 peer's run of its own dtype. Also names the CPU (lscpu's model name and
 its AVX-512/AMX bfloat16 flags), prints FLOPs per image of both sides (the
@@ -57,6 +61,33 @@ VARIANTS = {
                  '--config.steps_per_call=4',
                  '--config.log_every_steps=100'],
 }
+# The CPU kernels and convolution forms `xla_cpu_convolutions='auto'` and
+# conv_impl choose between, each pinned, for a sweep on a new CPU kind
+# (`--variants cpu_kernels`).
+KERNELS = {
+    'eigen': '--config.xla_cpu_convolutions=eigen',
+    'onednn': '--config.xla_cpu_convolutions=onednn',
+    'ynnpack': '--config.xla_cpu_convolutions=default',
+}
+
+
+def _cpu_kernel_variants() -> dict[str, list[str]]:
+  """'eigen', 'onednn', 'ynnpack' (conv_impl 'fast'), 'phase_onednn',
+  'xla_onednn', each also in bfloat16 ('..._bf16')."""
+  variants = {}
+  for dtype, suffix in (('float32', ''), ('bfloat16', '_bf16')):
+    for kernel, flag in KERNELS.items():
+      variants[kernel + suffix] = ['--config.model.conv_impl=fast', flag,
+                                   f'--config.dtype={dtype}']
+    for impl in ('phase', 'xla'):
+      variants[f'{impl}_onednn{suffix}'] = [
+          f'--config.model.conv_impl={impl}', KERNELS['onednn'],
+          f'--config.dtype={dtype}']
+  return variants
+
+
+VARIANTS.update(_cpu_kernel_variants())
+CPU_KERNELS = ('same', 'same_bf16', *_cpu_kernel_variants())
 SPEEDUPS = ('cache', 'cache_bf16', 'cache_k4')
 
 
@@ -202,7 +233,8 @@ def main():
   p.add_argument('--jax_steps', type=int, default=5)
   p.add_argument('--json', default='compare_peer.json')
   a = p.parse_args()
-  variants = a.variants.split(',')
+  variants = (list(CPU_KERNELS) if a.variants == 'cpu_kernels'
+              else a.variants.split(','))
   for v in variants:
     if v not in VARIANTS:
       p.error(f'unknown variant {v!r}; known: {", ".join(VARIANTS)}')

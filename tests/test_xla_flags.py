@@ -91,8 +91,8 @@ def test_auto_picks_by_the_cpus_instruction_set_and_dtype(
 
 
 def test_this_machines_cpu_is_read():
-  # Linux lists its flags; the test machines run Linux.
-  assert 'fpu' in xla_flags.cpu_features()
+  # Linux lists its CPU's flags there; the test machines run Linux.
+  assert xla_flags.cpu_features()
 
 
 def test_eigen_keeps_convolutions_off_ynnpack_and_other_flags():

@@ -188,6 +188,7 @@ class _Trainer:
     if config.data.train_dir or config.data.prepared_dir:
       data = pipeline.Data.create(config)  # for families whose init reads it
     state = trainer_lib.init_state(self.family, self.par, config, data)
+    self.parameters = self.family.parameter_counts(state)
     self.state = self.par.to_step_layout(state)
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - t
@@ -657,8 +658,7 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   if what != 'input':
     trainer = _Trainer(config)
     report['init_s'] = trainer.init_s
-    report['parameters'] = trainer.family.parameter_counts(
-        trainer.family.abstract_state())
+    report['parameters'] = trainer.parameters
   if what in ('step', 'all'):
     logging.info('benchmark: step on synthetic data')
     report['step'] = _step_section(

@@ -14,8 +14,8 @@ if ROOT not in sys.path:
 from jaxcolor.runtime import xla_flags  # pylint: disable=g-import-not-at-top
 
 # Test-only XLA CPU compile settings (main.py never sets them): LLVM at -O1
-# and XLA's older elementwise emitters. The tiny programs compile about 40 %
-# faster and step as fast; both sides of every comparison run under them.
+# and XLA's older elementwise emitters. The tiny programs compile faster
+# and step as fast; both sides of every comparison run under them.
 TEST_COMPILE_FLAGS = ('--xla_backend_optimization_level=1',
                       '--xla_cpu_use_fusion_emitters=false')
 

@@ -121,7 +121,8 @@ def counting_lowerings():
 
 def test_pmap_layout_converts_a_whole_tree_in_one_program():
   # One program per direction and tree structure, not one per array shape
-  # (the state has hundreds of arrays); each device keeps its own copy.
+  # (the state has hundreds of arrays), traced once per process; each
+  # device keeps its own copy.
   par = parallel.Parallel.create('pmap')
   tree = {name: jax.device_put(np.arange(np.prod(s), dtype=dt).reshape(s),
                                par.replicated)
@@ -133,6 +134,9 @@ def test_pmap_layout_converts_a_whole_tree_in_one_program():
     back = par.from_step_layout(step_layout)
     assert len(lowered) == 2
     par.from_step_layout(par.to_step_layout(tree))
+    # Another run's layout in this process: the same programs.
+    again = parallel.Parallel.create('pmap')
+    again.from_step_layout(again.to_step_layout(tree))
     assert len(lowered) == 2
   n = jax.device_count()
   assert step_layout['none'] is None and back['none'] is None

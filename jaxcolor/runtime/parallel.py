@@ -48,6 +48,23 @@ def maybe_initialize_distributed(dist_config) -> None:
                jax.local_device_count(), jax.device_count())
 
 
+# The pmap layout's conversions: one compiled program per mesh and tree
+# structure (rather than one eager op per array shape), traced once per
+# process; each device converts its own copy, nothing is sent.
+@functools.partial(jax.jit, static_argnums=0)
+def _add_device_axis(mesh: Mesh, tree: Any) -> Any:
+  return jax.shard_map(lambda t: jax.tree.map(lambda x: x[None], t),
+                       mesh=mesh, in_specs=P(), out_specs=P(AXIS))(tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _drop_device_axis(mesh: Mesh, tree: Any) -> Any:
+  # The pmap step keeps its copies equal (its updates are `pmean`-ed), so
+  # each device's own copy is the replicated value.
+  return jax.shard_map(lambda t: jax.tree.map(lambda x: x[0], t), mesh=mesh,
+                       in_specs=P(AXIS), out_specs=P(), check_vma=False)(tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class Parallel:
   """How state and batches are laid out over the devices, and how steps compile."""
@@ -98,7 +115,8 @@ class Parallel:
   # ------------------------------------------------------------ state layout
   def to_step_layout(self, tree: Any) -> Any:
     """Mesh-replicated global arrays -> the layout the compiled step takes."""
-    return tree if self.kind == 'shard_map' else self._add_device_axis(tree)
+    return tree if self.kind == 'shard_map' else _add_device_axis(self.mesh,
+                                                                  tree)
 
   def from_step_layout(self, tree: Any) -> Any:
     """The compiled step's layout -> mesh-replicated global arrays."""
@@ -111,23 +129,7 @@ class Parallel:
     def as_global(x):
       return jax.make_array_from_single_device_arrays(
           (n,) + x.shape[1:], sharding, [s.data for s in x.addressable_shards])
-    return self._drop_device_axis(jax.tree.map(as_global, tree))
-
-  # One compiled program per tree structure (rather than one eager op per
-  # array shape); each device converts its own copy, nothing is sent.
-  @functools.cached_property
-  def _add_device_axis(self) -> Callable:
-    return jax.jit(jax.shard_map(
-        lambda tree: jax.tree.map(lambda x: x[None], tree), mesh=self.mesh,
-        in_specs=P(), out_specs=P(AXIS)))
-
-  @functools.cached_property
-  def _drop_device_axis(self) -> Callable:
-    # The pmap step keeps its copies equal (its updates are `pmean`-ed), so
-    # each device's own copy is the replicated value.
-    return jax.jit(jax.shard_map(
-        lambda tree: jax.tree.map(lambda x: x[0], tree), mesh=self.mesh,
-        in_specs=P(AXIS), out_specs=P(), check_vma=False))
+    return _drop_device_axis(self.mesh, jax.tree.map(as_global, tree))
 
   # ------------------------------------------------------------ batches
   def put_batch(self, local_batch: dict[str, np.ndarray], *,

@@ -136,9 +136,11 @@ def main(argv):
   try:
     # Before anything computes: XLA reads XLA_FLAGS once, at backend start.
     from jaxcolor.runtime import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.apply(*((xla_flags.DEFAULT,) if config is None else
-                      (config.get('xla_cpu_convolutions', xla_flags.DEFAULT),
-                       config.get('dtype', 'float32'))))
+    if config is None:
+      xla_flags.apply(xla_flags.DEFAULT)
+    else:
+      xla_flags.apply(config.get('xla_cpu_convolutions', xla_flags.DEFAULT),
+                      config.get('dtype', 'float32'))
     if config is not None:  # every shared count and size, before any work
       from jaxcolor.runtime import config_check  # pylint: disable=g-import-not-at-top
       config_check.check(config)

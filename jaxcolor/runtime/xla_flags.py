@@ -89,7 +89,7 @@ def apply(convolutions: str, dtype: str = 'float32') -> str:
   read the flags.
   """
   chosen = resolve(convolutions, dtype)
-  if chosen != convolutions:
+  if chosen not in (convolutions, 'eigen'):  # 'auto' took the rarer path
     logging.info('config.xla_cpu_convolutions=%r: %r for %s on this CPU.',
                  convolutions, chosen, dtype)
   current = os.environ.get('XLA_FLAGS', '')

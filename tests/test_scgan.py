@@ -54,5 +54,3 @@ def test_gradient_penalty_adds_to_the_critic_loss(batches):
                               batches[:1])
   assert np.isfinite(m['d_loss'])
   assert m['d_loss'] > m['d_fake'] - m['d_real'] + 1e-6
-
-

@@ -50,8 +50,7 @@ def resolve(choice: str, dtype: str = 'float32',
   included. `features` defaults to `cpu_features()`.
   """
   if choice not in CHOICES:
-    raise ValueError(f'config.xla_cpu_convolutions={choice!r}; expected one '
-                     f'of {CHOICES}')
+    raise _unknown(choice)
   if choice != 'auto':
     return choice
   features = cpu_features() if features is None else features
@@ -66,11 +65,15 @@ def cpu_flags(convolutions: str) -> list[str]:
   if convolutions == 'eigen':
     return [f'{YNN_FLAG}=-individual_convolution']
   if convolutions == 'onednn':
-    return [f'{YNN_FLAG}=-individual_convolution', f'{ONEDNN_FLAG}=true']
+    return cpu_flags('eigen') + [f'{ONEDNN_FLAG}=true']
   if convolutions == 'default':
     return []
-  raise ValueError(f'config.xla_cpu_convolutions={convolutions!r}; expected '
-                   f'one of {CHOICES}')
+  raise _unknown(convolutions)
+
+
+def _unknown(choice: str) -> ValueError:
+  return ValueError(f'config.xla_cpu_convolutions={choice!r}; expected one '
+                    f'of {CHOICES}')
 
 
 def backends_started() -> bool:

@@ -2,7 +2,7 @@
 
   python benchmarks/compare_peer.py --peer_dir PATH/torch_ref \
       --peer_python PATH/bin/python [--batch 64] [--threads 2] [--repeats 2]
-      [--peer_timeout 600]
+      [--peer_timeout 600] [--profile]
 
 Runs, alternating (peer, jaxcolor variants, peer, ...) `--repeats` times on
 this machine with the same batch and thread count:
@@ -29,12 +29,16 @@ compared with the peer's best float32 run and, like with like, with the
 peer's run of its own dtype. Also names the CPU (lscpu's model name and
 its AVX-512/AMX bfloat16 flags), prints FLOPs per image of both sides (the
 peer's flops.py; jaxcolor: the same analytic count over its own modules)
-and checks they agree within 1 %. Writes everything as JSON.
+and checks they agree within 1 %. With `--profile`, each variant's first
+run traces its last timed call and the report ends with where that call's
+time went, by XLA op (kind, library, pass, layer, GFLOP/s;
+jaxcolor/runtime/op_profile.py). Writes everything as JSON.
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,6 +47,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from jaxcolor.runtime import op_profile  # pylint: disable=wrong-import-position
 BASE = ['--config.model.require_resnet18_weights=False',
         '--config.model.reuse_generator_forward=True']
 VARIANTS = {
@@ -122,6 +128,38 @@ def cpu_name() -> dict:
           'flags': [f for f in CPU_FLAGS if f in flags]}
 
 
+def _cpu_jiffies():
+  """(busy, steal) clock ticks of all CPUs so far (/proc/stat), or None."""
+  try:
+    with open('/proc/stat') as f:
+      ticks = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  # user nice system idle iowait irq softirq steal ...
+  return sum(ticks[0:3]) + sum(ticks[5:7]), (ticks[7] if len(ticks) > 7
+                                              else 0)
+
+
+def _with_machine_load(run):
+  """run()'s row plus what else the machine did while it ran, in cores
+  over its wall time: `machine_other_cores` (CPU time of processes other
+  than the run's) and `machine_steal_cores` (taken by the hypervisor). A
+  row with either above ~0.1 was measured on a busy machine."""
+  hz = os.sysconf('SC_CLK_TCK')
+  before, t = _cpu_jiffies(), time.perf_counter()
+  own = resource.getrusage(resource.RUSAGE_CHILDREN)
+  row = run()
+  wall = time.perf_counter() - t
+  after = _cpu_jiffies()
+  used = resource.getrusage(resource.RUSAGE_CHILDREN)
+  own_s = (used.ru_utime + used.ru_stime) - (own.ru_utime + own.ru_stime)
+  if before and after and wall > 0:
+    row['machine_other_cores'] = round(
+        max(0.0, (after[0] - before[0]) / hz - own_s) / wall, 3)
+    row['machine_steal_cores'] = round((after[1] - before[1]) / hz / wall, 3)
+  return row
+
+
 def _last_json(text):
   for line in reversed(text.strip().splitlines()):
     if line.startswith('{'):
@@ -138,7 +176,9 @@ def run_peer(a, extra):
   return _last_json(p.stdout)
 
 
-def run_jax(a, variant, tmp):
+def run_jax(a, variant, tmp, profile=False):
+  """One main.py benchmark of `variant`; with `profile`, its last timed
+  call is traced and the row holds where that call's time went ('ops')."""
   out = os.path.join(tmp, f'{variant}.json')
   cmd = [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=benchmark',
          '--config=' + os.path.join(ROOT, 'configs', 'default.py'),
@@ -148,6 +188,9 @@ def run_jax(a, variant, tmp):
          f'--config.benchmark.num_steps={a.jax_steps}',
          '--config.benchmark.warmup_steps=1',
          f'--config.benchmark.output_json={out}', *BASE, *VARIANTS[variant]]
+  if profile:
+    cmd += [f'--config.profile_steps=({a.jax_steps},1)',
+            f'--workdir={os.path.join(tmp, variant)}']
   p = subprocess.run(_pin(cmd, a.threads), capture_output=True, text=True,
                      env=_env(a.threads), cwd=tmp)
   if p.returncode:
@@ -158,12 +201,12 @@ def run_jax(a, variant, tmp):
   return {'images_per_sec': step['images_per_s'],
           'step_s_median': step['train_step_s'],
           'compile_s': step.get('compile_s', report.get('compile_s')),
-          'xla_flops_per_image': step.get('flops_per_image')}
+          'xla_flops_per_image': step.get('flops_per_image'),
+          **({'ops': step.get('ops')} if profile else {})}
 
 
 def jax_flops(batch):
   """Analytic GFLOP per image (2 x MACs, padded taps counted, as the peer)."""
-  sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -231,6 +274,9 @@ def main():
   # minutes: such a run is recorded as timed out instead of waited for.
   p.add_argument('--peer_timeout', type=float, default=600.0)
   p.add_argument('--jax_steps', type=int, default=5)
+  p.add_argument('--profile', action='store_true',
+                 help="trace each variant's last timed call in its first "
+                 'run and print where its time goes, by XLA op')
   p.add_argument('--json', default='compare_peer.json')
   a = p.parse_args()
   variants = (list(CPU_KERNELS) if a.variants == 'cpu_kernels'
@@ -260,7 +306,8 @@ def main():
     for r in range(a.repeats):
       for name, extra in peers.items():
         try:
-          results[name].append(run_peer(a, extra))
+          results[name].append(
+              _with_machine_load(lambda extra=extra: run_peer(a, extra)))
         except subprocess.TimeoutExpired:
           results[name].append({'error': f'timed out after {a.peer_timeout:g}'
                                          ' s (--peer_timeout)'})
@@ -268,8 +315,11 @@ def main():
           results[name].append({'error': str(e).splitlines()[0][:300]})
         print(f'[{r}] {name}: {results[name][-1]}', flush=True)
       for v in variants:
-        results[v].append(run_jax(a, v, tmp))
-        print(f'[{r}] {v}: {results[v][-1]}', flush=True)
+        results[v].append(_with_machine_load(
+            lambda v=v, r=r: run_jax(a, v, tmp, a.profile and r == 0)))
+        print(f'[{r}] {v}: '
+              f'{ {k: x for k, x in results[v][-1].items() if k != "ops"} }',
+              flush=True)
 
   def median_ips(rows):
     vals = [x['images_per_sec'] for x in rows if 'images_per_sec' in x]
@@ -284,6 +334,10 @@ def main():
     table[name] = {'images_per_sec': ips, 'ratio_vs_peer_best': ips / ref,
                    'ratio_vs_peer_bf16': ips / ref_bf16,
                    'ratio_like_with_like': ips / (ref_bf16 if bf16 else ref),
+                   'others_max_cores': max(
+                       (x.get('machine_other_cores', 0.0) +
+                        x.get('machine_steal_cores', 0.0) for x in rows),
+                       default=0.0),
                    'runs': rows}
   speedups = [v for v in variants if v in SPEEDUPS]
   best = max(speedups, key=lambda v: table[v]['images_per_sec'],
@@ -294,19 +348,28 @@ def main():
         f' batch {a.batch}, {a.threads} threads, {a.repeats} alternating '
         f'runs each (median); peer = eager channels_last')
   print(f'{"run":26s} {"images/s":>9s} {"x peer f32":>10s} '
-        f'{"x peer bf16":>11s} {"x same dtype":>12s}')
+        f'{"x peer bf16":>11s} {"x same dtype":>12s} {"others":>6s}')
   for name, row in table.items():
     mark = '  <- best with speed-ups' if name == best else ''
     print(f'{name:26s} {row["images_per_sec"]:9.2f} '
           f'{row["ratio_vs_peer_best"]:10.2f} '
           f'{row["ratio_vs_peer_bf16"]:11.2f} '
-          f'{row["ratio_like_with_like"]:12.2f}{mark}')
+          f'{row["ratio_like_with_like"]:12.2f} '
+          f'{row["others_max_cores"]:6.2f}{mark}')
+  print('others: the most CPU cores other processes and the hypervisor '
+        "(steal) took during one of the row's runs; above ~0.1 the machine "
+        'was busy, run again.')
   print(f'\n{"GFLOP per image":30s} {"peer":>8s} {"jaxcolor":>9s} {"diff":>7s}')
   ok = True
   for key, pv, ov, rel in flops_rows:
     ok &= abs(rel) <= 0.01
     print(f'{key:30s} {pv:8.3f} {ov:9.3f} {100 * rel:6.2f}%')
   print(f'FLOPs agree within 1 %: {ok}')
+  for v in variants:
+    ops = next((x['ops'] for x in results[v] if x.get('ops')), None)
+    if ops:
+      print(f'\nWhere the time of {v} goes (its first run\'s last timed '
+            f'call, traced):\n{op_profile.table(ops)}')
   with open('/proc/loadavg') as f:
     load = f.read().split()[:3]
   report = {'cpu': cpu, 'batch': a.batch, 'threads': a.threads,

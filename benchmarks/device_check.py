@@ -12,7 +12,9 @@ In at most `--budget_s` seconds (default 8 minutes) it
      bfloat16; per-device batches 64, 256, 1024 while the last one fitted;
      steps_per_call 1 and 8; the feature cache on and off; the step fed by
      Grain from prepared records), each row with its own time limit; rows
-     that do not fit in memory or in the budget are listed as such;
+     that do not fit in memory or in the budget are listed as such; the
+     paper's rows trace their last timed call and say where its time goes,
+     by XLA op (jaxcolor/runtime/op_profile.py);
   4. runs the PyTorch peer (`$PEER_DIR`, default ../shared/peers/torch_ref;
      copy it beside the checkout where ../shared does not travel) with and
      without --bf16 on the same batches, where torch imports;
@@ -35,6 +37,8 @@ import time
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from jaxcolor.runtime import op_profile  # pylint: disable=wrong-import-position
 TESTS = ('tests/test_grad_accum.py', 'tests/test_speedups.py')
 PHOTOS = os.path.join(ROOT, 'jaxcolor', 'data', 'samples')
 
@@ -47,6 +51,7 @@ class Row:
   overrides: tuple[str, ...] = ()
   per_device_batch: int = 64
   what: str = 'step'
+  profile: bool = False  # trace one timed call: where its time goes, by op
 
 
 def _matrix(quick: bool, devices: int) -> list[Row]:
@@ -56,7 +61,8 @@ def _matrix(quick: bool, devices: int) -> list[Row]:
             '--config.model.d_features=(8,8,16,16,16,1)',
             '--config.model.use_resnet=False',
             '--config.model.conv_impl=xla')  # compiles fastest at these widths
-    return [Row('paper 64px f32 tiny', 'configs/default.py', tiny, 2),
+    return [Row('paper 64px f32 tiny', 'configs/default.py', tiny, 2,
+                profile=True),
             Row('paper 64px f32 tiny, records (Grain)', 'configs/default.py',
                 tiny, 2, 'e2e')]
   del devices
@@ -78,7 +84,8 @@ def _matrix(quick: bool, devices: int) -> list[Row]:
           extra = (() if name in own_256 else extra) + (
               fit if dtype == 'float32' else ())
         rows.append(Row(f'{name} {size}px {dtype}', config,
-                        (f'--config.dtype={dtype}',) + extra))
+                        (f'--config.dtype={dtype}',) + extra,
+                        profile=name == 'paper'))
   for dtype in ('float32', 'bfloat16'):
     for batch in (256, 1024):
       rows.append(Row(f'paper 64px {dtype} batch {batch}',
@@ -150,6 +157,9 @@ def _benchmark(row: Row, devices: int, work: str, timeout: float,
          f'--config.benchmark.warmup_steps={steps[1]}',
          f'--config.data.batch_size={row.per_device_batch * devices}',
          f'--config.benchmark.output_json={out}', *row.overrides]
+  if row.profile:  # the last timed call, into a folder of its own
+    cmd += [f'--config.profile_steps=({steps[0]},1)',
+            f'--workdir={os.path.join(work, f"profile_{abs(hash(row))}")}']
   if row.what == 'e2e':
     cmd += [f'--config.data.train_dir={PHOTOS}',
             '--config.benchmark.num_batches=2',
@@ -181,7 +191,8 @@ def _benchmark(row: Row, devices: int, work: str, timeout: float,
           'memory_bytes': step.get('device_memory_bytes'),
           'max_batch_per_device_by_gib': step.get(
               'max_batch_per_device_by_gib'),
-          **{k: section.get(k) for k in keep}}
+          **{k: section.get(k) for k in keep},
+          **({'ops': step.get('ops')} if row.profile else {})}
 
 
 def _peer(deadline: float, quick: bool) -> list[dict]:
@@ -260,6 +271,10 @@ def markdown(result: dict) -> str:
     ips = p.get('images_per_sec')
     lines.append(f'| {p.get("name", "peer")} | {p.get("batch", "-")} | '
                  f'{_fmt(ips, ".1f")} | | | | | | | | {p["status"]} |')
+  for r in result['rows']:
+    if r.get('ops'):
+      lines += ['', f'Where the time of "{r["name"]}" goes (one traced call):',
+                '', '```', op_profile.table(r['ops']), '```']
   lines += ['', f'Total {result["seconds"]:.0f} s.']
   return '\n'.join(lines) + '\n'
 

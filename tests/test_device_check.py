@@ -22,4 +22,9 @@ def test_the_device_check_runs_to_its_table(tmp_path):
     assert row['images_per_s'] > 0
   table = (out / 'device_check.md').read_text()
   assert '| paper 64px f32 tiny | 2 |' in table
+  # The paper's row traced its timed call: where its time went, by op.
+  ops = result['rows'][0]['ops']
+  assert ops['ms_per_call'] > 0 and 'convolution' in ops['by_kind']
+  assert 'Where the time of "paper 64px f32 tiny" goes' in table
+  assert 'by kind: convolution' in table
   assert (out / 'device_check.log').stat().st_size > 0

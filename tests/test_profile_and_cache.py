@@ -1,4 +1,5 @@
-"""Profiler traces (config.profile_steps) and the persistent compilation cache.
+"""Profiler traces (config.profile_steps), their summary by XLA op, and the
+persistent compilation cache.
 
 The runs use the toy family (tests/toy_family.py: a learned tint), whose
 programs compile in well under a second, so each test takes seconds.
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -17,6 +19,7 @@ from jaxcolor.modes import benchmark
 from jaxcolor.modes import train
 from jaxcolor.runtime import compile_cache
 from jaxcolor.runtime import config_check
+from jaxcolor.runtime import op_profile
 from jaxcolor.runtime import profiler
 import helpers
 import toy_family
@@ -62,6 +65,20 @@ def test_benchmark_traces_timed_calls_into_the_current_folder(
   assert any('timed calls 2..2 traced by jax.profiler into '
              f'{tmp_path / "profile"}' in note for note in report['notes'])
   assert os.path.exists(tmp_path / 'benchmark_step.json')
+  # Where the traced call's time went, by XLA op: in the JSON and the table.
+  ops = report['step']['ops']
+  assert ops['ms_per_call'] > 0 and ops['top_ops']
+  assert sum(ops['by_kind'].values()) == pytest.approx(ops['ms_per_call'])
+  assert ops['unmatched_ms'] == 0
+  assert 'XLA ops, busy time per call' in benchmark._table(report)
+  # The step's HLO is beside the trace, and the script reads the two again.
+  folder = profiler.newest_trace_folder(str(tmp_path / 'profile'))
+  assert os.path.getsize(os.path.join(folder, op_profile.HLO_FILE)) > 0
+  again = subprocess.run(
+      [sys.executable, os.path.join(helpers.ROOT, 'benchmarks',
+                                    'op_profile.py'), folder, '--top', '3'],
+      capture_output=True, text=True, timeout=60, check=True)
+  assert f'busy time per call: {ops["ms_per_call"]:.1f} ms' in again.stdout
 
 
 def _step(x):
@@ -97,6 +114,100 @@ def test_step_trace_covers_whole_calls_and_stops_early(tmp_path, caplog):
     trace.step_begins(step)
     trace.step_done(step, fn(x))
   assert trace.close() is None and not os.path.exists(tmp_path / 'c')
+
+
+class _Net(nn.Module):
+  """A convolution 'd1' and a dense layer 'head'."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), name='d1')(x))
+    return nn.Dense(4, name='head')(x.reshape(x.shape[0], -1))
+
+
+def test_op_profile_names_each_ops_kind_pass_and_layer(tmp_path):
+  net = _Net()
+  x = jnp.ones((4, 16, 16, 3))
+  params = net.init(jax.random.key(0), x)
+
+  def loss(params, x):
+    # A loop too: its `while` op is left out, the ops of its body count.
+    y = jax.lax.fori_loop(0, 3, lambda i, y: jnp.tanh(y) * 1.5, x)
+    return jnp.mean(net.apply(params, y) ** 2)
+
+  compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
+  trace = profiler.StepTrace((1, 2), str(tmp_path))
+  for call in (1, 2):
+    trace.step_begins(call)
+    trace.step_done(call, compiled(params, x))
+  summary = op_profile.summarize(trace.folder, compiled.as_text(), calls=2,
+                                 backend='cpu', top=100)
+  rows = summary['top_ops']
+  assert {'convolution', 'matmul', 'elementwise'} <= set(summary['by_kind'])
+  assert all(r['kind'] in op_profile.KINDS for r in rows)
+  computations, _ = op_profile.parse_hlo(compiled.as_text())
+  loops = [op.name for ops in computations.values() for op in ops
+           if op.opcode == 'while']
+  assert loops and not {r['op'] for r in rows} & set(loops)
+  assert {r['layer'] for r in rows} >= {'_Net/d1', '_Net/head'}
+  forward = [r for r in rows if r['layer'] == '_Net/d1' and
+             r['kind'] == 'convolution' and r['pass'] == 'forward']
+  assert forward and forward[0]['library'] in ('Eigen', 'YNNPACK')
+  assert forward[0]['shape'] == 'f32[4,16,16,8]'
+  # 2 × output elements × 3×3 taps × 3 input channels; its rate from it.
+  assert forward[0]['gflop'] == pytest.approx(2 * 4 * 16 * 16 * 8 * 9 * 3
+                                              / 1e9)
+  assert forward[0]['gflop_per_s'] == pytest.approx(
+      forward[0]['gflop'] / forward[0]['ms'] * 1e3)
+  assert summary['gflop_per_s']['convolution'] > 0
+  assert any(r['layer'] == '_Net/head' and r['pass'] == 'backward'
+             for r in rows)
+  # Per call: the two calls' time is halved, and the parts add up.
+  assert summary['ms_per_call'] == pytest.approx(sum(r['ms'] for r in rows))
+  assert sum(summary['by_pass'].values()) == pytest.approx(
+      summary['ms_per_call'])
+  text = op_profile.table(summary)
+  assert 'by kind: convolution' in text and '_Net/d1' in text
+
+
+def test_op_profile_splits_overlapping_ops_and_follows_async_ones():
+  def op(name, ts, dur, pid=1, tid=1):
+    return {'ph': 'X', 'name': name, 'pid': pid, 'tid': tid, 'ts': ts,
+            'dur': dur, 'args': {'hlo_op': name, 'hlo_module': 'm'}}
+
+  def end(name, ts, tid):
+    return {'ph': 'X', 'name': f'end: {name}', 'pid': 1, 'tid': tid,
+            'ts': ts, 'dur': 0.1}
+
+  events = [
+      # 'conv' returns at once and ends 100 µs later on another thread;
+      # 'add' runs beside it for 40 µs: they split those 40.
+      op('conv', 0, 1), end('conv', 100, tid=2),
+      op('add', 10, 40, tid=3), end('add', 49, tid=3),
+      # a second run of 'conv' ends at its own (second) marker
+      op('conv', 200, 1), end('conv', 250, tid=2),
+      op('other_module', 0, 500)]
+  events[-1]['args']['hlo_module'] = 'n'
+  times, timelines = op_profile.op_times(events, {1: '/host:CPU'}, 'm')
+  assert timelines == 1
+  assert times['add'] == pytest.approx(20)
+  assert times['conv'] == pytest.approx(80 + 50)
+  assert 'other_module' not in times
+  # With device timelines (GPUs), the host's launch events are left out and
+  # each device is a timeline of its own.
+  kernels = [op('conv', 0, 30, pid=7), op('conv', 0, 10, pid=8),
+             op('conv', 0, 500, pid=1)]
+  times, timelines = op_profile.op_times(
+      kernels, {1: '/host:CPU', 7: '/device:GPU:0', 8: '/device:GPU:1'}, 'm')
+  assert timelines == 2 and times['conv'] == pytest.approx(40)
+
+
+def test_op_profile_of_a_folder_without_a_trace_is_an_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no .*trace.json.gz in'):
+    op_profile.summarize(str(tmp_path), '', calls=1, backend='cpu')
+  (tmp_path / 'host.trace.json.gz').write_bytes(b'not gzip')
+  with pytest.raises(OSError):
+    op_profile.summarize(str(tmp_path), '', calls=1, backend='cpu')
 
 
 @pytest.mark.parametrize('value,message', [

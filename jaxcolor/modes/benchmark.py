@@ -48,6 +48,7 @@ import numpy as np
 from jaxcolor import families
 from jaxcolor import models as models_lib
 from jaxcolor.runtime import files
+from jaxcolor.runtime import op_profile
 from jaxcolor.runtime import parallel
 from jaxcolor.runtime import profiler
 from jaxcolor.runtime import xla_flags
@@ -303,13 +304,33 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
       config.get('profile_steps', ()), profile_dir, what='timed calls',
       run=range(1, bench.num_steps + 1))
   seconds = _time_calls(bench.num_steps, lambda: trainer.call(batch), trace)
+  section = {'data': 'synthetic, on the devices', **info, **fit,
+             'warmup_s': warmup_s, **_throughput(info, seconds, config, peak),
+             'metrics_finite': trainer.metrics_finite()}
   if trace.folder:
     notes.append('step: timed calls %d..%d traced by jax.profiler into %s '
                  '(their times include its overhead)'
                  % (*trace.traced, trace.folder))
-  return {'data': 'synthetic, on the devices', **info, **fit,
-          'warmup_s': warmup_s, **_throughput(info, seconds, config, peak),
-          'metrics_finite': trainer.metrics_finite()}
+    section['ops'] = _op_summary(trainer, batch, trace, notes)
+  return section
+
+
+def _op_summary(trainer: _Trainer, batch, trace: profiler.StepTrace,
+                notes: list[str]) -> Optional[dict]:
+  """Where the traced calls' time went, by XLA op (op_profile), or None
+  with a note when the trace cannot be read. The step's HLO goes beside
+  the trace (`step.hlo.txt`), for `python -m jaxcolor.runtime.op_profile`."""
+  compiled, _, _ = trainer.compile(batch)
+  first, last = trace.traced
+  try:
+    hlo = compiled.as_text()
+    files.write_text(os.path.join(trace.folder, op_profile.HLO_FILE), hlo)
+    return op_profile.summarize(trace.folder, hlo, calls=last - first + 1,
+                                backend=jax.default_backend())
+  except (OSError, ValueError, KeyError) as e:
+    notes.append(f'step: the trace in {trace.folder} was not summarised by '
+                 f'op ({type(e).__name__}: {e})')
+    return None
 
 
 def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
@@ -604,6 +625,8 @@ def _table(report: dict) -> str:
           f'{step["memory_fixed_bytes"] / 2**20:.1f} MiB fixed + '
           f'{step["memory_marginal_per_image_bytes"] / 2**20:.2f} MiB/image;'
           f' largest batch/device that fits {fits}')
+  if step.get('ops'):
+    lines.append(op_profile.table(step['ops']))
   if r.get('parameters'):
     lines.append('parameters: ' + ', '.join(
         f'{what} {n:,}' for what, n in r['parameters'].items()))

@@ -319,7 +319,7 @@ def _op_summary(trainer: _Trainer, batch, trace: profiler.StepTrace,
                 notes: list[str]) -> Optional[dict]:
   """Where the traced calls' time went, by XLA op (op_profile), or None
   with a note when the trace cannot be read. The step's HLO goes beside
-  the trace (`step.hlo.txt`), for `python -m jaxcolor.runtime.op_profile`."""
+  the trace (`step.hlo.txt`), for `benchmarks/op_profile.py` to read again."""
   compiled, _, _ = trainer.compile(batch)
   first, last = trace.traced
   try:

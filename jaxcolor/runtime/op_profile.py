@@ -14,8 +14,10 @@ writes it beside the trace as `step.hlo.txt`), which says for each op:
 - its pass: backward when JAX's name stack has `transpose(` (gradients),
   else forward;
 - its layer: the Flax module path in the op's metadata (`Generator/up4`);
-- its FLOPs, for convolutions and matmuls (multiply-adds ×2, from the
-  shapes), hence the rate it ran at.
+- its FLOPs (multiply-adds ×2, from the shapes), hence the rate it ran
+  at: for XLA's own convolution and dot ops (Eigen's on CPUs) and the
+  fusions that hold them (YNNPACK's, Triton's), not for library calls
+  (oneDNN, cuDNN, cuBLAS), whose operands the text does not label.
 
 Times are per call of the program: the wall time each op ran for, split
 evenly among the ops that ran beside it (a CPU's thunks share its cores, a
@@ -191,9 +193,10 @@ def library(op: Op, backend: str) -> str:
 
 
 def layer(op_name: str) -> str:
-  """The Flax module path of a name stack, e.g. 'generator/d3' ('' if none).
+  """The Flax module path of a name stack, e.g. 'Generator/down3' ('' if
+  none).
 
-  The stack reads `jit(step)/transpose(jvp(generator))/d3/conv_general_
+  The stack reads `jit(_fun)/transpose(jvp(Generator))/down3/conv_general_
   dilated`: `jit(...)` names a compiled function, other transformations
   wrap module names, the last entry is the primitive. A fused op's stack
   lists its parts' stacks separated by ';': the first is used.

@@ -248,8 +248,12 @@ def _intervals(events: list[dict], module: Optional[str]
   on whichever thread finishes it, when it completes: its k-th run ends at
   the first marker of its name after it starts.
   """
-  ops = [e for e in events if (e.get('args') or {}).get('hlo_op') and (
-      not module or e['args'].get('hlo_module') in (module, None))]
+  ops = [e for e in events if (e.get('args') or {}).get('hlo_op')]
+  # The module's events (a GPU trace may add a suffix to its name); all of
+  # them if none is named so.
+  ours = [e for e in ops if str(e['args'].get('hlo_module', module))
+          .startswith(module or '')]
+  ops = ours or ops
   ends = collections.defaultdict(list)
   for e in events:
     if e['name'].startswith('end: '):

@@ -148,7 +148,8 @@ def _run_tests(deadline: float, quick: bool) -> dict:
 def _benchmark(row: Row, devices: int, work: str, timeout: float,
                quick: bool) -> dict:
   """One row through `main.py --mode=benchmark`; its JSON figures."""
-  out = os.path.join(work, f'{abs(hash(row))}.json')
+  key = abs(hash(row))
+  out = os.path.join(work, f'{key}.json')
   steps = ('1', '0') if quick else ('5', '2')
   cmd = [sys.executable, os.path.join(ROOT, 'main.py'), '--mode=benchmark',
          f'--config={os.path.join(ROOT, row.config)}',
@@ -159,7 +160,7 @@ def _benchmark(row: Row, devices: int, work: str, timeout: float,
          f'--config.benchmark.output_json={out}', *row.overrides]
   if row.profile:  # the last timed call, into a folder of its own
     cmd += [f'--config.profile_steps=({steps[0]},1)',
-            f'--workdir={os.path.join(work, f"profile_{abs(hash(row))}")}']
+            f'--workdir={os.path.join(work, f"profile_{key}")}']
   if row.what == 'e2e':
     cmd += [f'--config.data.train_dir={PHOTOS}',
             '--config.benchmark.num_batches=2',

@@ -6,6 +6,8 @@ programs compile in well under a second, so each test takes seconds.
 """
 
 import glob
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -205,9 +207,31 @@ def test_op_profile_splits_overlapping_ops_and_follows_async_ones():
 def test_op_profile_of_a_folder_without_a_trace_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='no .*trace.json.gz in'):
     op_profile.summarize(str(tmp_path), '', calls=1, backend='cpu')
-  (tmp_path / 'host.trace.json.gz').write_bytes(b'not gzip')
+  trace = tmp_path / 'host.trace.json.gz'
+  trace.write_bytes(b'not gzip')
   with pytest.raises(OSError):
     op_profile.summarize(str(tmp_path), '', calls=1, backend='cpu')
+  whole = gzip.compress(json.dumps({'traceEvents': [
+      {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': 'x'}},
+      {'ph': 'X', 'pid': 1, 'tid': 1, 'name': 'add', 'ts': 0, 'dur': 5,
+       'args': {'hlo_op': 'add'}},
+      # not events: left out
+      'junk', {'ph': 'X', 'name': 'mul'}, {'ph': 'X', 'pid': 1, 'name': 3},
+      {'ph': 'X', 'pid': 1, 'tid': 1, 'name': 'sub', 'ts': 'x',
+       'args': {'hlo_op': 'sub'}},
+      {'ph': 'X', 'pid': 1, 'tid': 1, 'name': 'neg', 'ts': 9, 'dur': 1,
+       'args': 'not a mapping'}]}).encode())
+  trace.write_bytes(whole)
+  hlo = 'HloModule m\nENTRY %main {\n  %add = f32[2] add(%a, %b)\n}\n'
+  summary = op_profile.summarize(str(tmp_path), hlo, calls=1, backend='cpu')
+  assert [r['op'] for r in summary['top_ops']] == ['add']
+  # Cut short, or JSON that is not a trace: a ValueError naming the file.
+  trace.write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(ValueError, match='host.trace.json.gz: truncated'):
+    op_profile.summarize(str(tmp_path), hlo, calls=1, backend='cpu')
+  trace.write_bytes(gzip.compress(b'{"traceEvents": 7}'))
+  with pytest.raises(ValueError, match='host.trace.json.gz: not a trace'):
+    op_profile.summarize(str(tmp_path), hlo, calls=1, backend='cpu')
 
 
 @pytest.mark.parametrize('value,message', [

@@ -221,20 +221,32 @@ def _pass(op_name: str) -> str:
 
 def _events(folder: str) -> tuple[list[dict], dict[int, str]]:
   """The trace's complete events and {pid: process name}, from `folder`'s
-  `*.trace.json.gz`."""
+  `*.trace.json.gz`. Events without a name or a process, and complete
+  events without a time, are left out (`args` that is not a mapping is read as none); a file that is not a
+  gzipped JSON trace is a ValueError or OSError naming it."""
   paths = sorted(glob.glob(os.path.join(folder, '*.trace.json.gz')))
   if not paths:
     raise FileNotFoundError(f'no *.trace.json.gz in {folder}')
   events, processes = [], {}
   for path in paths:
-    with gzip.open(path, 'rt') as f:
-      data = json.load(f)
+    try:
+      with gzip.open(path, 'rt') as f:
+        data = json.load(f)
+    except EOFError as e:  # a gzip stream cut short
+      raise ValueError(f'{path}: truncated ({e})') from e
     found = data.get('traceEvents', []) if isinstance(data, dict) else data
+    if not isinstance(found, list):
+      raise ValueError(f'{path}: not a trace (no list of events)')
     for e in found:
-      if e.get('ph') == 'X':
+      if not (isinstance(e, dict) and isinstance(e.get('name'), str)
+              and 'pid' in e):
+        continue
+      if not isinstance(e.get('args'), dict):
+        e['args'] = {}
+      if e.get('ph') == 'X' and isinstance(e.get('ts'), (int, float)):
         events.append(e)
-      elif e.get('ph') == 'M' and e.get('name') == 'process_name':
-        processes[e.get('pid')] = str((e.get('args') or {}).get('name', ''))
+      elif e.get('ph') == 'M' and e['name'] == 'process_name':
+        processes[e['pid']] = str(e['args'].get('name', ''))
   return events, processes
 
 

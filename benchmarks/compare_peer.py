@@ -24,7 +24,9 @@ same with the previous convolution forms; the others add the speed-ups
 `xla_cpu_convolutions='auto'`). `--variants cpu_kernels` sweeps what 'auto'
 and conv_impl choose between on a new CPU kind: each kernel choice
 ('eigen', 'onednn', 'ynnpack') and, with oneDNN, each convolution form, in
-both dtypes (names ending in '_bf16' run bfloat16). Each row is
+both dtypes (names ending in '_bf16' run bfloat16), and conv_impl 'mm'
+(every convolution a matmul, the form whose bfloat16 matmuls XLA CPU
+runs in bfloat16). Each row is
 compared with the peer's best float32 run and, like with like, with the
 peer's run of its own dtype. Also names the CPU (lscpu's model name and
 its AVX-512/AMX bfloat16 flags), prints FLOPs per image of both sides (the
@@ -79,7 +81,9 @@ KERNELS = {
 
 def _cpu_kernel_variants() -> dict[str, list[str]]:
   """'eigen', 'onednn', 'ynnpack' (conv_impl 'fast'), 'phase_onednn',
-  'xla_onednn', each also in bfloat16 ('..._bf16')."""
+  'xla_onednn', 'mm' (every convolution a matmul; its bfloat16 matmuls run
+  on YNNPACK's bfloat16 kernels), each also in bfloat16 ('..._bf16'), and
+  'mm_onednn' (float32 matmuls on oneDNN)."""
   variants = {}
   for dtype, suffix in (('float32', ''), ('bfloat16', '_bf16')):
     for kernel, flag in KERNELS.items():
@@ -89,6 +93,12 @@ def _cpu_kernel_variants() -> dict[str, list[str]]:
       variants[f'{impl}_onednn{suffix}'] = [
           f'--config.model.conv_impl={impl}', KERNELS['onednn'],
           f'--config.dtype={dtype}']
+    variants['mm' + suffix] = ['--config.model.conv_impl=mm', KERNELS['eigen'],
+                               f'--config.dtype={dtype}']
+  # oneDNN takes float32 matmuls only: bfloat16 ones with a float32 result
+  # stay on YNNPACK, so 'mm_onednn_bf16' would run as 'mm_bf16'.
+  variants['mm_onednn'] = ['--config.model.conv_impl=mm', KERNELS['onednn'],
+                           '--config.dtype=float32']
   return variants
 
 

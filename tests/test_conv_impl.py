@@ -1,6 +1,7 @@
 """conv_impl: every convolution form equals flax's conv in value and grads."""
 
 import functools
+import re
 
 from flax import linen as nn
 import jax
@@ -72,7 +73,7 @@ def test_conv_forms_match_flax(shape):
   x, w = _normal(0, (2, h, h, cin)), _normal(1, (k, k, cin, cout))
   ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
       {'params': {'kernel': w}}, x)
-  impls = _rotations(FORMS) + ['fast']
+  impls = _rotations(FORMS) + ['fast', 'mm']
   if s == 1:  # the tap form is for stride 1
     impls += _rotations(('tap', 'xla', 'mm'))
   _check_all({str(impl): functools.partial(conv_impl.conv, stride=s,
@@ -87,10 +88,51 @@ def test_conv_transpose_forms_match_flax(side):
   ref = lambda x, w: nn.ConvTranspose(5, (4, 4), (2, 2), pad,
                                       use_bias=False).apply(
                                           {'params': {'kernel': w}}, x)
-  impls = _rotations(TFORMS) + ['fast']
+  impls = _rotations(TFORMS) + ['fast', 'mm']
   _check_all({str(impl): functools.partial(conv_impl.conv_transpose,
                                            stride=2, padding=pad, impl=impl)
               for impl in impls}, ref, x, w)
+
+
+def _dots(hlo_text):
+  """(result, lhs, rhs) dtypes of each dot in a compiled CPU program, and
+  how many of them XLA put in YNNPACK fusions."""
+  params, dots = {}, []
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*%(\S+) = (\w+)\[[^ ]* parameter\(', line)
+    if m:
+      params[m.group(1)] = m.group(2)
+    m = re.search(r'= (\w+)\[[^ ]* dot\(%([^,]+), %([^)]+)\)', line)
+    if m:
+      dots.append((m.group(1), params.get(m.group(2)), params.get(m.group(3))))
+  ynn = sum('"kind":"__ynn_fusion"' in line for line in hlo_text.splitlines())
+  return dots, ynn
+
+
+def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
+  """conv_impl='mm' in bfloat16: each pass of a conv and of a transposed
+  conv is a bfloat16 x bfloat16 -> float32 matmul, the one bfloat16
+  contraction jaxlib 0.10's CPU backend keeps in bfloat16 (on YNNPACK);
+  values and grads are the float32 ones to bfloat16 precision."""
+  pad_t = conv_transpose.transpose_padding(4, 2)
+
+  def loss(impl, x, w):
+    y = conv_impl.conv(x, w, 2, ((1, 1), (1, 1)), impl)
+    z = conv_impl.conv_transpose(y, jnp.swapaxes(w, 2, 3), 2, pad_t, impl)
+    return jnp.sum(z.astype(jnp.float32) ** 2)
+
+  x, w = _normal(0, (2, 8, 8, 16)), _normal(1, (4, 4, 16, 32)) / 16
+  grad = jax.grad(loss, argnums=(1, 2))
+  want = jax.jit(functools.partial(grad, 'xla'))(x, w)
+  bf16 = jax.jit(functools.partial(grad, 'mm'))
+  x16 = x.astype(jnp.bfloat16)
+  got = bf16(x16, w)
+  assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
+  for a, b in zip(got, want):
+    assert _rel(np.asarray(a, np.float32), b) < 2e-2
+  dots, ynn = _dots(bf16.lower(x16, w).compile().as_text())
+  assert dots == [('f32', 'bf16', 'bf16')] * 6   # 2 layers x 3 passes
+  assert ynn == 6
 
 
 def test_fast_forms_for_the_model_shapes():
@@ -159,6 +201,7 @@ def test_whole_models_equal_across_impls():
 def test_auto_is_fast_on_cpu_and_names_are_checked():
   assert models.resolve_conv_impl('auto') == 'fast'   # tests run on CPU
   assert models.resolve_conv_impl('phase') == 'phase'
+  assert models.resolve_conv_impl('mm') == 'mm'
   with pytest.raises(ValueError, match='conv_impl'):
     models.resolve_conv_impl('cudnn')
 

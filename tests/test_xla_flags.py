@@ -32,6 +32,9 @@ print('GRAD', float(jnp.sum(jnp.abs(compiled(w, x)))))
 print('YNN_CONV', any(' fusion(' in l and 'ynn_fusion' in l.split('=')[0]
                       for l in text.splitlines()))
 print('DEVICES', jax.device_count())
+a = jax.random.normal(jax.random.key(2), (512, 256))
+mm = jax.jit(lambda a: a @ a.T).lower(a).compile().as_text()
+print('ONEDNN_DOT', '"kind":"__onednn_fusion"' in mm)
 os.environ['XLA_FLAGS'] = ''
 try:
   xla_flags.apply('eigen')
@@ -51,11 +54,13 @@ def _probe(choice, env_flags):
 
 
 EIGEN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+ONEDNN = ['--xla_cpu_use_onednn=true',
+          '--xla_cpu_experimental_onednn_fusion_type=dot']
 
 
 def test_cpu_flags_and_bad_value():
   assert xla_flags.cpu_flags('eigen') == [EIGEN]
-  assert xla_flags.cpu_flags('onednn') == [EIGEN, '--xla_cpu_use_onednn=true']
+  assert xla_flags.cpu_flags('onednn') == [EIGEN] + ONEDNN
   assert xla_flags.cpu_flags('default') == []
   for bad in ('fastest', 'auto'):  # 'auto' is resolved first
     with pytest.raises(ValueError, match='xla_cpu_convolutions'):
@@ -106,11 +111,15 @@ def test_eigen_keeps_convolutions_off_ynnpack_and_other_flags():
   assert got['LATE'].startswith('xla_flags.apply must run before')
 
 
-def test_onednn_compiles_and_computes_what_eigen_does():
+def test_onednn_puts_matmuls_on_onednn_and_computes_what_eigen_does():
   eigen = _probe('eigen', '')
   onednn = _probe('onednn', '')
-  assert onednn['FLAGS'] == EIGEN + ' --xla_cpu_use_onednn=true'
+  assert onednn['FLAGS'] == ' '.join([EIGEN] + ONEDNN)
   assert onednn['YNN_CONV'] == 'False'
+  # float32 matmuls go to oneDNN on every x86 CPU; without the fusion-type
+  # flag (the choice's flags before) nothing does, in jaxlib 0.10.
+  assert (eigen['ONEDNN_DOT'], onednn['ONEDNN_DOT']) == ('False', 'True')
+  assert _probe('eigen', ONEDNN[0])['ONEDNN_DOT'] == 'False'
   np.testing.assert_allclose(float(onednn['GRAD']), float(eigen['GRAD']),
                              rtol=1e-4)
 

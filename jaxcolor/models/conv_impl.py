@@ -128,25 +128,35 @@ def _mixed_bwd(s, padding, forms, res, g):
 conv_mixed.defvjp(_mixed_fwd, _mixed_bwd)
 
 
-def conv_transpose_scatter(x, kernel, s, padding):
-  """lax.conv_transpose as one matmul and an overlap-add of k*k taps."""
-  b, h, w, _ = x.shape
-  k, cout = kernel.shape[0], kernel.shape[-1]
-  wk = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
-  z = lax.dot_general(x, wk.astype(x.dtype), (((3,), (0,)), ((), ())))
-  z = z.reshape(b, h, w, k, k, cout)
+def _overlap_add(z, s, padding, dtype):
+  """(B,H,W,k,k,C_out) taps -> the transposed conv's (B,sH,sW,C_out)."""
+  b, h, w, k, _, _ = z.shape
   ho, wo = s * h, s * w
-  zero = jnp.zeros((), x.dtype)
+  zero = jnp.zeros((), dtype)
   y = None
   for t in range(k):
     lo_r = padding[0][0] - t
     for u in range(k):
       lo_c = padding[1][0] - u
-      part = lax.pad(z[:, :, :, t, u, :], zero, (
+      part = lax.pad(z[:, :, :, t, u, :].astype(dtype), zero, (
           (0, 0, 0), (lo_r, ho - lo_r - (s * (h - 1) + 1), s - 1),
           (lo_c, wo - lo_c - (s * (w - 1) + 1), s - 1), (0, 0, 0)))
       y = part if y is None else y + part
   return y
+
+
+def _tap_kernel(kernel):
+  """(k,k,C_in,C_out) -> (C_in, k*k*C_out), columns ordered (t, u, c)."""
+  return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
+
+
+def conv_transpose_scatter(x, kernel, s, padding):
+  """lax.conv_transpose as one matmul and an overlap-add of k*k taps."""
+  b, h, w, _ = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  z = lax.dot_general(x, _tap_kernel(kernel).astype(x.dtype),
+                      (((3,), (0,)), ((), ())))
+  return _overlap_add(z.reshape(b, h, w, k, k, cout), s, padding, x.dtype)
 
 
 def conv_transpose_xla(x, kernel, s, padding):
@@ -224,7 +234,85 @@ def _tmixed_bwd(s, padding, forms, res, g):
 conv_transpose_mixed.defvjp(_tmixed_fwd, _tmixed_bwd)
 
 
-IMPLS = ('fast', 'phase', 'xla')
+def matmul(a, b, contracting):
+  """a . b over a's `contracting[0]` and b's `contracting[1]` axes, float32.
+
+  The operands keep their dtype and the result is float32: a matmul of
+  bfloat16 operands with a float32 result is the one bfloat16 contraction
+  XLA's CPU backend (jaxlib 0.10) keeps in bfloat16 and hands to YNNPACK's
+  bfloat16 kernels (the CPU's bfloat16 units, where it has them); it
+  computes every other bfloat16 matmul and convolution in float32.
+  """
+  return lax.dot_general(a, b, (contracting, ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_matmul(x, kernel, s, padding):
+  """A convolution as one matmul over patches in all three passes.
+
+  x (B,H,W,C) in the compute dtype, kernel (k,k,C,O) float32 -> (B,Ho,Wo,O)
+  in x's dtype; products accumulate in float32 (`matmul`).
+  """
+  k, o = kernel.shape[0], kernel.shape[-1]
+  w = kernel.reshape(-1, o).astype(x.dtype)
+  return matmul(patches(x, k, s, padding), w, ((3,), (0,))).astype(x.dtype)
+
+
+def _conv_matmul_fwd(x, kernel, s, padding):
+  return conv_matmul(x, kernel, s, padding), (x, kernel)
+
+
+def _conv_matmul_bwd(s, padding, res, g):
+  x, kernel = res
+  k, o = kernel.shape[0], kernel.shape[-1]
+  to_patches = lambda x: patches(x, k, s, padding)  # noqa: E731
+  gw = matmul(to_patches(x), g, ((0, 1, 2), (0, 1, 2)))
+  w = kernel.reshape(-1, o).astype(g.dtype)
+  g_patches = matmul(g, w, ((3,), (1,)))  # (B,Ho,Wo,k*k*C) float32
+  gx = jax.linear_transpose(
+      to_patches, jax.ShapeDtypeStruct(x.shape, jnp.float32))(g_patches)[0]
+  return gx.astype(x.dtype), gw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_matmul.defvjp(_conv_matmul_fwd, _conv_matmul_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose_matmul(x, kernel, s, padding):
+  """A transposed convolution as one matmul in all three passes (forward:
+  to every tap, then an overlap-add; grads: over the output grad's taps).
+  Dtypes as `conv_matmul`."""
+  b, h, w, _ = x.shape
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  z = matmul(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
+  return _overlap_add(z.reshape(b, h, w, k, k, cout), s, padding,
+                      jnp.float32).astype(x.dtype)
+
+
+def _conv_transpose_matmul_fwd(x, kernel, s, padding):
+  return conv_transpose_matmul(x, kernel, s, padding), (x, kernel)
+
+
+def _conv_transpose_matmul_bwd(s, padding, res, g):
+  x, kernel = res
+  k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  g_taps = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
+  # kernel (t,u,ci,co) -> (t,u,co,ci) -> (k*k*co, ci)
+  wk = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(-1, cin).astype(g.dtype)
+  gx = matmul(g_taps, wk, ((3,), (0,)))
+  gw = matmul(x, g_taps, ((0, 1, 2), (0, 1, 2)))
+  gw = jnp.transpose(gw.reshape(cin, k, k, cout), (1, 2, 0, 3))
+  return gx.astype(x.dtype), gw.astype(kernel.dtype)
+
+
+conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
+                             _conv_transpose_matmul_bwd)
+
+
+# 'mm': every convolution and transposed convolution a matmul in all passes
+# (conv_matmul, conv_transpose_matmul), for CPUs' bfloat16 matrix units.
+IMPLS = ('fast', 'phase', 'xla', 'mm')
 
 
 def conv_forms(x_shape, kernel_shape, stride, padding):
@@ -267,6 +355,8 @@ def conv(x, kernel, stride, padding, impl='fast'):
   padding = tuple(tuple(p) for p in padding)
   if impl in ('xla', 'phase'):
     return conv_xla(x, kernel, stride, padding)
+  if impl == 'mm':
+    return conv_matmul(x, kernel, stride, padding)
   if impl == 'fast':
     impl = conv_forms(x.shape, kernel.shape, stride, padding)
   if isinstance(impl, tuple):
@@ -279,6 +369,8 @@ def conv(x, kernel, stride, padding, impl='fast'):
 def conv_transpose(x, kernel, stride, padding, impl='fast'):
   """Equals lax.conv_transpose(x, kernel, (s, s), padding) in NHWC/HWIO."""
   padding = tuple(tuple(p) for p in padding)
+  if impl == 'mm':
+    return conv_transpose_matmul(x, kernel, stride, padding)
   if impl == 'fast':
     impl = conv_transpose_forms(x.shape)
   if isinstance(impl, tuple):

@@ -4,8 +4,9 @@ XLA's CPU backend (jaxlib 0.10) hands convolutions to YNNPACK by default.
 On this model's shapes its own Eigen convolutions are faster
 (docs/benchmarks.md): 'eigen' turns YNNPACK off for convolutions only
 (matmuls stay on YNNPACK, which is as fast or faster there). 'onednn' is
-'eigen' with XLA's oneDNN rewrites on, which pays for bfloat16 on CPUs with
-AMX-BF16 tiles. 'auto' picks by the CPU's instruction set and the compute
+'eigen' with the matmuls on oneDNN (XLA's oneDNN dot fusions; jaxlib 0.10
+has no oneDNN path for convolutions, and computes bfloat16 matmuls whose
+result is bfloat16 in float32 before any library sees them). 'auto' picks by the CPU's instruction set and the compute
 dtype (`resolve`); 'default' leaves XLA's choice. The flags only affect the
 CPU compiler, so they are harmless on GPUs and TPUs.
 
@@ -21,6 +22,7 @@ from absl import logging
 
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 ONEDNN_FLAG = '--xla_cpu_use_onednn'
+ONEDNN_FUSIONS_FLAG = '--xla_cpu_experimental_onednn_fusion_type'
 CHOICES = ('auto', 'eigen', 'onednn', 'default')
 DEFAULT = 'auto'  # also for modes that run without --config (colorize, ...)
 CPUINFO = '/proc/cpuinfo'
@@ -44,10 +46,11 @@ def resolve(choice: str, dtype: str = 'float32',
             features: Optional[frozenset[str]] = None) -> str:
   """config.xla_cpu_convolutions -> the choice it stands for on this CPU.
 
-  'auto' is 'onednn' for bfloat16 on a CPU with AMX-BF16 tiles (the one
-  case measured faster: docs/benchmarks.md) and 'eigen' everywhere else,
-  float32 and CPUs without AMX (AVX512-BF16 alone: not yet measured)
-  included. `features` defaults to `cpu_features()`.
+  'auto' is 'onednn' for bfloat16 on a CPU with AMX-BF16 tiles (measured
+  faster once, with a flag set that left the matmuls off oneDNN: to be
+  measured again, docs/benchmarks.md) and 'eigen' everywhere else, float32
+  and CPUs without AMX (AVX512-BF16 alone: not yet measured) included.
+  `features` defaults to `cpu_features()`.
   """
   if choice not in CHOICES:
     raise _unknown(choice)
@@ -65,7 +68,10 @@ def cpu_flags(convolutions: str) -> list[str]:
   if convolutions == 'eigen':
     return [f'{YNN_FLAG}=-individual_convolution']
   if convolutions == 'onednn':
-    return cpu_flags('eigen') + [f'{ONEDNN_FLAG}=true']
+    # oneDNN only gets the ops a fusion type names: without one the first
+    # flag alone changes nothing in jaxlib 0.10.
+    return cpu_flags('eigen') + [f'{ONEDNN_FLAG}=true',
+                                 f'{ONEDNN_FUSIONS_FLAG}=dot']
   if convolutions == 'default':
     return []
   raise _unknown(convolutions)

@@ -1,5 +1,6 @@
 """xla_flags: main.py picks XLA CPU's convolution kernels before JAX starts."""
 
+import json
 import os
 import subprocess
 import sys
@@ -32,9 +33,12 @@ print('GRAD', float(jnp.sum(jnp.abs(compiled(w, x)))))
 print('YNN_CONV', any(' fusion(' in l and 'ynn_fusion' in l.split('=')[0]
                       for l in text.splitlines()))
 print('DEVICES', jax.device_count())
+# Two matmuls and their sum: one oneDNN fusion of all three would not
+# compile in oneDNN, and the process would die.
 a = jax.random.normal(jax.random.key(2), (512, 256))
-mm = jax.jit(lambda a: a @ a.T).lower(a).compile().as_text()
-print('ONEDNN_DOT', '"kind":"__onednn_fusion"' in mm)
+mm = jax.jit(lambda a: a @ a.T + (2 * a) @ a.T).lower(a).compile()
+print('ONEDNN_DOT', '"kind":"__onednn_fusion"' in mm.as_text())
+print('SUM', float(jnp.sum(mm(a))))
 os.environ['XLA_FLAGS'] = ''
 try:
   xla_flags.apply('eigen')
@@ -55,7 +59,7 @@ def _probe(choice, env_flags):
 
 EIGEN = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 ONEDNN = ['--xla_cpu_use_onednn=true',
-          '--xla_cpu_experimental_onednn_fusion_type=dot']
+          '--xla_cpu_experimental_onednn_fusion_type=individual_dot']
 
 
 def test_cpu_flags_and_bad_value():
@@ -79,20 +83,22 @@ CPUINFO = {
 }
 
 
-@pytest.mark.parametrize('cpu,dtype,want', [
-    ('xeon_amx', 'bfloat16', 'onednn'), ('xeon_amx', 'float32', 'eigen'),
-    ('zen4', 'bfloat16', 'eigen'), ('zen3', 'bfloat16', 'eigen'),
-    ('missing', 'bfloat16', 'eigen')])
-def test_auto_picks_by_the_cpus_instruction_set_and_dtype(
-    cpu, dtype, want, tmp_path):
+@pytest.mark.parametrize('cpu', ['xeon_amx', 'zen4', 'zen3', 'missing'])
+def test_auto_picks_by_the_cpus_instruction_set_and_dtype(cpu, tmp_path):
   path = tmp_path / 'cpuinfo'
   if cpu != 'missing':  # another system: no /proc/cpuinfo
     path.write_text(CPUINFO[cpu] * 2)  # one block per core
   features = xla_flags.cpu_features(str(path))
   assert ('amx_bf16' in features) == (cpu == 'xeon_amx')
-  assert xla_flags.resolve('auto', dtype, features) == want
+  # No CPU kind measured so far runs another choice faster than 'eigen'.
+  for dtype in ('float32', 'bfloat16'):
+    assert xla_flags.resolve('auto', dtype, features) == 'eigen'
+  rules = {('bfloat16', 'amx_bf16'): 'onednn'}   # what a measurement adds
+  want = 'onednn' if cpu == 'xeon_amx' else 'eigen'
+  assert xla_flags.resolve('auto', 'bfloat16', features, rules) == want
+  assert xla_flags.resolve('auto', 'float32', features, rules) == 'eigen'
   for choice in ('eigen', 'onednn', 'default'):  # a choice made is kept
-    assert xla_flags.resolve(choice, dtype, features) == choice
+    assert xla_flags.resolve(choice, 'bfloat16', features, rules) == choice
 
 
 def test_this_machines_cpu_is_read():
@@ -120,6 +126,8 @@ def test_onednn_puts_matmuls_on_onednn_and_computes_what_eigen_does():
   # flag (the choice's flags before) nothing does, in jaxlib 0.10.
   assert (eigen['ONEDNN_DOT'], onednn['ONEDNN_DOT']) == ('False', 'True')
   assert _probe('eigen', ONEDNN[0])['ONEDNN_DOT'] == 'False'
+  np.testing.assert_allclose(float(onednn['SUM']), float(eigen['SUM']),
+                             rtol=1e-4)
   np.testing.assert_allclose(float(onednn['GRAD']), float(eigen['GRAD']),
                              rtol=1e-4)
 
@@ -142,3 +150,27 @@ def test_a_flag_the_user_set_wins():
 def test_bad_value_is_an_error_before_jax_starts():
   got = _probe('fastest', '')
   assert 'xla_cpu_convolutions' in got['ERROR']
+
+
+def test_cpu_matmul_names_where_each_dtype_form_runs(tmp_path, capsys):
+  sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+  try:
+    import cpu_matmul  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  out = tmp_path / 'mm.json'
+  assert cpu_matmul.main(['--m', '96', '--k', '64', '--n', '32',
+                          '--repeats', '1', '--json', str(out)]) == 0
+  rows = {r['form']: r for r in json.loads(out.read_text())['rows']}
+  assert all(r['gflops'] > 0 for r in rows.values())
+  # jaxlib 0.10: a bfloat16 matmul with a bfloat16 result is computed in
+  # float32; with a float32 result it stays bfloat16, on YNNPACK (the form
+  # conv_impl='mm' uses). If this changes, re-measure docs/benchmarks.md.
+  assert (rows['float32']['library'], rows['float32']['converted']) == (
+      'ynn', False)
+  assert rows['bf16->bf16']['converted']
+  assert (rows['bf16->f32']['library'], rows['bf16->f32']['converted']) == (
+      'ynn', False)
+  assert 'bf16->f32' in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    cpu_matmul.main(['--forms', 'int8'])

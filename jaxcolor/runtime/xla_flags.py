@@ -6,9 +6,10 @@ On this model's shapes its own Eigen convolutions are faster
 (matmuls stay on YNNPACK, which is as fast or faster there). 'onednn' is
 'eigen' with the matmuls on oneDNN (XLA's oneDNN dot fusions; jaxlib 0.10
 has no oneDNN path for convolutions, and computes bfloat16 matmuls whose
-result is bfloat16 in float32 before any library sees them). 'auto' picks by the CPU's instruction set and the compute
-dtype (`resolve`); 'default' leaves XLA's choice. The flags only affect the
-CPU compiler, so they are harmless on GPUs and TPUs.
+result is bfloat16 in float32 before any library sees them). 'auto' picks
+by the CPU's instruction set and the compute dtype (`resolve`); 'default'
+leaves XLA's choice. The flags only affect the CPU compiler, so they are
+harmless on GPUs and TPUs.
 
 XLA reads XLA_FLAGS once, when JAX starts its first backend, so `apply`
 must run before anything computes; a value the user already put in
@@ -42,23 +43,33 @@ def cpu_features(path: str = CPUINFO) -> frozenset[str]:
   return frozenset()
 
 
+# (compute dtype, CPU feature flag) -> the choice 'auto' makes there, for
+# the CPU kinds where a measurement showed a choice faster than 'eigen'.
+# None has yet: the one that seemed to ('onednn' for bfloat16 with
+# 'amx_bf16') compared two identical programs, since its flags then put
+# nothing on oneDNN (docs/benchmarks.md, "What XLA CPU runs in bfloat16").
+FASTER_THAN_EIGEN: dict[tuple[str, str], str] = {}
+
+
 def resolve(choice: str, dtype: str = 'float32',
-            features: Optional[frozenset[str]] = None) -> str:
+            features: Optional[frozenset[str]] = None,
+            rules: Optional[dict[tuple[str, str], str]] = None) -> str:
   """config.xla_cpu_convolutions -> the choice it stands for on this CPU.
 
-  'auto' is 'onednn' for bfloat16 on a CPU with AMX-BF16 tiles (measured
-  faster once, with a flag set that left the matmuls off oneDNN: to be
-  measured again, docs/benchmarks.md) and 'eigen' everywhere else, float32
-  and CPUs without AMX (AVX512-BF16 alone: not yet measured) included.
-  `features` defaults to `cpu_features()`.
+  'auto' is the choice `rules` (default `FASTER_THAN_EIGEN`) names for
+  `dtype` and one of the CPU's `features` (default `cpu_features()`), and
+  'eigen' where none does.
   """
   if choice not in CHOICES:
     raise _unknown(choice)
   if choice != 'auto':
     return choice
-  features = cpu_features() if features is None else features
-  if dtype == 'bfloat16' and 'amx_bf16' in features:
-    return 'onednn'
+  rules = FASTER_THAN_EIGEN if rules is None else rules
+  if rules:
+    features = cpu_features() if features is None else features
+    for (rule_dtype, feature), chosen in rules.items():
+      if rule_dtype == dtype and feature in features:
+        return chosen
   return 'eigen'
 
 
@@ -68,10 +79,12 @@ def cpu_flags(convolutions: str) -> list[str]:
   if convolutions == 'eigen':
     return [f'{YNN_FLAG}=-individual_convolution']
   if convolutions == 'onednn':
-    # oneDNN only gets the ops a fusion type names: without one the first
-    # flag alone changes nothing in jaxlib 0.10.
+    # oneDNN only gets the ops a fusion type names: the first flag alone
+    # changes nothing in jaxlib 0.10. 'individual_dot', not 'dot': a 'dot'
+    # fusion may hold two matmuls and their sum, which oneDNN fails to
+    # compile, and the process dies (SIGILL).
     return cpu_flags('eigen') + [f'{ONEDNN_FLAG}=true',
-                                 f'{ONEDNN_FUSIONS_FLAG}=dot']
+                                 f'{ONEDNN_FUSIONS_FLAG}=individual_dot']
   if convolutions == 'default':
     return []
   raise _unknown(convolutions)
@@ -101,6 +114,10 @@ def apply(convolutions: str, dtype: str = 'float32') -> str:
   if chosen not in (convolutions, 'eigen'):  # 'auto' took the rarer path
     logging.info('config.xla_cpu_convolutions=%r: %r for %s on this CPU.',
                  convolutions, chosen, dtype)
+  if chosen == 'onednn':
+    logging.info("xla_cpu_convolutions='onednn': XLA cannot write CPU "
+                 'programs that call oneDNN to the compilation cache; JAX '
+                 'warns once per such program and the run goes on.')
   current = os.environ.get('XLA_FLAGS', '')
   wanted = []
   for flag in cpu_flags(chosen):

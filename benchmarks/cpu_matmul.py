@@ -2,7 +2,8 @@
 
   python benchmarks/cpu_matmul.py [--m 7200 --k 8192 --n 512] [--repeats 3]
   XLA_FLAGS='--xla_cpu_use_onednn=true
-      --xla_cpu_experimental_onednn_fusion_type=dot' python benchmarks/...
+      --xla_cpu_experimental_onednn_fusion_type=individual_dot' \
+      python benchmarks/cpu_matmul.py
 
 The default shape is the critic's conv5 forward at batch 32 as a matmul
 over patches (conv_impl='mm': 32*15*15 pixels, 4*4*512 taps, 512 output

@@ -98,10 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.donate_state = True   # let XLA reuse the state's buffers in place
   config.parallel = 'pmap'     # or 'shard_map' (jax.jit over a 1-D device mesh)
   # XLA CPU's kernels: 'auto' (by the CPU's instruction set and
-  # config.dtype: 'onednn' for bfloat16 on CPUs with AMX-BF16, else
-  # 'eigen'), 'eigen' (Eigen convolutions, faster for this model than
-  # YNNPACK's), 'onednn' ('eigen' plus XLA's oneDNN rewrites) or 'default'
-  # (XLA's choice: YNNPACK in jaxlib 0.10). Set by main.py through
+  # config.dtype, from the CPU kinds measured: 'eigen' on all so far),
+  # 'eigen' (Eigen convolutions, faster for this model than YNNPACK's),
+  # 'onednn' ('eigen' with the matmuls on oneDNN) or 'default' (XLA's
+  # choice: YNNPACK in jaxlib 0.10). Set by main.py through
   # XLA_FLAGS before JAX starts (jaxcolor/runtime/xla_flags.py); CPU only.
   config.xla_cpu_convolutions = 'auto'
   # A jax.profiler trace of train steps (start, count), e.g. (10, 3): steps

@@ -239,9 +239,9 @@ def matmul(a, b, contracting):
 
   The operands keep their dtype and the result is float32: a matmul of
   bfloat16 operands with a float32 result is the one bfloat16 contraction
-  XLA's CPU backend (jaxlib 0.10) keeps in bfloat16 and hands to YNNPACK's
-  bfloat16 kernels (the CPU's bfloat16 units, where it has them); it
-  computes every other bfloat16 matmul and convolution in float32.
+  XLA's CPU backend (jaxlib 0.10) keeps in bfloat16, for YNNPACK's
+  bfloat16 kernel; it computes every other bfloat16 matmul and convolution
+  in float32 (docs/benchmarks.md).
   """
   return lax.dot_general(a, b, (contracting, ((), ())),
                          preferred_element_type=jnp.float32)
@@ -311,7 +311,8 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 
 
 # 'mm': every convolution and transposed convolution a matmul in all passes
-# (conv_matmul, conv_transpose_matmul), for CPUs' bfloat16 matrix units.
+# (conv_matmul, conv_transpose_matmul): in bfloat16, meant for CPUs with
+# bfloat16 matrix units.
 IMPLS = ('fast', 'phase', 'xla', 'mm')
 
 

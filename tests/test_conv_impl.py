@@ -116,23 +116,26 @@ def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
   values and grads are the float32 ones to bfloat16 precision."""
   pad_t = conv_transpose.transpose_padding(4, 2)
 
-  def loss(impl, x, w):
+  def loss(impl, x, w, w1):
     y = conv_impl.conv(x, w, 2, ((1, 1), (1, 1)), impl)
     z = conv_impl.conv_transpose(y, jnp.swapaxes(w, 2, 3), 2, pad_t, impl)
+    # One output channel, stride 1 (the critic's last conv): the tap form.
+    z = conv_impl.conv(z, w1, 1, ((1, 1), (1, 1)), impl)
     return jnp.sum(z.astype(jnp.float32) ** 2)
 
   x, w = _normal(0, (2, 8, 8, 16)), _normal(1, (4, 4, 16, 32)) / 16
-  grad = jax.grad(loss, argnums=(1, 2))
-  want = jax.jit(functools.partial(grad, 'xla'))(x, w)
+  w1 = _normal(2, (4, 4, 16, 1)) / 16
+  grad = jax.grad(loss, argnums=(1, 2, 3))
+  want = jax.jit(functools.partial(grad, 'xla'))(x, w, w1)
   bf16 = jax.jit(functools.partial(grad, 'mm'))
   x16 = x.astype(jnp.bfloat16)
-  got = bf16(x16, w)
+  got = bf16(x16, w, w1)
   assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
   for a, b in zip(got, want):
     assert _rel(np.asarray(a, np.float32), b) < 2e-2
-  dots, ynn = _dots(bf16.lower(x16, w).compile().as_text())
-  assert dots == [('f32', 'bf16', 'bf16')] * 6   # 2 layers x 3 passes
-  assert ynn == 6
+  dots, ynn = _dots(bf16.lower(x16, w, w1).compile().as_text())
+  assert dots == [('f32', 'bf16', 'bf16')] * 9   # 3 layers x 3 passes
+  assert ynn == 9
 
 
 def test_fast_forms_for_the_model_shapes():

@@ -37,6 +37,11 @@ def patches(x, k, s, padding):
   return jnp.concatenate(cols, axis=-1)
 
 
+def _tap_kernel(kernel):
+  """(k,k,C_in,C_out) -> (C_in, k*k*C_out), columns ordered (t, u, c)."""
+  return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
+
+
 def conv_xla(x, kernel, s, padding):
   return lax.conv_general_dilated(x, kernel.astype(x.dtype), (s, s), padding,
                                   dimension_numbers=DN)
@@ -70,6 +75,21 @@ def conv_s2d(x, kernel, s, padding):
   return conv_xla(xs, ks, 1, ((0, 0), (0, 0)))
 
 
+def _tap_sum(z, padding, ho, wo):
+  """(B,H,W,k,k,C_out) per-tap products -> the stride-1 conv's
+  (B,Ho,Wo,C_out): tap (t, u) of input pixel (i, j) lands on output pixel
+  (i + lo - t, j + lo - u)."""
+  b, h, w, k, _, c_out = z.shape
+  z = _pad(z.reshape(b, h, w, k * k * c_out), padding)
+  z = z.reshape(b, z.shape[1], z.shape[2], k, k, c_out)
+  y = None
+  for t in range(k):
+    for u in range(k):
+      part = z[:, t:t + ho, u:u + wo, t, u, :]
+      y = part if y is None else y + part
+  return y
+
+
 def conv_tap(x, kernel, s, padding):
   """Stride-1 conv as one matmul to k*k*C_out channels and a shifted sum.
 
@@ -80,19 +100,12 @@ def conv_tap(x, kernel, s, padding):
   """
   if s != 1:
     raise ValueError('the tap form needs stride 1')
-  k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  k, c_out = kernel.shape[0], kernel.shape[3]
   b, h, w, _ = x.shape
   ho, wo = _out_size(h, k, 1, padding[0]), _out_size(w, k, 1, padding[1])
-  wk = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in, k * k * c_out)
-  z = lax.dot_general(x, wk.astype(x.dtype), (((3,), (0,)), ((), ())))
-  z = _pad(z.reshape(b, h, w, k * k * c_out), padding)
-  z = z.reshape(b, z.shape[1], z.shape[2], k, k, c_out)
-  y = None
-  for t in range(k):
-    for u in range(k):
-      part = z[:, t:t + ho, u:u + wo, t, u, :]
-      y = part if y is None else y + part
-  return y
+  z = lax.dot_general(x, _tap_kernel(kernel).astype(x.dtype),
+                      (((3,), (0,)), ((), ())))
+  return _tap_sum(z.reshape(b, h, w, k, k, c_out), padding, ho, wo)
 
 
 FORMS = {'xla': conv_xla, 'mm': conv_mm, 's2d': conv_s2d, 'tap': conv_tap}
@@ -143,11 +156,6 @@ def _overlap_add(z, s, padding, dtype):
           (lo_c, wo - lo_c - (s * (w - 1) + 1), s - 1), (0, 0, 0)))
       y = part if y is None else y + part
   return y
-
-
-def _tap_kernel(kernel):
-  """(k,k,C_in,C_out) -> (C_in, k*k*C_out), columns ordered (t, u, c)."""
-  return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
 
 
 def conv_transpose_scatter(x, kernel, s, padding):
@@ -279,6 +287,40 @@ conv_matmul.defvjp(_conv_matmul_fwd, _conv_matmul_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_tap_matmul(x, kernel, s, padding):
+  """`conv_tap` (stride 1, few output channels) with its three passes as
+  matmuls of `matmul`'s dtypes: the patches of an output with k*k*C_out
+  columns would be a matrix-vector product, which YNNPACK does not take."""
+  k, c_out = kernel.shape[0], kernel.shape[3]
+  b, h, w, _ = x.shape
+  ho, wo = _out_size(h, k, s, padding[0]), _out_size(w, k, s, padding[1])
+  z = matmul(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
+  return _tap_sum(z.reshape(b, h, w, k, k, c_out), padding, ho,
+                  wo).astype(x.dtype)
+
+
+def _conv_tap_matmul_fwd(x, kernel, s, padding):
+  return conv_tap_matmul(x, kernel, s, padding), (x, kernel)
+
+
+def _conv_tap_matmul_bwd(s, padding, res, g):
+  x, kernel = res
+  k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  b, h, w, _ = x.shape
+  taps = jax.ShapeDtypeStruct((b, h, w, k, k, c_out), g.dtype)
+  g_taps = jax.linear_transpose(
+      lambda z: _tap_sum(z, padding, g.shape[1], g.shape[2]), taps)(g)[0]
+  g_taps = g_taps.reshape(b, h, w, k * k * c_out)
+  gx = matmul(g_taps, _tap_kernel(kernel).astype(g.dtype), ((3,), (1,)))
+  gw = matmul(x, g_taps, ((0, 1, 2), (0, 1, 2)))
+  gw = jnp.transpose(gw.reshape(c_in, k, k, c_out), (1, 2, 0, 3))
+  return gx.astype(x.dtype), gw.astype(kernel.dtype)
+
+
+conv_tap_matmul.defvjp(_conv_tap_matmul_fwd, _conv_tap_matmul_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_transpose_matmul(x, kernel, s, padding):
   """A transposed convolution as one matmul in all three passes (forward:
   to every tap, then an overlap-add; grads: over the output grad's taps).
@@ -311,8 +353,8 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 
 
 # 'mm': every convolution and transposed convolution a matmul in all passes
-# (conv_matmul, conv_transpose_matmul): in bfloat16, meant for CPUs with
-# bfloat16 matrix units.
+# (conv_matmul, conv_tap_matmul, conv_transpose_matmul): in bfloat16, meant
+# for CPUs with bfloat16 matrix units.
 IMPLS = ('fast', 'phase', 'xla', 'mm')
 
 
@@ -357,6 +399,8 @@ def conv(x, kernel, stride, padding, impl='fast'):
   if impl in ('xla', 'phase'):
     return conv_xla(x, kernel, stride, padding)
   if impl == 'mm':
+    if stride == 1 and kernel.shape[-1] <= 8:  # as 'fast' picks the tap form
+      return conv_tap_matmul(x, kernel, stride, padding)
     return conv_matmul(x, kernel, stride, padding)
   if impl == 'fast':
     impl = conv_forms(x.shape, kernel.shape, stride, padding)

@@ -110,10 +110,10 @@ def _dots(hlo_text):
 
 
 def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
-  """conv_impl='mm' in bfloat16: each pass of a conv and of a transposed
-  conv is a bfloat16 x bfloat16 -> float32 matmul, the one bfloat16
-  contraction jaxlib 0.10's CPU backend keeps in bfloat16 (on YNNPACK);
-  values and grads are the float32 ones to bfloat16 precision."""
+  """conv_impl='mm' in bfloat16: each pass of a conv, a tap-form conv and
+  a transposed conv is a bfloat16 x bfloat16 -> float32 matmul, the one
+  bfloat16 contraction jaxlib 0.10's CPU backend keeps in bfloat16 (on
+  YNNPACK); values and grads are the float32 ones to bfloat16 precision."""
   pad_t = conv_transpose.transpose_padding(4, 2)
 
   def loss(impl, x, w, w1):

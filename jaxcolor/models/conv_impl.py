@@ -23,6 +23,24 @@ def _pad(x, padding):
                            (0, 0, 0)))
 
 
+def contract(a, b, contracting):
+  """a . b over a's `contracting[0]` and b's `contracting[1]` axes, in the
+  operands' dtype (XLA's choice of accumulation)."""
+  return lax.dot_general(a, b, (contracting, ((), ())))
+
+
+def matmul(a, b, contracting):
+  """`contract` with a float32 result, whatever the operands' dtype.
+
+  A matmul of bfloat16 operands with a float32 result is the one bfloat16
+  contraction XLA's CPU backend (jaxlib 0.10) keeps in bfloat16, for
+  YNNPACK's bfloat16 kernel; it computes every other bfloat16 matmul and
+  convolution in float32 (docs/benchmarks.md).
+  """
+  return lax.dot_general(a, b, (contracting, ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
 def patches(x, k, s, padding):
   """(B,H,W,C) -> (B,Ho,Wo,k*k*C), taps ordered (row, col, channel)."""
   b, h, w, c = x.shape
@@ -47,11 +65,12 @@ def conv_xla(x, kernel, s, padding):
                                   dimension_numbers=DN)
 
 
-def conv_mm(x, kernel, s, padding):
+def conv_mm(x, kernel, s, padding, dot=contract):
+  """Conv as one matmul over patches; `dot` is `contract` or `matmul`."""
   k = kernel.shape[0]
   p = patches(x, k, s, padding)
   w = kernel.reshape(-1, kernel.shape[-1]).astype(x.dtype)
-  return lax.dot_general(p, w, (((3,), (0,)), ((), ())))
+  return dot(p, w, ((3,), (0,))).astype(x.dtype)
 
 
 def conv_s2d(x, kernel, s, padding):
@@ -90,22 +109,23 @@ def _tap_sum(z, padding, ho, wo):
   return y
 
 
-def conv_tap(x, kernel, s, padding):
+def conv_tap(x, kernel, s, padding, dot=contract):
   """Stride-1 conv as one matmul to k*k*C_out channels and a shifted sum.
 
   y[i, j] = sum_{t,u} x[i + t - lo, j + u - lo] @ W[t, u]: the matmul gives
   every tap's product at every input pixel at once (C_in x k*k*C_out, a
   far better matmul than a conv with a handful of output channels); the
-  taps are then added at their shifts. For few output channels.
+  taps are then added at their shifts (in `dot`'s result dtype). For few
+  output channels.
   """
   if s != 1:
     raise ValueError('the tap form needs stride 1')
   k, c_out = kernel.shape[0], kernel.shape[3]
   b, h, w, _ = x.shape
   ho, wo = _out_size(h, k, 1, padding[0]), _out_size(w, k, 1, padding[1])
-  z = lax.dot_general(x, _tap_kernel(kernel).astype(x.dtype),
-                      (((3,), (0,)), ((), ())))
-  return _tap_sum(z.reshape(b, h, w, k, k, c_out), padding, ho, wo)
+  z = dot(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
+  return _tap_sum(z.reshape(b, h, w, k, k, c_out), padding, ho,
+                  wo).astype(x.dtype)
 
 
 FORMS = {'xla': conv_xla, 'mm': conv_mm, 's2d': conv_s2d, 'tap': conv_tap}
@@ -158,13 +178,14 @@ def _overlap_add(z, s, padding, dtype):
   return y
 
 
-def conv_transpose_scatter(x, kernel, s, padding):
-  """lax.conv_transpose as one matmul and an overlap-add of k*k taps."""
+def conv_transpose_scatter(x, kernel, s, padding, dot=contract):
+  """lax.conv_transpose as one matmul and an overlap-add of k*k taps (in
+  `dot`'s result dtype)."""
   b, h, w, _ = x.shape
   k, cout = kernel.shape[0], kernel.shape[-1]
-  z = lax.dot_general(x, _tap_kernel(kernel).astype(x.dtype),
-                      (((3,), (0,)), ((), ())))
-  return _overlap_add(z.reshape(b, h, w, k, k, cout), s, padding, x.dtype)
+  z = dot(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
+  return _overlap_add(z.reshape(b, h, w, k, k, cout), s, padding,
+                      z.dtype).astype(x.dtype)
 
 
 def conv_transpose_xla(x, kernel, s, padding):
@@ -210,23 +231,28 @@ def _tpatches(g, k, s, padding, h, w):
   return jnp.concatenate(cols, axis=-1)
 
 
+def _transpose_mm_grads(x, kernel, g, s, padding, dot):
+  """(input grad, weight grad) of `conv_transpose_scatter`, both matmuls
+  over one set of the output grad's taps."""
+  k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  gp = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
+  # kernel (t,u,ci,co) -> (t,u,co,ci) -> (k*k*co, ci)
+  wk = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(-1, cin)
+  gx = dot(gp, wk.astype(g.dtype), ((3,), (0,)))
+  gw = dot(x, gp, ((0, 1, 2), (0, 1, 2)))
+  return gx, jnp.transpose(gw.reshape(cin, k, k, cout), (1, 2, 0, 3))
+
+
 def conv_transpose_dx(form, x, kernel, g, s, padding):
   if form == 'mm':
-    k = kernel.shape[0]
-    gp = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
-    # kernel (t,u,ci,co) -> (t,u,co,ci) -> (k*k*co, ci)
-    wk = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(-1, kernel.shape[2])
-    return lax.dot_general(gp, wk.astype(g.dtype), (((3,), (0,)), ((), ())))
+    return _transpose_mm_grads(x, kernel, g, s, padding, contract)[0]
   return jax.linear_transpose(
       lambda x: TFORMS[form](x, kernel, s, padding), x)(g)[0]
 
 
 def conv_transpose_dw(form, x, kernel, g, s, padding):
   if form == 'mm':
-    k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    gp = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
-    dw = lax.dot_general(x, gp, (((0, 1, 2), (0, 1, 2)), ((), ())))
-    return jnp.transpose(dw.reshape(cin, k, k, cout), (1, 2, 0, 3))
+    return _transpose_mm_grads(x, kernel, g, s, padding, contract)[1]
   w = kernel.astype(x.dtype)
   return jax.linear_transpose(
       lambda w: TFORMS[form](x, w, s, padding), w)(g)[0]
@@ -242,19 +268,6 @@ def _tmixed_bwd(s, padding, forms, res, g):
 conv_transpose_mixed.defvjp(_tmixed_fwd, _tmixed_bwd)
 
 
-def matmul(a, b, contracting):
-  """a . b over a's `contracting[0]` and b's `contracting[1]` axes, float32.
-
-  The operands keep their dtype and the result is float32: a matmul of
-  bfloat16 operands with a float32 result is the one bfloat16 contraction
-  XLA's CPU backend (jaxlib 0.10) keeps in bfloat16, for YNNPACK's
-  bfloat16 kernel; it computes every other bfloat16 matmul and convolution
-  in float32 (docs/benchmarks.md).
-  """
-  return lax.dot_general(a, b, (contracting, ((), ())),
-                         preferred_element_type=jnp.float32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_matmul(x, kernel, s, padding):
   """A convolution as one matmul over patches in all three passes.
@@ -262,9 +275,7 @@ def conv_matmul(x, kernel, s, padding):
   x (B,H,W,C) in the compute dtype, kernel (k,k,C,O) float32 -> (B,Ho,Wo,O)
   in x's dtype; products accumulate in float32 (`matmul`).
   """
-  k, o = kernel.shape[0], kernel.shape[-1]
-  w = kernel.reshape(-1, o).astype(x.dtype)
-  return matmul(patches(x, k, s, padding), w, ((3,), (0,))).astype(x.dtype)
+  return conv_mm(x, kernel, s, padding, matmul)
 
 
 def _conv_matmul_fwd(x, kernel, s, padding):
@@ -291,12 +302,7 @@ def conv_tap_matmul(x, kernel, s, padding):
   """`conv_tap` (stride 1, few output channels) with its three passes as
   matmuls of `matmul`'s dtypes: the patches of an output with k*k*C_out
   columns would be a matrix-vector product, which YNNPACK does not take."""
-  k, c_out = kernel.shape[0], kernel.shape[3]
-  b, h, w, _ = x.shape
-  ho, wo = _out_size(h, k, s, padding[0]), _out_size(w, k, s, padding[1])
-  z = matmul(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
-  return _tap_sum(z.reshape(b, h, w, k, k, c_out), padding, ho,
-                  wo).astype(x.dtype)
+  return conv_tap(x, kernel, s, padding, matmul)
 
 
 def _conv_tap_matmul_fwd(x, kernel, s, padding):
@@ -325,11 +331,7 @@ def conv_transpose_matmul(x, kernel, s, padding):
   """A transposed convolution as one matmul in all three passes (forward:
   to every tap, then an overlap-add; grads: over the output grad's taps).
   Dtypes as `conv_matmul`."""
-  b, h, w, _ = x.shape
-  k, cout = kernel.shape[0], kernel.shape[-1]
-  z = matmul(x, _tap_kernel(kernel).astype(x.dtype), ((3,), (0,)))
-  return _overlap_add(z.reshape(b, h, w, k, k, cout), s, padding,
-                      jnp.float32).astype(x.dtype)
+  return conv_transpose_scatter(x, kernel, s, padding, matmul)
 
 
 def _conv_transpose_matmul_fwd(x, kernel, s, padding):
@@ -338,13 +340,7 @@ def _conv_transpose_matmul_fwd(x, kernel, s, padding):
 
 def _conv_transpose_matmul_bwd(s, padding, res, g):
   x, kernel = res
-  k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-  g_taps = _tpatches(g, k, s, padding, x.shape[1], x.shape[2])
-  # kernel (t,u,ci,co) -> (t,u,co,ci) -> (k*k*co, ci)
-  wk = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(-1, cin).astype(g.dtype)
-  gx = matmul(g_taps, wk, ((3,), (0,)))
-  gw = matmul(x, g_taps, ((0, 1, 2), (0, 1, 2)))
-  gw = jnp.transpose(gw.reshape(cin, k, k, cout), (1, 2, 0, 3))
+  gx, gw = _transpose_mm_grads(x, kernel, g, s, padding, matmul)
   return gx.astype(x.dtype), gw.astype(kernel.dtype)
 
 

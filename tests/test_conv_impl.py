@@ -1,7 +1,6 @@
 """conv_impl: every convolution form equals flax's conv in value and grads."""
 
 import functools
-import re
 
 from flax import linen as nn
 import jax
@@ -15,6 +14,7 @@ from jaxcolor import families
 from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
+from jaxcolor.runtime import op_profile
 
 KEY = jax.random.key(0, impl='rbg')
 RTOL = 1e-5
@@ -96,16 +96,15 @@ def test_conv_transpose_forms_match_flax(side):
 
 def _dots(hlo_text):
   """(result, lhs, rhs) dtypes of each dot in a compiled CPU program, and
-  how many of them XLA put in YNNPACK fusions."""
-  params, dots = {}, []
-  for line in hlo_text.splitlines():
-    m = re.match(r'\s*%(\S+) = (\w+)\[[^ ]* parameter\(', line)
-    if m:
-      params[m.group(1)] = m.group(2)
-    m = re.search(r'= (\w+)\[[^ ]* dot\(%([^,]+), %([^)]+)\)', line)
-    if m:
-      dots.append((m.group(1), params.get(m.group(2)), params.get(m.group(3))))
-  ynn = sum('"kind":"__ynn_fusion"' in line for line in hlo_text.splitlines())
+  how many matmul fusions XLA handed to YNNPACK (op_profile's reading)."""
+  computations, _ = op_profile.parse_hlo(hlo_text)
+  ops = {op.name: op for body in computations.values() for op in body}
+  dtype = lambda op: op.shape.split('[')[0]  # noqa: E731
+  dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
+          for op in ops.values() if op.opcode == 'dot']
+  ynn = sum(op_profile.kind(op, computations) == 'matmul'
+            and op_profile.library(op, 'cpu') == 'YNNPACK'
+            for op in ops.values())
   return dots, ynn
 
 

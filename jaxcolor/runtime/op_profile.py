@@ -222,8 +222,9 @@ def _pass(op_name: str) -> str:
 def _events(folder: str) -> tuple[list[dict], dict[int, str]]:
   """The trace's complete events and {pid: process name}, from `folder`'s
   `*.trace.json.gz`. Events without a name or a process, and complete
-  events without a time, are left out (`args` that is not a mapping is read as none); a file that is not a
-  gzipped JSON trace is a ValueError or OSError naming it."""
+  events without a time, are left out (`args` that is not a mapping is
+  read as none); a file that is not a gzipped JSON trace is a ValueError or
+  OSError naming it."""
   paths = sorted(glob.glob(os.path.join(folder, '*.trace.json.gz')))
   if not paths:
     raise FileNotFoundError(f'no *.trace.json.gz in {folder}')

@@ -22,7 +22,7 @@ XLA converted the operands. Reads the process's XLA_FLAGS as JAX does.
 """
 
 import argparse
-import json
+import os
 import re
 import sys
 import time
@@ -30,6 +30,9 @@ import time
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxcolor.runtime import files  # pylint: disable=wrong-import-position
 
 FORMS = {'float32': (jnp.float32, None),
          'bf16->bf16': (jnp.bfloat16, None),
@@ -85,10 +88,11 @@ def main(argv=None) -> int:
           f'{r["library"]:<7}  {r["converted"]}')
   if a.json:
     try:
-      with open(a.json, 'w') as f:
-        json.dump({'shape': [a.m, a.k, a.n], 'rows': rows}, f, indent=1)
+      files.write_json(a.json, {'shape': [a.m, a.k, a.n], 'rows': rows},
+                       indent=1)
     except OSError as e:
-      print(f'cannot write {a.json}: {e.strerror}', file=sys.stderr)
+      print(f'cpu_matmul: cannot write {files.describe(e, a.json)}',
+            file=sys.stderr)
       return 1
   return 0
 

@@ -50,6 +50,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from jaxcolor.runtime import files  # pylint: disable=wrong-import-position
 from jaxcolor.runtime import op_profile  # pylint: disable=wrong-import-position
 BASE = ['--config.model.require_resnet18_weights=False',
         '--config.model.reuse_generator_forward=True']
@@ -388,8 +389,10 @@ def main():
             'peer_flops': peer_flops, 'jaxcolor_flops': ours,
             'flops_agree_1pct': ok, 'best_speedup_variant': best,
             'results': table}
-  with open(a.json, 'w') as f:
-    json.dump(report, f, indent=1)
+  try:
+    files.write_json(a.json, report, indent=1)
+  except OSError as e:
+    sys.exit(f'compare_peer: cannot write {files.describe(e, a.json)}')
   print(f'Wrote {a.json}')
 
 

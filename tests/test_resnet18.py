@@ -17,6 +17,7 @@ from configs import tiny
 from jaxcolor import models
 from jaxcolor.models import convert_resnet18
 from jaxcolor.models import resnet18
+from jaxcolor.runtime import op_profile
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 # rbg keys: XLA compiles threefry initialisers very slowly on CPU (~1 s each).
@@ -67,16 +68,40 @@ def test_converted_tree_matches_module(variables):
       lambda a: a.shape, want)
 
 
-def test_parity_with_torchvision(fixture, variables):
+@pytest.mark.parametrize('impl', ['xla', 'fast', 'mm'])
+def test_parity_with_torchvision(fixture, variables, impl):
+  """Every conv_impl computes torchvision's resnet18 with its weights."""
   print('\nfixture made with', ', '.join(fixture['versions']))
   feats, logits = jax.jit(
-      lambda v, x: resnet18.ResNet18().apply(v, x, return_logits=True))(
-          variables, fixture['input'])
+      lambda v, x: resnet18.ResNet18(conv_impl=impl).apply(
+          v, x, return_logits=True))(variables, fixture['input'])
   err_f = float(np.abs(feats - fixture['layer4']).max())
   err_l = float(np.abs(logits - fixture['logits']).max())
-  print(f'max-abs error vs torchvision: layer4 {err_f:.2e}, logits {err_l:.2e}')
+  print(f'{impl}: max-abs error vs torchvision: layer4 {err_f:.2e}, '
+        f'logits {err_l:.2e}')
   assert feats.shape == (2, 4, 4, 512)
   assert err_f <= 1e-4 and err_l <= 1e-4
+
+
+def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
+  """conv_impl='mm' in bfloat16: no convolution is left in the branch's
+  compiled program (XLA CPU would compute it in float32); every conv is a
+  bfloat16 x bfloat16 -> float32 matmul, and the features are torchvision's
+  to bfloat16 precision."""
+  fn = jax.jit(lambda v, x: resnet18.ResNet18(
+      dtype=jnp.bfloat16, conv_impl='mm').apply(v, x))
+  feats = fn(variables, fixture['input'])
+  want = fixture['layer4']
+  assert feats.dtype == jnp.float32
+  assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
+  computations, _ = op_profile.parse_hlo(
+      fn.lower(variables, fixture['input']).compile().as_text())
+  ops = {op.name: op for body in computations.values() for op in body}
+  dtype = lambda op: op.shape.split('[')[0]  # noqa: E731
+  assert not [op for op in ops.values() if op.opcode == 'convolution']
+  dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
+          for op in ops.values() if op.opcode == 'dot']
+  assert dots == [('f32', 'bf16', 'bf16')] * 20  # conv1, 16 block convs, 3 1x1
 
 
 @pytest.mark.parametrize('input_size,fusion_size', golden.FUSION_CASES)

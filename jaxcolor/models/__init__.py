@@ -195,7 +195,8 @@ def build_models(model_config: ml_collections.ConfigDict,
       negative_slope=mc.negative_slope,
       dtype=dtype,
       conv_impl=impl)
-  resnet = ResNet18(dtype=dtype) if mc.use_resnet else None
+  resnet = (ResNet18(dtype=dtype, conv_impl=impl) if mc.use_resnet
+            else None)
   return Models(generator=gen, critic=critic, resnet=resnet)
 
 

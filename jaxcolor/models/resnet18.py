@@ -9,6 +9,7 @@ Variables: {'params': ..., 'batch_stats': ...}; submodule names follow
 torchvision's with '.' replaced by '_' (layer1_0/conv1, layer2_0/downsample_bn).
 """
 
+import functools
 from typing import Any
 
 import flax
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcolor.models import conv_impl
 from jaxcolor.runtime import files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,17 +34,23 @@ def _batch_norm(name: str, dtype: Any) -> nn.BatchNorm:
                       dtype=dtype, name=name)
 
 
+def _conv(features: int, k: int, s: int, p: int, name: str, dtype: Any,
+          impl: str) -> conv_impl.Conv:
+  """A bias-free k x k conv: `nn.Conv`'s parameters, `impl`'s computation."""
+  return conv_impl.Conv(features, k, s, padding=((p, p), (p, p)), impl=impl,
+                        use_bias=False, dtype=dtype, name=name)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs + BN; a 1x1 projection + BN where the shape changes."""
   features: int
   strides: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda f, k, s, p, name: nn.Conv(  # noqa: E731
-        f, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False,
-        dtype=self.dtype, name=name)
+    conv = functools.partial(_conv, dtype=self.dtype, impl=self.conv_impl)
     y = conv(self.features, 3, self.strides, 1, 'conv1')(x)
     y = nn.relu(_batch_norm('bn1', self.dtype)(y))
     y = conv(self.features, 3, 1, 1, 'conv2')(y)
@@ -59,9 +67,12 @@ class ResNet18(nn.Module):
   Attributes:
     num_classes: width of the `fc` head (1000 for ImageNet weights).
     dtype: compute dtype; parameters stay float32.
+    conv_impl: how convolutions are computed (`conv_impl.IMPLS`); every
+      choice has the same parameters and gives the same function.
   """
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, return_logits: bool = False):
@@ -69,14 +80,14 @@ class ResNet18(nn.Module):
 
     Features and logits are float32 whatever the compute dtype.
     """
-    x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
-                use_bias=False, dtype=self.dtype, name='conv1')(x)
+    x = _conv(64, 7, 2, 3, 'conv1', self.dtype, self.conv_impl)(x)
     x = nn.relu(_batch_norm('bn1', self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, width in enumerate(STAGES, start=1):
       for block in range(2):
         strides = 2 if stage > 1 and block == 0 else 1
         x = BasicBlock(width, strides, dtype=self.dtype,
+                       conv_impl=self.conv_impl,
                        name=f'layer{stage}_{block}')(x)
     features = x.astype(jnp.float32)
     if not return_logits:

@@ -55,12 +55,13 @@ def get_config():
   model.d_kernel_sizes = (4, 4, 3, 3, 4, 4)
   model.d_strides = (2, 2, 1, 1, 1, 1)
   model.d_paddings = (1, 1, 1, 1, 1, 1)
-  # How G's and D's convolutions are computed: 'fast' (per-layer forms that
-  # suit XLA CPU, jaxcolor/models/conv_impl.py), 'phase' (XLA convs, phase
-  # transposed convs), 'xla' (XLA's conv and conv_transpose), 'mm' (every
-  # pass a matmul, over patches or taps, with float32 accumulation: in
-  # bfloat16, the form XLA CPU runs on bfloat16 matmul kernels), or 'auto'
-  # ('fast' on CPU, 'xla' elsewhere). Same function and parameters each way.
+  # How the convolutions (G's, D's and the ResNet branch's) are computed:
+  # 'fast' (per-layer forms that suit XLA CPU, jaxcolor/models/conv_impl.py),
+  # 'phase' (XLA convs, phase transposed convs), 'xla' (XLA's conv and
+  # conv_transpose), 'mm' (every pass a matmul, over patches or taps, with
+  # float32 accumulation: in bfloat16, the form XLA CPU runs on bfloat16
+  # matmul kernels), or 'auto' ('fast' on CPU, 'xla' elsewhere). Same
+  # function and parameters each way.
   model.conv_impl = 'auto'
   # One generator forward per step whose VJP serves the generator update
   # (False: run it again for the update; same result, more work).

@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 
 from configs import tiny
 from jaxcolor import models
+from jaxcolor.models import conv_impl
 from jaxcolor.models import convert_resnet18
 from jaxcolor.models import resnet18
 from jaxcolor.runtime import op_profile
@@ -252,9 +253,9 @@ def test_resnet_forward_flops():
 
   def count(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if isinstance(context.module, nn.Conv):
+    if isinstance(context.module, conv_impl.Conv):
       m = context.module
-      analytic.append(2 * int(np.prod(m.kernel_size)) * args[0].shape[-1] *
+      analytic.append(2 * m.kernel_size ** 2 * args[0].shape[-1] *
                       m.features * int(np.prod(out.shape[:-1])))
     return out
 

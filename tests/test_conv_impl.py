@@ -15,6 +15,7 @@ from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 from jaxcolor.runtime import op_profile
+from jaxcolor.runtime import xla_flags
 
 KEY = jax.random.key(0, impl='rbg')
 RTOL = 1e-5
@@ -206,6 +207,28 @@ def test_auto_is_fast_on_cpu_and_names_are_checked():
   assert models.resolve_conv_impl('mm') == 'mm'
   with pytest.raises(ValueError, match='conv_impl'):
     models.resolve_conv_impl('cudnn')
+
+
+def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
+  """'auto' takes the form a (dtype, CPU flag) rule names, on CPUs with the
+  flag and in that dtype only; build_models resolves it per compute dtype
+  on this CPU's real flags."""
+  rules = {('bfloat16', 'amx_bf16'): 'mm'}
+  amx = frozenset({'avx512f', 'amx_bf16'})
+  resolve = models.resolve_conv_impl
+  assert resolve('auto', jnp.bfloat16, amx, rules) == 'mm'
+  assert resolve('auto', 'bfloat16', amx, rules) == 'mm'
+  assert resolve('auto', jnp.float32, amx, rules) == 'fast'
+  assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
+  assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
+  flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has
+  monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag), 'mm')
+  mc = tiny.get_config().model
+  mc.conv_impl = 'auto'
+  bf16 = models.build_models(mc, jnp.bfloat16)
+  assert (bf16.generator.conv_impl, bf16.critic.conv_impl,
+          bf16.resnet.conv_impl) == ('mm',) * 3
+  assert models.build_models(mc).generator.conv_impl == 'fast'
 
 
 def test_a_checkpoint_resumes_under_another_conv_impl():

@@ -23,6 +23,7 @@ from jaxcolor.models import conv_impl
 from jaxcolor.models import generator as generator_lib
 from jaxcolor.models import patchgan
 from jaxcolor.models import resnet18
+from jaxcolor.runtime import xla_flags
 
 Generator = generator_lib.Generator
 PatchGAN = patchgan.PatchGAN
@@ -52,14 +53,30 @@ class Models:
   resnet: Optional[nn.Module]
 
 
-def resolve_conv_impl(name: str) -> str:
+# (compute dtype, CPU feature flag) -> what conv_impl='auto' picks on a CPU
+# with that flag, where a measurement showed a form faster than 'fast'
+# there. None has yet: 'mm' in bfloat16 is the candidate for CPUs with
+# bfloat16 matrix units ('amx_bf16', 'avx512_bf16'; docs/benchmarks.md,
+# "What XLA CPU runs in bfloat16").
+FASTER_THAN_FAST: dict[tuple[str, str], str] = {}
+
+
+def resolve_conv_impl(name: str, dtype: Any = 'float32',
+                      features: Optional[frozenset[str]] = None,
+                      rules: Optional[dict[tuple[str, str], str]] = None
+                      ) -> str:
   """config.model.conv_impl -> an implementation of `conv_impl.IMPLS`.
 
-  'auto' is 'fast' on CPUs, whose forms were chosen from XLA CPU timings,
-  and XLA's own convolutions on GPUs and TPUs.
+  'auto' is XLA's own convolutions on GPUs and TPUs. On CPUs it is the
+  form `rules` (default `FASTER_THAN_FAST`) name for the compute `dtype`
+  and one of the CPU's `features` (default: this CPU's flags), and 'fast',
+  whose forms were chosen from XLA CPU timings, where none does.
   """
   if name == 'auto':
-    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+    if jax.default_backend() != 'cpu':
+      return 'xla'
+    rules = FASTER_THAN_FAST if rules is None else rules
+    return xla_flags.cpu_rule(rules, jnp.dtype(dtype).name, features) or 'fast'
   if name not in conv_impl.IMPLS:
     raise ValueError(f'config.model.conv_impl={name!r}; expected auto or one '
                      f'of {conv_impl.IMPLS}')
@@ -171,7 +188,7 @@ def build_models(model_config: ml_collections.ConfigDict,
   """config.model -> Models; `dtype` is the compute dtype (params: float32)."""
   mc = model_config
   dtype = jnp.dtype(dtype)
-  impl = resolve_conv_impl(mc.get('conv_impl', 'auto'))
+  impl = resolve_conv_impl(mc.get('conv_impl', 'auto'), dtype)
   output = mc.output
   if output not in OUTPUT_CHANNELS:
     raise ValueError(f'config.model.output={output!r}; expected one of '

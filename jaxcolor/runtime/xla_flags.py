@@ -51,6 +51,20 @@ def cpu_features(path: str = CPUINFO) -> frozenset[str]:
 FASTER_THAN_EIGEN: dict[tuple[str, str], str] = {}
 
 
+def cpu_rule(rules: dict[tuple[str, str], str], dtype: str,
+             features: Optional[frozenset[str]] = None) -> Optional[str]:
+  """What `rules` ((compute dtype, CPU feature flag) -> choice) name for
+  `dtype` on a CPU with `features` (default `cpu_features()`); None where
+  no rule applies."""
+  if not rules:
+    return None
+  features = cpu_features() if features is None else features
+  for (rule_dtype, feature), chosen in rules.items():
+    if rule_dtype == dtype and feature in features:
+      return chosen
+  return None
+
+
 def resolve(choice: str, dtype: str = 'float32',
             features: Optional[frozenset[str]] = None,
             rules: Optional[dict[tuple[str, str], str]] = None) -> str:
@@ -65,12 +79,7 @@ def resolve(choice: str, dtype: str = 'float32',
   if choice != 'auto':
     return choice
   rules = FASTER_THAN_EIGEN if rules is None else rules
-  if rules:
-    features = cpu_features() if features is None else features
-    for (rule_dtype, feature), chosen in rules.items():
-      if rule_dtype == dtype and feature in features:
-        return chosen
-  return 'eigen'
+  return cpu_rule(rules, dtype, features) or 'eigen'
 
 
 def cpu_flags(convolutions: str) -> list[str]:

@@ -555,9 +555,10 @@ def _header(config: ml_collections.ConfigDict,
       'donate_state': config.donate_state,
       'reuse_generator_forward': config.model.get('reuse_generator_forward'),
       'use_feature_cache': config.data.use_feature_cache,
-      'conv_impl': (models_lib.resolve_conv_impl(
-          config.model.conv_impl, config.get('dtype', 'float32'))
-                    if 'conv_impl' in config.model else None),
+      'conv_impl': (
+          models_lib.resolve_conv_impl(config.model.conv_impl,
+                                       config.get('dtype', 'float32'))
+          if 'conv_impl' in config.model else None),
       # What 'auto' stood for on this CPU (main.py set its flags).
       'xla_cpu_convolutions': xla_flags.resolve(
           config.get('xla_cpu_convolutions', xla_flags.DEFAULT),

@@ -18,7 +18,10 @@ channels). Three dtype forms:
 
 For each, prints the best of `--repeats` timed calls, GFLOP/s (2*M*K*N),
 the library whose fusion holds the matmul (ynn, onednn or xla) and whether
-XLA converted the operands. Reads the process's XLA_FLAGS as JAX does.
+XLA converted the operands; then the CPU (lscpu's model name, its bfloat16
+flags) and how many times float32's rate bf16->f32 runs at, the ratio
+docs/benchmarks.md predicts conv_impl='mm' in bfloat16 from. Reads the
+process's XLA_FLAGS as JAX does.
 """
 
 import argparse
@@ -30,6 +33,8 @@ import time
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+import compare_peer  # this folder's: lscpu's model name and flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxcolor.runtime import files  # pylint: disable=wrong-import-position
@@ -86,10 +91,20 @@ def main(argv=None) -> int:
   for r in rows:
     print(f'{r["form"]:<11} {r["ms"]:>9.1f} {r["gflops"]:>8.1f}  '
           f'{r["library"]:<7}  {r["converted"]}')
+  cpu = compare_peer.cpu_name()
+  flags = ', '.join(cpu['flags']) or 'none of ' + ', '.join(
+      compare_peer.CPU_FLAGS)
+  print(f'CPU: {cpu["model_name"]}; flags: {flags}')
+  rate = {r['form']: r['gflops'] for r in rows}
+  ratio = (rate['bf16->f32'] / rate['float32']
+           if {'bf16->f32', 'float32'} <= rate.keys() else None)
+  if ratio is not None:
+    print(f'bf16->f32 / float32: {ratio:.2f}x')
   if a.json:
     try:
-      files.write_json(a.json, {'shape': [a.m, a.k, a.n], 'rows': rows},
-                       indent=1)
+      files.write_json(a.json, {'shape': [a.m, a.k, a.n], 'cpu': cpu,
+                                'rows': rows,
+                                'bf16_f32_over_float32': ratio}, indent=1)
     except OSError as e:
       print(f'cpu_matmul: cannot write {files.describe(e, a.json)}',
             file=sys.stderr)

@@ -171,6 +171,12 @@ def test_cpu_matmul_names_where_each_dtype_form_runs(tmp_path, capsys):
   assert rows['bf16->bf16']['converted']
   assert (rows['bf16->f32']['library'], rows['bf16->f32']['converted']) == (
       'ynn', False)
-  assert 'bf16->f32' in capsys.readouterr().out
+  report = json.loads(out.read_text())
+  assert report['bf16_f32_over_float32'] == pytest.approx(
+      rows['bf16->f32']['gflops'] / rows['float32']['gflops'])
+  assert report['cpu']['model_name']
+  printed = capsys.readouterr().out
+  assert 'bf16->f32' in printed and 'CPU: ' in printed
+  assert f'{report["bf16_f32_over_float32"]:.2f}x' in printed
   with pytest.raises(SystemExit):
     cpu_matmul.main(['--forms', 'int8'])

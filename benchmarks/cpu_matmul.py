@@ -1,4 +1,4 @@
-"""One matmul on XLA CPU in float32 and bfloat16: speed, and which library ran it.
+"""One matmul on XLA CPU in float32 and bfloat16: its speed and library.
 
   python benchmarks/cpu_matmul.py [--m 7200 --k 8192 --n 512] [--repeats 3]
   XLA_FLAGS='--xla_cpu_use_onednn=true

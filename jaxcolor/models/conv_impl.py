@@ -35,7 +35,11 @@ def matmul(a, b, contracting):
   A matmul of bfloat16 operands with a float32 result is the one bfloat16
   contraction XLA's CPU backend (jaxlib 0.10) keeps in bfloat16, for
   YNNPACK's bfloat16 kernel; it computes every other bfloat16 matmul and
-  convolution in float32 (docs/benchmarks.md).
+  convolution in float32 (docs/benchmarks.md). XLA's own dot kernel lacks
+  this form: one YNNPACK does not take (e.g. both operands contracted over
+  their leading axes with the larger one on the right) fails at run time
+  ("Unsupported element type for DotThunk"), so tests/test_conv_impl.py
+  and tests/test_resnet18.py pin each use to a YNNPACK fusion.
   """
   return lax.dot_general(a, b, (contracting, ((), ())),
                          preferred_element_type=jnp.float32)

@@ -87,8 +87,8 @@ def test_parity_with_torchvision(fixture, variables, impl):
 def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
   """conv_impl='mm' in bfloat16: no convolution is left in the branch's
   compiled program (XLA CPU would compute it in float32); every conv is a
-  bfloat16 x bfloat16 -> float32 matmul, and the features are torchvision's
-  to bfloat16 precision."""
+  bfloat16 x bfloat16 -> float32 matmul in a YNNPACK fusion, and the
+  features are torchvision's to bfloat16 precision."""
   fn = jax.jit(lambda v, x: resnet18.ResNet18(
       dtype=jnp.bfloat16, conv_impl='mm').apply(v, x))
   feats = fn(variables, fixture['input'])
@@ -103,6 +103,9 @@ def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
   dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
           for op in ops.values() if op.opcode == 'dot']
   assert dots == [('f32', 'bf16', 'bf16')] * 20  # conv1, 16 block convs, 3 1x1
+  assert sum(op_profile.kind(op, computations) == 'matmul'
+             and op_profile.library(op, 'cpu') == 'YNNPACK'
+             for op in ops.values()) == 20
 
 
 @pytest.mark.parametrize('input_size,fusion_size', golden.FUSION_CASES)

@@ -16,6 +16,7 @@ from configs import cic_baseline
 from configs import scgan_baseline
 from configs import tiny
 from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import op_profile
 from jaxcolor import families
 from jaxcolor import trainer
 from jaxcolor.modes import train
@@ -24,6 +25,23 @@ from jaxcolor.runtime import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES_DIR = os.path.join(ROOT, 'jaxcolor', 'data', 'samples')
+
+
+# -------------------------------------------------------- compiled programs
+def compiled_matmuls(hlo_text):
+  """What a compiled CPU program contracts with, op_profile's reading:
+  ((result, lhs, rhs) dtypes of each dot, how many matmul fusions XLA handed
+  to YNNPACK, how many convolutions are left)."""
+  computations, _ = op_profile.parse_hlo(hlo_text)
+  ops = {op.name: op for body in computations.values() for op in body}
+  dtype = lambda op: op.shape.split('[')[0]  # noqa: E731
+  dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
+          for op in ops.values() if op.opcode == 'dot']
+  ynn = sum(op_profile.kind(op, computations) == 'matmul'
+            and op_profile.library(op, 'cpu') == 'YNNPACK'
+            for op in ops.values())
+  convolutions = sum(op.opcode == 'convolution' for op in ops.values())
+  return dots, ynn, convolutions
 
 
 # ------------------------------------------------------------------ configs

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
+import helpers
 from jaxcolor.runtime import checkpoint
 from jaxcolor import families
 from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
-from jaxcolor.runtime import op_profile
 from jaxcolor.runtime import xla_flags
 
 KEY = jax.random.key(0, impl='rbg')
@@ -95,20 +95,6 @@ def test_conv_transpose_forms_match_flax(side):
               for impl in impls}, ref, x, w)
 
 
-def _dots(hlo_text):
-  """(result, lhs, rhs) dtypes of each dot in a compiled CPU program, and
-  how many matmul fusions XLA handed to YNNPACK (op_profile's reading)."""
-  computations, _ = op_profile.parse_hlo(hlo_text)
-  ops = {op.name: op for body in computations.values() for op in body}
-  dtype = lambda op: op.shape.split('[')[0]  # noqa: E731
-  dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
-          for op in ops.values() if op.opcode == 'dot']
-  ynn = sum(op_profile.kind(op, computations) == 'matmul'
-            and op_profile.library(op, 'cpu') == 'YNNPACK'
-            for op in ops.values())
-  return dots, ynn
-
-
 def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
   """conv_impl='mm' in bfloat16: each pass of a conv, a tap-form conv and
   a transposed conv is a bfloat16 x bfloat16 -> float32 matmul, the one
@@ -133,7 +119,8 @@ def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
   assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
   for a, b in zip(got, want):
     assert _rel(np.asarray(a, np.float32), b) < 2e-2
-  dots, ynn = _dots(bf16.lower(x16, w, w1).compile().as_text())
+  dots, ynn, _ = helpers.compiled_matmuls(
+      bf16.lower(x16, w, w1).compile().as_text())
   assert dots == [('f32', 'bf16', 'bf16')] * 9   # 3 layers x 3 passes
   assert ynn == 9
 

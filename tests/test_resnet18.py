@@ -14,11 +14,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs import tiny
+import helpers
 from jaxcolor import models
 from jaxcolor.models import conv_impl
 from jaxcolor.models import convert_resnet18
 from jaxcolor.models import resnet18
-from jaxcolor.runtime import op_profile
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 # rbg keys: XLA compiles threefry initialisers very slowly on CPU (~1 s each).
@@ -95,17 +95,11 @@ def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
   want = fixture['layer4']
   assert feats.dtype == jnp.float32
   assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
-  computations, _ = op_profile.parse_hlo(
+  dots, ynn, convolutions = helpers.compiled_matmuls(
       fn.lower(variables, fixture['input']).compile().as_text())
-  ops = {op.name: op for body in computations.values() for op in body}
-  dtype = lambda op: op.shape.split('[')[0]  # noqa: E731
-  assert not [op for op in ops.values() if op.opcode == 'convolution']
-  dots = [(dtype(op), *(dtype(ops[name]) for name in op.operands))
-          for op in ops.values() if op.opcode == 'dot']
+  assert convolutions == 0
   assert dots == [('f32', 'bf16', 'bf16')] * 20  # conv1, 16 block convs, 3 1x1
-  assert sum(op_profile.kind(op, computations) == 'matmul'
-             and op_profile.library(op, 'cpu') == 'YNNPACK'
-             for op in ops.values()) == 20
+  assert ynn == 20
 
 
 @pytest.mark.parametrize('input_size,fusion_size', golden.FUSION_CASES)

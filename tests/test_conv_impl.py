@@ -208,6 +208,11 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert resolve('auto', jnp.float32, amx, rules) == 'fast'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
   assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
+  # The shipped rule: 'mm' in bfloat16 where the CPU has AVX512-BF16.
+  zen4 = frozenset({'avx512f', 'avx512_bf16'})
+  assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
+  assert resolve('auto', jnp.float32, zen4) == 'fast'
+  assert resolve('auto', jnp.bfloat16, frozenset({'avx2', 'fma'})) == 'fast'
   flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has
   monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag), 'mm')
   mc = tiny.get_config().model

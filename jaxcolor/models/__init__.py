@@ -55,10 +55,13 @@ class Models:
 
 # (compute dtype, CPU feature flag) -> what conv_impl='auto' picks on a CPU
 # with that flag, where a measurement showed a form faster than 'fast'
-# there. None has yet: 'mm' in bfloat16 is the candidate for CPUs with
-# bfloat16 matrix units ('amx_bf16', 'avx512_bf16'; docs/benchmarks.md,
-# "What XLA CPU runs in bfloat16").
-FASTER_THAN_FAST: dict[tuple[str, str], str] = {}
+# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16"): 'mm'
+# in bfloat16 where the CPU has bfloat16 dot-product instructions, as its
+# matmuls are the one bfloat16 contraction XLA CPU runs in bfloat16.
+# Intel Xeons with AMX list 'avx512_bf16' too.
+FASTER_THAN_FAST: dict[tuple[str, str], str] = {
+    ('bfloat16', 'avx512_bf16'): 'mm',
+}
 
 
 def resolve_conv_impl(name: str, dtype: Any = 'float32',
@@ -76,7 +79,12 @@ def resolve_conv_impl(name: str, dtype: Any = 'float32',
     if jax.default_backend() != 'cpu':
       return 'xla'
     rules = FASTER_THAN_FAST if rules is None else rules
-    return xla_flags.cpu_rule(rules, jnp.dtype(dtype).name, features) or 'fast'
+    dtype = jnp.dtype(dtype).name
+    chosen = xla_flags.cpu_rule(rules, dtype, features)
+    if chosen:
+      logging.info("config.model.conv_impl='auto': %r for %s on this CPU "
+                   '(models.FASTER_THAN_FAST).', chosen, dtype)
+    return chosen or 'fast'
   if name not in conv_impl.IMPLS:
     raise ValueError(f'config.model.conv_impl={name!r}; expected auto or one '
                      f'of {conv_impl.IMPLS}')

@@ -11,6 +11,7 @@ import pytest
 from configs import tiny
 import helpers
 from jaxcolor.runtime import checkpoint
+from jaxcolor.runtime import op_profile
 from jaxcolor import families
 from jaxcolor import models
 from jaxcolor.models import conv_impl
@@ -123,6 +124,25 @@ def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
       bf16.lower(x16, w, w1).compile().as_text())
   assert dots == [('f32', 'bf16', 'bf16')] * 9   # 3 layers x 3 passes
   assert ynn == 9
+
+
+def test_mm_undifferentiated_moves_bfloat16_bits():
+  """Where nothing differentiates it (the frozen ResNet branch), 'mm' in
+  bfloat16 builds its patches on the bits: the same values as through
+  float32, with no float32 concatenate; its matmul stays on YNNPACK."""
+  x = _normal(0, (2, 8, 8, 16)).astype(jnp.bfloat16)
+  w = _normal(1, (3, 3, 16, 32)) / 16
+  pad = ((1, 1), (1, 1))
+  frozen = jax.jit(lambda x, w: conv_impl.conv_matmul(x, w, 2, pad))
+  through_f32 = jax.jit(
+      lambda x, w: conv_impl.conv_mm(x, w, 2, pad, conv_impl.matmul))
+  np.testing.assert_array_equal(frozen(x, w), through_f32(x, w))
+  hlo = frozen.lower(x, w).compile().as_text()
+  computations, _ = op_profile.parse_hlo(hlo)
+  concats = {op.shape.split('[')[0] for body in computations.values()
+             for op in body if op.opcode == 'concatenate'}
+  assert concats == {'u16'}
+  assert helpers.compiled_matmuls(hlo)[:2] == ([('f32', 'bf16', 'bf16')], 1)
 
 
 def test_fast_forms_for_the_model_shapes():

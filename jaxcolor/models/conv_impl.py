@@ -59,6 +59,17 @@ def patches(x, k, s, padding):
   return jnp.concatenate(cols, axis=-1)
 
 
+def on_bits(build, x, *args):
+  """`build(x, *args)`, an op that only moves elements, run on bfloat16's
+  bits where `x` is bfloat16: XLA's CPU backend computes every bfloat16 op
+  in float32 with converts around it, data movement included, and moves
+  integers as they are. Not for what is transposed or differentiated."""
+  if x.dtype != jnp.bfloat16:
+    return build(x, *args)
+  bits = build(lax.bitcast_convert_type(x, jnp.uint16), *args)
+  return lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
 def _tap_kernel(kernel):
   """(k,k,C_in,C_out) -> (C_in, k*k*C_out), columns ordered (t, u, c)."""
   return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(kernel.shape[2], -1)
@@ -277,13 +288,19 @@ def conv_matmul(x, kernel, s, padding):
   """A convolution as one matmul over patches in all three passes.
 
   x (B,H,W,C) in the compute dtype, kernel (k,k,C,O) float32 -> (B,Ho,Wo,O)
-  in x's dtype; products accumulate in float32 (`matmul`).
+  in x's dtype; products accumulate in float32 (`matmul`). Where nothing
+  differentiates it (a frozen branch), the patches are built on the
+  bfloat16 bits (`on_bits`); differentiated, in float32, as the weight
+  grad's matmul needs them transposed, which XLA makes slow on the bits.
   """
-  return conv_mm(x, kernel, s, padding, matmul)
+  k, o = kernel.shape[0], kernel.shape[-1]
+  p = on_bits(patches, x, k, s, padding)
+  return matmul(p, kernel.reshape(-1, o).astype(x.dtype),
+                ((3,), (0,))).astype(x.dtype)
 
 
 def _conv_matmul_fwd(x, kernel, s, padding):
-  return conv_matmul(x, kernel, s, padding), (x, kernel)
+  return conv_mm(x, kernel, s, padding, matmul), (x, kernel)
 
 
 def _conv_matmul_bwd(s, padding, res, g):

@@ -63,7 +63,9 @@ def on_bits(build, x, *args):
   """`build(x, *args)`, an op that only moves elements, run on bfloat16's
   bits where `x` is bfloat16: XLA's CPU backend computes every bfloat16 op
   in float32 with converts around it, data movement included, and moves
-  integers as they are. Not for what is transposed or differentiated."""
+  integers as they are. Not under jax.linear_transpose (a bitcast has no
+  transpose), nor for what a matmul reads transposed: XLA's transposing
+  copy of a bit view is slow."""
   if x.dtype != jnp.bfloat16:
     return build(x, *args)
   bits = build(lax.bitcast_convert_type(x, jnp.uint16), *args)

@@ -82,10 +82,12 @@ def conv_xla(x, kernel, s, padding):
                                   dimension_numbers=DN)
 
 
-def conv_mm(x, kernel, s, padding, dot=contract):
-  """Conv as one matmul over patches; `dot` is `contract` or `matmul`."""
+def conv_mm(x, kernel, s, padding, dot=contract, bits=False):
+  """Conv as one matmul over patches; `dot` is `contract` or `matmul`;
+  `bits` builds the patches with `on_bits` (not under linear_transpose)."""
   k = kernel.shape[0]
-  p = patches(x, k, s, padding)
+  p = on_bits(patches, x, k, s, padding) if bits else patches(
+      x, k, s, padding)
   w = kernel.reshape(-1, kernel.shape[-1]).astype(x.dtype)
   return dot(p, w, ((3,), (0,))).astype(x.dtype)
 
@@ -295,10 +297,7 @@ def conv_matmul(x, kernel, s, padding):
   bfloat16 bits (`on_bits`); differentiated, in float32, as the weight
   grad's matmul needs them transposed, which XLA makes slow on the bits.
   """
-  k, o = kernel.shape[0], kernel.shape[-1]
-  p = on_bits(patches, x, k, s, padding)
-  return matmul(p, kernel.reshape(-1, o).astype(x.dtype),
-                ((3,), (0,))).astype(x.dtype)
+  return conv_mm(x, kernel, s, padding, matmul, bits=True)
 
 
 def _conv_matmul_fwd(x, kernel, s, padding):

@@ -83,7 +83,8 @@ KERNELS = {
 def _cpu_kernel_variants() -> dict[str, list[str]]:
   """'eigen', 'onednn', 'ynnpack' (conv_impl 'fast'), 'phase_onednn',
   'xla_onednn', 'mm' (every convolution a matmul; its bfloat16 matmuls run
-  on YNNPACK's bfloat16 kernels), each also in bfloat16 ('..._bf16'), and
+  on YNNPACK's bfloat16 kernels), 'dnnl' (oneDNN's convolutions as custom
+  calls), each also in bfloat16 ('..._bf16'), and
   'mm_onednn' (float32 matmuls on oneDNN)."""
   variants = {}
   for dtype, suffix in (('float32', ''), ('bfloat16', '_bf16')):
@@ -96,6 +97,8 @@ def _cpu_kernel_variants() -> dict[str, list[str]]:
           f'--config.dtype={dtype}']
     variants['mm' + suffix] = ['--config.model.conv_impl=mm', KERNELS['eigen'],
                                f'--config.dtype={dtype}']
+    variants['dnnl' + suffix] = ['--config.model.conv_impl=dnnl',
+                                 f'--config.dtype={dtype}']
   # oneDNN takes float32 matmuls only: bfloat16 ones with a float32 result
   # stay on YNNPACK, so 'mm_onednn_bf16' would run as 'mm_bf16'.
   variants['mm_onednn'] = ['--config.model.conv_impl=mm', KERNELS['onednn'],

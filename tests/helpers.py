@@ -5,6 +5,7 @@ Test modules import these; no test module imports another.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,13 @@ def compiled_matmuls(hlo_text):
             for op in ops.values())
   convolutions = sum(op.opcode == 'convolution' for op in ops.values())
   return dots, ynn, convolutions
+
+
+def dnnl_calls(hlo_text):
+  """(result dtype, pass) of each oneDNN convolution custom call
+  (jaxcolor/kernels) in a compiled program, in program order."""
+  return re.findall(r'= (\w+)\[[^=]*custom-call\([^)]*\), '
+                    r'custom_call_target="jaxcolor_dnnl_conv_(\w+)"', hlo_text)
 
 
 # ------------------------------------------------------------------ configs

@@ -14,6 +14,7 @@ from jaxcolor.runtime import checkpoint
 from jaxcolor.runtime import op_profile
 from jaxcolor import families
 from jaxcolor import models
+from jaxcolor.kernels import dnnl_conv
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 from jaxcolor.runtime import xla_flags
@@ -75,7 +76,7 @@ def test_conv_forms_match_flax(shape):
   x, w = _normal(0, (2, h, h, cin)), _normal(1, (k, k, cin, cout))
   ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
       {'params': {'kernel': w}}, x)
-  impls = _rotations(FORMS) + ['fast', 'mm']
+  impls = _rotations(FORMS) + ['fast', 'mm', 'dnnl']
   if s == 1:  # the tap form is for stride 1
     impls += _rotations(('tap', 'xla', 'mm'))
   _check_all({str(impl): functools.partial(conv_impl.conv, stride=s,
@@ -90,7 +91,7 @@ def test_conv_transpose_forms_match_flax(side):
   ref = lambda x, w: nn.ConvTranspose(5, (4, 4), (2, 2), pad,
                                       use_bias=False).apply(
                                           {'params': {'kernel': w}}, x)
-  impls = _rotations(TFORMS) + ['fast', 'mm']
+  impls = _rotations(TFORMS) + ['fast', 'mm', 'dnnl']
   _check_all({str(impl): functools.partial(conv_impl.conv_transpose,
                                            stride=2, padding=pad, impl=impl)
               for impl in impls}, ref, x, w)
@@ -197,7 +198,7 @@ def _gan_outputs(impl):
 
 def test_whole_models_equal_across_impls():
   ref = _gan_outputs('xla')
-  for impl in ('fast',):
+  for impl in ('fast', 'dnnl'):
     got = _gan_outputs(impl)
     # Same parameter names, shapes and initial values.
     for a, b in zip(got[:2], ref[:2]):
@@ -212,15 +213,16 @@ def test_auto_is_fast_on_cpu_and_names_are_checked():
   assert models.resolve_conv_impl('auto') == 'fast'   # tests run on CPU
   assert models.resolve_conv_impl('phase') == 'phase'
   assert models.resolve_conv_impl('mm') == 'mm'
+  assert models.resolve_conv_impl('dnnl') == 'dnnl'  # built by the README
   with pytest.raises(ValueError, match='conv_impl'):
     models.resolve_conv_impl('cudnn')
 
 
 def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
-  """'auto' takes the form a (dtype, CPU flag) rule names, on CPUs with the
-  flag and in that dtype only; build_models resolves it per compute dtype
-  on this CPU's real flags."""
-  rules = {('bfloat16', 'amx_bf16'): 'mm'}
+  """'auto' takes the first runnable form a (dtype, CPU flag) rule names,
+  on CPUs with the flag and in that dtype only; build_models resolves it
+  per compute dtype on this CPU's real flags."""
+  rules = {('bfloat16', 'amx_bf16'): ('mm',)}
   amx = frozenset({'avx512f', 'amx_bf16'})
   resolve = models.resolve_conv_impl
   assert resolve('auto', jnp.bfloat16, amx, rules) == 'mm'
@@ -228,19 +230,29 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert resolve('auto', jnp.float32, amx, rules) == 'fast'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
   assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
-  # The shipped rule: 'mm' in bfloat16 where the CPU has AVX512-BF16.
+  # The shipped rule: oneDNN's convolutions in bfloat16 where the CPU has
+  # AVX512-BF16, 'mm' where the oneDNN kernel is not built.
   zen4 = frozenset({'avx512f', 'avx512_bf16'})
-  assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
+  assert resolve('auto', jnp.bfloat16, zen4) == 'dnnl'
   assert resolve('auto', jnp.float32, zen4) == 'fast'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2', 'fma'})) == 'fast'
   flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has
-  monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag), 'mm')
+  monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag),
+                      ('dnnl', 'mm'))
   mc = tiny.get_config().model
   mc.conv_impl = 'auto'
   bf16 = models.build_models(mc, jnp.bfloat16)
   assert (bf16.generator.conv_impl, bf16.critic.conv_impl,
-          bf16.resnet.conv_impl) == ('mm',) * 3
+          bf16.resnet.conv_impl) == ('dnnl',) * 3
   assert models.build_models(mc).generator.conv_impl == 'fast'
+  # Without the kernel: the rule's next form, and a one-line error for an
+  # explicit 'dnnl'.
+  monkeypatch.setattr(dnnl_conv, 'load', lambda: 'the oneDNN kernel is not '
+                      'built: python -m jaxcolor.kernels.build')
+  assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
+  with pytest.raises(ValueError, match="conv_impl='dnnl': the oneDNN kernel "
+                     'is not built'):
+    resolve('dnnl', jnp.bfloat16)
 
 
 def test_a_checkpoint_resumes_under_another_conv_impl():

@@ -13,15 +13,17 @@ PACKAGE = os.path.join(ROOT, 'jaxcolor')
 # Each group of modules and the groups it may import (itself included).
 _BELOW = {
     'runtime': {'runtime'},
+    'kernels': {'kernels', 'runtime'},  # native kernels (XLA custom calls)
     'data': {'data', 'runtime'},
     'color': {'color', 'data', 'runtime'},
-    'models': {'models', 'color', 'runtime'},
+    'models': {'models', 'kernels', 'color', 'runtime'},
     'core': {'core', 'data', 'runtime'},  # losses, metrics, summaries
-    'families': {'families', 'models', 'color', 'core', 'data', 'runtime'},
-    'shared': {'shared', 'families', 'models', 'color', 'core', 'data',
-               'runtime'},  # inference, trainer, records
-    'modes': {'shared', 'families', 'models', 'color', 'core', 'data',
-              'runtime'},
+    'families': {'families', 'models', 'kernels', 'color', 'core', 'data',
+                 'runtime'},
+    'shared': {'shared', 'families', 'models', 'kernels', 'color', 'core',
+               'data', 'runtime'},  # inference, trainer, records
+    'modes': {'shared', 'families', 'models', 'kernels', 'color', 'core',
+              'data', 'runtime'},
 }
 
 

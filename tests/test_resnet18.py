@@ -69,7 +69,7 @@ def test_converted_tree_matches_module(variables):
       lambda a: a.shape, want)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'fast', 'mm'])
+@pytest.mark.parametrize('impl', ['xla', 'fast', 'mm', 'dnnl'])
 def test_parity_with_torchvision(fixture, variables, impl):
   """Every conv_impl computes torchvision's resnet18 with its weights."""
   print('\nfixture made with', ', '.join(fixture['versions']))
@@ -100,6 +100,22 @@ def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
   assert convolutions == 0
   assert dots == [('f32', 'bf16', 'bf16')] * 20  # conv1, 16 block convs, 3 1x1
   assert ynn == 20
+
+
+def test_dnnl_branch_in_bfloat16_is_onednn_convolutions(fixture, variables):
+  """conv_impl='dnnl' in bfloat16: every conv of the branch is one oneDNN
+  custom call in bfloat16, none is left to XLA, and the features are
+  torchvision's to bfloat16 precision (max pool included)."""
+  fn = jax.jit(lambda v, x: resnet18.ResNet18(
+      dtype=jnp.bfloat16, conv_impl='dnnl').apply(v, x))
+  feats = fn(variables, fixture['input'])
+  want = fixture['layer4']
+  assert feats.dtype == jnp.float32
+  assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
+  hlo = fn.lower(variables, fixture['input']).compile().as_text()
+  # conv1, 16 block convs, 3 1x1
+  assert helpers.dnnl_calls(hlo) == [('bf16', 'fwd')] * 20
+  assert helpers.compiled_matmuls(hlo)[2] == 0  # no convolution left
 
 
 @pytest.mark.parametrize('input_size,fusion_size', golden.FUSION_CASES)

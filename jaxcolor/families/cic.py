@@ -105,13 +105,13 @@ def train_step(state: CICState, batch: dict, *, net: cic.CICNet,
         micro_step, (zeros, state.batch_stats), micro, unroll=unroll)
     grads = jax.tree.map(lambda g: g / k, grads)
     loss = jnp.mean(micro_losses)
-  grads = jax.lax.pmean(grads, AXIS)
+  grads = parallel.pmean(grads)
   tx = make_optimizer(config)
   param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, param_updates)
-  metrics = jax.lax.pmean({
+  metrics = parallel.pmean({
       'loss': loss, 'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params)}, AXIS)
+      'param_norm': optax.global_norm(params)})
   # BatchNorm averaged its batch statistics over AXIS: all devices agree.
   return state.replace(step=state.step + 1, params=params,
                        batch_stats=batch_stats,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxcolor.kernels import dnnl_conv
 from jaxcolor.models import conv_impl
 from jaxcolor.models import generator as generator_lib
 from jaxcolor.models import patchgan
@@ -55,39 +56,58 @@ class Models:
 
 # (compute dtype, CPU feature flag) -> what conv_impl='auto' picks on a CPU
 # with that flag, where a measurement showed a form faster than 'fast'
-# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16"): 'mm'
-# in bfloat16 where the CPU has bfloat16 dot-product instructions, as its
-# matmuls are the one bfloat16 contraction XLA CPU runs in bfloat16.
-# Intel Xeons with AMX list 'avx512_bf16' too.
-FASTER_THAN_FAST: dict[tuple[str, str], str] = {
-    ('bfloat16', 'avx512_bf16'): 'mm',
+# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16"): in
+# bfloat16 where the CPU has bfloat16 dot-product instructions, oneDNN's
+# convolutions ('dnnl', jaxcolor/kernels), else 'mm', whose matmuls are the
+# one bfloat16 contraction XLA CPU runs in bfloat16. The first of a rule's
+# forms that this installation can run is taken ('dnnl' needs its kernel
+# built). Intel Xeons with AMX list 'avx512_bf16' too.
+FASTER_THAN_FAST: dict[tuple[str, str], tuple[str, ...]] = {
+    ('bfloat16', 'avx512_bf16'): ('dnnl', 'mm'),
 }
+
+
+def _why_not(impl: str) -> str:
+  """'' where this process can run `impl`, else why not."""
+  if impl != 'dnnl':
+    return ''
+  if jax.default_backend() != 'cpu':
+    return 'oneDNN runs on CPUs only'
+  return dnnl_conv.load()
 
 
 def resolve_conv_impl(name: str, dtype: Any = 'float32',
                       features: Optional[frozenset[str]] = None,
-                      rules: Optional[dict[tuple[str, str], str]] = None
-                      ) -> str:
+                      rules: Optional[dict[tuple[str, str], tuple[str, ...]]]
+                      = None) -> str:
   """config.model.conv_impl -> an implementation of `conv_impl.IMPLS`.
 
   'auto' is XLA's own convolutions on GPUs and TPUs. On CPUs it is the
-  form `rules` (default `FASTER_THAN_FAST`) name for the compute `dtype`
-  and one of the CPU's `features` (default: this CPU's flags), and 'fast',
-  whose forms were chosen from XLA CPU timings, where none does.
+  first runnable form `rules` (default `FASTER_THAN_FAST`) name for the
+  compute `dtype` and one of the CPU's `features` (default: this CPU's
+  flags), and 'fast', whose forms were chosen from XLA CPU timings, where
+  none does.
   """
   if name == 'auto':
     if jax.default_backend() != 'cpu':
       return 'xla'
     rules = FASTER_THAN_FAST if rules is None else rules
     dtype = jnp.dtype(dtype).name
-    chosen = xla_flags.cpu_rule(rules, dtype, features)
-    if chosen:
-      logging.info("config.model.conv_impl='auto': %r for %s on this CPU "
-                   '(models.FASTER_THAN_FAST).', chosen, dtype)
-    return chosen or 'fast'
+    for chosen in xla_flags.cpu_rule(rules, dtype, features) or ():
+      why = _why_not(chosen)
+      if not why:
+        logging.info("config.model.conv_impl='auto': %r for %s on this CPU "
+                     '(models.FASTER_THAN_FAST).', chosen, dtype)
+        return chosen
+      logging.info("config.model.conv_impl='auto': not %r for %s (%s).",
+                   chosen, dtype, why)
+    return 'fast'
   if name not in conv_impl.IMPLS:
     raise ValueError(f'config.model.conv_impl={name!r}; expected auto or one '
                      f'of {conv_impl.IMPLS}')
+  why = _why_not(name)
+  if why:
+    raise ValueError(f'config.model.conv_impl={name!r}: {why}')
   return name
 
 

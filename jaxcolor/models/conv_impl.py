@@ -8,6 +8,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxcolor.kernels import dnnl_conv
 from jaxcolor.models import conv_transpose as conv_transpose_lib
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -372,8 +373,9 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 
 # 'mm': every convolution and transposed convolution a matmul in all passes
 # (conv_matmul, conv_tap_matmul, conv_transpose_matmul): in bfloat16, meant
-# for CPUs with bfloat16 matrix units.
-IMPLS = ('fast', 'phase', 'xla', 'mm')
+# for CPUs with bfloat16 matrix units. 'dnnl': oneDNN's convolutions, as
+# XLA custom calls (jaxcolor/kernels), on CPUs.
+IMPLS = ('fast', 'phase', 'xla', 'mm', 'dnnl')
 
 
 def conv_forms(x_shape, kernel_shape, stride, padding):
@@ -414,6 +416,8 @@ def conv_transpose_forms(x_shape):
 def conv(x, kernel, stride, padding, impl='fast'):
   """NHWC x HWIO convolution, square stride, explicit ((lo, hi), (lo, hi))."""
   padding = tuple(tuple(p) for p in padding)
+  if impl == 'dnnl':
+    return dnnl_conv.conv(x, kernel, stride, padding)
   if impl in ('xla', 'phase'):
     return conv_xla(x, kernel, stride, padding)
   if impl == 'mm':
@@ -432,6 +436,8 @@ def conv(x, kernel, stride, padding, impl='fast'):
 def conv_transpose(x, kernel, stride, padding, impl='fast'):
   """Equals lax.conv_transpose(x, kernel, (s, s), padding) in NHWC/HWIO."""
   padding = tuple(tuple(p) for p in padding)
+  if impl == 'dnnl':
+    return dnnl_conv.conv_transpose(x, kernel, stride, padding)
   if impl == 'mm':
     return conv_transpose_matmul(x, kernel, stride, padding)
   if impl == 'fast':

@@ -47,7 +47,8 @@ KINDS = ('convolution', 'matmul', 'elementwise', 'copy/transpose',
 _CONTROL = {'while', 'conditional', 'call', 'async-start', 'async-done'}
 _COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
                 'collective-permute')
-_LIBRARIES = (('ynn', 'YNNPACK'), ('onednn', 'oneDNN'), ('cudnn', 'cuDNN'),
+_LIBRARIES = (('ynn', 'YNNPACK'), ('onednn', 'oneDNN'),
+              ('jaxcolor_dnnl', 'oneDNN'), ('cudnn', 'cuDNN'),
               ('cublas', 'cuBLAS'), ('triton', 'Triton'))
 # Name-stack entries that are JAX's, not Flax modules' (after unwrapping
 # `transpose(jvp(...))`).

@@ -57,6 +57,14 @@ def _add_device_axis(mesh: Mesh, tree: Any) -> Any:
                        mesh=mesh, in_specs=P(), out_specs=P(AXIS))(tree)
 
 
+def pmean(tree: Any) -> Any:
+  """`lax.pmean(tree, AXIS)` inside a step; on one device the tree itself:
+  XLA's CPU backend would still copy every leaf through the all-reduce."""
+  if jax.lax.axis_size(AXIS) == 1:
+    return tree
+  return jax.lax.pmean(tree, AXIS)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _drop_device_axis(mesh: Mesh, tree: Any) -> Any:
   # The pmap step keeps its copies equal (its updates are `pmean`-ed), so

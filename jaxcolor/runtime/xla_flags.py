@@ -17,7 +17,7 @@ XLA_FLAGS wins.
 """
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from absl import logging
 
@@ -51,8 +51,8 @@ def cpu_features(path: str = CPUINFO) -> frozenset[str]:
 FASTER_THAN_EIGEN: dict[tuple[str, str], str] = {}
 
 
-def cpu_rule(rules: dict[tuple[str, str], str], dtype: str,
-             features: Optional[frozenset[str]] = None) -> Optional[str]:
+def cpu_rule(rules: dict[tuple[str, str], Any], dtype: str,
+             features: Optional[frozenset[str]] = None) -> Any:
   """What `rules` ((compute dtype, CPU feature flag) -> choice) name for
   `dtype` on a CPU with `features` (default `cpu_features()`); None where
   no rule applies."""

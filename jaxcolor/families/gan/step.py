@@ -299,7 +299,7 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
 def _update(tx, grads, params, opt_state):
   """Gradients averaged over the devices, then one optimiser update:
   (averaged grads, new params, new optimiser state)."""
-  grads = jax.lax.pmean(grads, AXIS)
+  grads = parallel.pmean(grads)
   updates, opt_state = tx.update(grads, opt_state, params)
   return grads, optax.apply_updates(params, updates), opt_state
 
@@ -350,7 +350,7 @@ def _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state, g_grads,
       'g_lr': optim.lr_at(g_lr, state.step),
       'd_lr': optim.lr_at(d_lr, state.step),
   }
-  metrics = jax.lax.pmean(metrics, AXIS)
+  metrics = parallel.pmean(metrics)
   new_state = state.replace(
       step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
       d_params=d_params, d_opt_state=d_opt_state,

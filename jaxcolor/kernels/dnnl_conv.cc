@@ -1,0 +1,447 @@
+// oneDNN convolutions as XLA FFI custom calls for jaxcolor's CPU steps
+// (config.model.conv_impl='dnnl'; jaxcolor/kernels/dnnl_conv.py).
+//
+// Three handlers, one per pass of a 2-D convolution with a square stride:
+//   jaxcolor_dnnl_conv_fwd          y  = conv(x, w)
+//   jaxcolor_dnnl_conv_bwd_data     dx = conv's input grad from dy and w
+//   jaxcolor_dnnl_conv_bwd_weights  dw = conv's weight grad from x and dy
+// Activations are NHWC (x: B,H,W,C; y: B,Ho,Wo,O), weights HWIO (k,k,C,O),
+// or with the attribute flip=1 the kernel (k,k,O,C) of the
+// lax.conv_transpose that is this convolution's input grad: its taps
+// reversed, its two channel axes swapped. Inputs are float32 or bfloat16
+// (both of one call alike); results float32 or bfloat16, as the caller's
+// result buffer says (weight grads float32). oneDNN accumulates in float32
+// either way. Other attributes: stride and the four paddings (pad_top,
+// pad_bottom, pad_left, pad_right).
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+bool DnnlType(ffi::DataType type, memory::data_type* out) {
+  switch (type) {
+    case ffi::DataType::F32:
+      *out = memory::data_type::f32;
+      return true;
+    case ffi::DataType::BF16:
+      *out = memory::data_type::bf16;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// NHWC (B,H,W,C) dims -> oneDNN's logical (B,C,H,W).
+memory::dims Nchw(ffi::AnyBuffer::Dimensions d) {
+  return {d[0], d[3], d[1], d[2]};
+}
+
+// A kernel buffer (k,k,A,B) as the convolution's weights: oneDNN's logical
+// dims (O,C,k,k) and the buffer's strides. HWIO: O=B, C=A. flip: O=A, C=B,
+// and the strides are those of the buffer with its k*k taps reversed
+// (`ReverseTaps`), as oneDNN takes no negative strides.
+struct Kernel {
+  memory::dims dims, strides;
+  bool flip;
+  int64_t taps;
+};
+
+Kernel KernelOf(ffi::AnyBuffer::Dimensions d, bool flip) {
+  int64_t k = d[0], a = d[2], b = d[3];
+  if (flip) return {{a, b, k, k}, {b, 1, k * a * b, a * b}, true, k * k};
+  return {{b, a, k, k}, {1, b, k * a * b, a * b}, false, k * k};
+}
+
+// dst's tap t = src's tap (taps - 1 - t): (a, b) -> (k-1-a, k-1-b).
+void ReverseTaps(const void* src, void* dst, int64_t taps, size_t tap_bytes) {
+  for (int64_t t = 0; t < taps; ++t) {
+    std::memcpy(static_cast<char*>(dst) + t * tap_bytes,
+                static_cast<const char*>(src) + (taps - 1 - t) * tap_bytes,
+                tap_bytes);
+  }
+}
+
+struct Geometry {
+  memory::dims strides, pad_l, pad_r;
+};
+
+Geometry MakeGeometry(int64_t stride, int64_t pad_top, int64_t pad_bottom,
+                      int64_t pad_left, int64_t pad_right) {
+  return {{stride, stride}, {pad_top, pad_left}, {pad_bottom, pad_right}};
+}
+
+ffi::Error CheckRanks(std::initializer_list<ffi::AnyBuffer::Dimensions> all) {
+  for (auto d : all) {
+    if (d.size() != 4) {
+      return ffi::Error::InvalidArgument("dnnl conv: every operand is rank 4");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Types(ffi::DataType a, ffi::DataType b, ffi::DataType out,
+                 memory::data_type* in_type, memory::data_type* out_type) {
+  memory::data_type b_type;
+  if (!DnnlType(a, in_type) || !DnnlType(b, &b_type) || *in_type != b_type ||
+      !DnnlType(out, out_type)) {
+    return ffi::Error::InvalidArgument(
+        "dnnl conv: operands float32 or bfloat16, both alike; result float32 "
+        "or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(
+    const memory::desc& x, const memory::desc& w, const memory::desc& y,
+    const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training,
+      dnnl::algorithm::convolution_direct, x, w, y, g.strides, g.pad_l,
+      g.pad_r);
+}
+
+// Runs `body` and turns oneDNN's exceptions into an FFI error.
+template <typename F>
+ffi::Error Guarded(F body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("dnnl conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// Runs part(i) for i in [0, parts) on the calling thread and XLA's own
+// intra-op threads, each part with oneDNN single-threaded: XLA runs
+// independent ops side by side on those threads, and a oneDNN call with
+// its own team of OpenMP threads as large as the machine would
+// oversubscribe the cores (a descheduled team member stalls the team).
+// The caller takes parts too, so the call finishes even if no pool thread
+// ever comes; a pool task that starts after the last part returns at once.
+ffi::Error ForEachPart(ffi::ThreadPool& pool, int64_t parts,
+                       const std::function<void(int64_t)>& part) {
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    int64_t parts = 0, left = 0;
+    const std::function<void(int64_t)>* part = nullptr;
+    std::mutex mu;
+    std::condition_variable all_done;
+    std::string error;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->parts = shared->left = parts;
+  shared->part = &part;
+  auto work = [](const std::shared_ptr<Shared>& sh) {
+    omp_set_num_threads(1);
+    for (int64_t i = sh->next++; i < sh->parts; i = sh->next++) {
+      std::string error;
+      try {
+        (*sh->part)(i);
+      } catch (const dnnl::error& e) {
+        error = std::string("oneDNN: ") + e.what();
+      } catch (const std::exception& e) {
+        error = std::string("dnnl conv: ") + e.what();
+      }
+      std::lock_guard<std::mutex> lock(sh->mu);
+      if (!error.empty() && sh->error.empty()) sh->error = error;
+      if (--sh->left == 0) sh->all_done.notify_all();
+    }
+  };
+  int64_t helpers = std::min<int64_t>(parts, pool.num_threads()) - 1;
+  for (int64_t i = 0; i < helpers; ++i) {
+    pool.Schedule([shared, work] { work(shared); });
+  }
+  work(shared);
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->all_done.wait(lock, [&] { return shared->left == 0; });
+  if (!shared->error.empty()) return ffi::Error::Internal(shared->error);
+  return ffi::Error::Success();
+}
+
+// How a batch of `batch` splits: `parts` slices of `per` images (the last
+// may have fewer), one per thread of XLA's pool.
+struct Split {
+  int64_t parts, per;
+  int64_t lo(int64_t i) const { return i * per; }
+  int64_t size(int64_t i, int64_t batch) const {
+    return std::min(per, batch - i * per);
+  }
+};
+
+Split SplitBatch(int64_t batch, ffi::ThreadPool& pool) {
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t per = (batch + threads - 1) / threads;
+  return {(batch + per - 1) / per, per};
+}
+
+memory::dims WithBatch(memory::dims d, int64_t batch) {
+  d[0] = batch;
+  return d;
+}
+
+size_t Bytes(memory::data_type t) {
+  return t == memory::data_type::f32 ? 4 : 2;
+}
+
+// Bytes per image of an NHWC buffer with logical dims d (B,C,H,W).
+size_t ImageBytes(const memory::dims& d, memory::data_type t) {
+  return static_cast<size_t>(d[1] * d[2] * d[3]) * Bytes(t);
+}
+
+char* At(void* base, int64_t image, size_t image_bytes) {
+  return static_cast<char*>(base) + image * image_bytes;
+}
+
+// The kernel buffer `w` as memory of `kernel`'s layout: the buffer itself,
+// or (flip) a tap-reversed copy kept in `copy`.
+memory UserWeights(const Kernel& kernel, memory::data_type type, void* w,
+                   std::vector<char>* copy) {
+  memory::desc desc(kernel.dims, type, kernel.strides);
+  if (!kernel.flip) return memory(desc, Engine(), w);
+  copy->resize(desc.get_size());
+  ReverseTaps(w, copy->data(), kernel.taps, copy->size() / kernel.taps);
+  return memory(desc, Engine(), copy->data());
+}
+
+// `user` reordered into `wanted` (oneDNN's packed layout) if it differs.
+memory WeightsFor(const memory::desc& wanted, memory user) {
+  if (wanted == user.get_desc()) return user;
+  memory packed(wanted, Engine());
+  dnnl::stream stream(Engine());
+  dnnl::reorder(user, packed).execute(stream, user, packed);
+  stream.wait();
+  return packed;
+}
+
+ffi::Error Prepare(ffi::AnyBuffer a, ffi::AnyBuffer b,
+                   ffi::Result<ffi::AnyBuffer>& out,
+                   memory::data_type* in_type, memory::data_type* out_type) {
+  if (auto e = CheckRanks({a.dimensions(), b.dimensions(), out->dimensions()});
+      e.failure()) {
+    return e;
+  }
+  return Types(a.element_type(), b.element_type(), out->element_type(),
+               in_type, out_type);
+}
+
+// Forward and input grad: y = conv(x, w) or dx from dy, batch-split. `pd_for`
+// gives the primitive for a slice of n images; `run` executes one slice.
+template <typename PdFor, typename Run>
+ffi::Error WithPackedWeights(ffi::ThreadPool& pool, int64_t batch,
+                             const Kernel& kernel, memory::data_type type,
+                             void* w, PdFor pd_for, Run run) {
+  Split split = SplitBatch(batch, pool);
+  std::vector<char> copy;
+  memory user, packed;
+  if (auto e = Guarded([&] {
+        omp_set_num_threads(1);
+        user = UserWeights(kernel, type, w, &copy);
+        packed = WeightsFor(pd_for(split.per).weights_desc(), user);
+      });
+      e.failure()) {
+    return e;
+  }
+  return ForEachPart(pool, split.parts, [&](int64_t i) {
+    auto pd = pd_for(split.size(i, batch));
+    memory weights = pd.weights_desc() == packed.get_desc()
+                         ? packed
+                         : WeightsFor(pd.weights_desc(), user);
+    run(pd, weights, split.lo(i));
+  });
+}
+
+ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                       ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                       int64_t stride, int64_t pad_top, int64_t pad_bottom,
+                       int64_t pad_left, int64_t pad_right, int64_t flip) {
+  memory::data_type in_type, out_type;
+  if (auto e = Prepare(x, w, y, &in_type, &out_type); e.failure()) return e;
+  using tag = memory::format_tag;
+  Geometry g = MakeGeometry(stride, pad_top, pad_bottom, pad_left, pad_right);
+  memory::dims x_dims = Nchw(x.dimensions()), y_dims = Nchw(y->dimensions());
+  Kernel kernel = KernelOf(w.dimensions(), flip != 0);
+  memory::desc w_any(kernel.dims, in_type, tag::any);
+  auto pd_for = [&](int64_t n) {
+    return ForwardDesc(memory::desc(WithBatch(x_dims, n), in_type, tag::nhwc),
+                       w_any,
+                       memory::desc(WithBatch(y_dims, n), out_type, tag::nhwc),
+                       g);
+  };
+  size_t x_image = ImageBytes(x_dims, in_type);
+  size_t y_image = ImageBytes(y_dims, out_type);
+  return WithPackedWeights(
+      pool, x_dims[0], kernel, in_type, w.untyped_data(), pd_for,
+      [&](const dnnl::convolution_forward::primitive_desc& pd,
+          memory& weights, int64_t lo) {
+        memory x_mem(pd.src_desc(), Engine(),
+                     At(x.untyped_data(), lo, x_image));
+        memory y_mem(pd.dst_desc(), Engine(),
+                     At(y->untyped_data(), lo, y_image));
+        dnnl::stream stream(Engine());
+        dnnl::convolution_forward(pd).execute(
+            stream, {{DNNL_ARG_SRC, x_mem},
+                     {DNNL_ARG_WEIGHTS, weights},
+                     {DNNL_ARG_DST, y_mem}});
+        stream.wait();
+      });
+}
+
+ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy,
+                           ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                           int64_t stride, int64_t pad_top, int64_t pad_bottom,
+                           int64_t pad_left, int64_t pad_right, int64_t flip) {
+  memory::data_type in_type, out_type;
+  if (auto e = Prepare(dy, w, dx, &in_type, &out_type); e.failure()) return e;
+  using tag = memory::format_tag;
+  Geometry g = MakeGeometry(stride, pad_top, pad_bottom, pad_left, pad_right);
+  memory::dims dy_dims = Nchw(dy.dimensions());
+  memory::dims dx_dims = Nchw(dx->dimensions());
+  Kernel kernel = KernelOf(w.dimensions(), flip != 0);
+  memory::desc w_any(kernel.dims, in_type, tag::any);
+  auto pd_for = [&](int64_t n) {
+    memory::desc dy_md(WithBatch(dy_dims, n), in_type, tag::nhwc);
+    memory::desc x_hint(WithBatch(dx_dims, n), in_type, tag::nhwc);
+    auto hint = ForwardDesc(x_hint, w_any, dy_md, g);
+    return dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct,
+        memory::desc(WithBatch(dx_dims, n), out_type, tag::nhwc), w_any,
+        dy_md, g.strides, g.pad_l, g.pad_r, hint);
+  };
+  size_t dy_image = ImageBytes(dy_dims, in_type);
+  size_t dx_image = ImageBytes(dx_dims, out_type);
+  return WithPackedWeights(
+      pool, dy_dims[0], kernel, in_type, w.untyped_data(), pd_for,
+      [&](const dnnl::convolution_backward_data::primitive_desc& pd,
+          memory& weights, int64_t lo) {
+        memory dy_mem(pd.diff_dst_desc(), Engine(),
+                      At(dy.untyped_data(), lo, dy_image));
+        memory dx_mem(pd.diff_src_desc(), Engine(),
+                      At(dx->untyped_data(), lo, dx_image));
+        dnnl::stream stream(Engine());
+        dnnl::convolution_backward_data(pd).execute(
+            stream, {{DNNL_ARG_DIFF_DST, dy_mem},
+                     {DNNL_ARG_WEIGHTS, weights},
+                     {DNNL_ARG_DIFF_SRC, dx_mem}});
+        stream.wait();
+      });
+}
+
+ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                              ffi::AnyBuffer dy,
+                              ffi::Result<ffi::AnyBuffer> dw, int64_t stride,
+                              int64_t pad_top, int64_t pad_bottom,
+                              int64_t pad_left, int64_t pad_right,
+                              int64_t flip) {
+  memory::data_type in_type, out_type;
+  if (auto e = Prepare(x, dy, dw, &in_type, &out_type); e.failure()) return e;
+  if (out_type != memory::data_type::f32) {
+    return ffi::Error::InvalidArgument("dnnl conv: weight grads are float32");
+  }
+  using tag = memory::format_tag;
+  Geometry g = MakeGeometry(stride, pad_top, pad_bottom, pad_left, pad_right);
+  memory::dims x_dims = Nchw(x.dimensions()), dy_dims = Nchw(dy.dimensions());
+  Kernel kernel = KernelOf(dw->dimensions(), flip != 0);
+  memory::desc dw_user(kernel.dims, out_type, kernel.strides);
+  int64_t batch = x_dims[0];
+  Split split = SplitBatch(batch, pool);
+  size_t count = dw->element_count();
+  // Slice i's grad goes to sums[i]; the result is their sum, written to dw
+  // (taps reversed back for flip). Slice 0 writes into dw where it can.
+  std::vector<std::vector<float>> sums(split.parts);
+  auto sum_of = [&](int64_t i) -> float* {
+    if (i == 0 && !kernel.flip) return static_cast<float*>(dw->untyped_data());
+    sums[i].resize(count);
+    return sums[i].data();
+  };
+  size_t x_image = ImageBytes(x_dims, in_type);
+  size_t dy_image = ImageBytes(dy_dims, in_type);
+  auto part = [&](int64_t i) {
+    int64_t n = split.size(i, batch);
+    memory::desc x_md(WithBatch(x_dims, n), in_type, tag::nhwc);
+    memory::desc dy_md(WithBatch(dy_dims, n), in_type, tag::nhwc);
+    auto hint = ForwardDesc(
+        x_md, memory::desc(kernel.dims, in_type, tag::any), dy_md, g);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, x_md,
+        memory::desc(kernel.dims, out_type, tag::any), dy_md, g.strides,
+        g.pad_l, g.pad_r, hint);
+    memory dw_out(dw_user, Engine(), sum_of(i));
+    bool packed = pd.diff_weights_desc() != dw_user;
+    memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
+    memory x_mem(x_md, Engine(), At(x.untyped_data(), split.lo(i), x_image));
+    memory dy_mem(dy_md, Engine(),
+                  At(dy.untyped_data(), split.lo(i), dy_image));
+    dnnl::stream stream(Engine());
+    dnnl::convolution_backward_weights(pd).execute(
+        stream, {{DNNL_ARG_SRC, x_mem},
+                 {DNNL_ARG_DIFF_DST, dy_mem},
+                 {DNNL_ARG_DIFF_WEIGHTS, dw_mem}});
+    if (packed) dnnl::reorder(dw_mem, dw_out).execute(stream, dw_mem, dw_out);
+    stream.wait();
+  };
+  if (auto e = ForEachPart(pool, split.parts, part); e.failure()) return e;
+  float* total = sum_of(0);
+  int64_t chunk = (count + split.parts - 1) / split.parts;
+  if (auto e = ForEachPart(pool, split.parts, [&](int64_t c) {
+        size_t lo = c * chunk, hi = std::min<size_t>(count, lo + chunk);
+        for (int64_t i = 1; i < split.parts; ++i) {
+          const float* part_sum = sums[i].data();
+          for (size_t j = lo; j < hi; ++j) total[j] += part_sum[j];
+        }
+      });
+      e.failure()) {
+    return e;
+  }
+  if (kernel.flip) {
+    ReverseTaps(total, dw->untyped_data(), kernel.taps,
+                count / kernel.taps * sizeof(float));
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JAXCOLOR_CONV_BINDING                      \
+  ffi::Ffi::Bind()                                 \
+      .Ctx<ffi::ThreadPool>()                      \
+      .Arg<ffi::AnyBuffer>()                       \
+      .Arg<ffi::AnyBuffer>()                       \
+      .Ret<ffi::AnyBuffer>()                       \
+      .Attr<int64_t>("stride")                     \
+      .Attr<int64_t>("pad_top")                    \
+      .Attr<int64_t>("pad_bottom")                 \
+      .Attr<int64_t>("pad_left")                   \
+      .Attr<int64_t>("pad_right")                  \
+      .Attr<int64_t>("flip")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcolorDnnlConvFwd, ConvFwdImpl,
+                              JAXCOLOR_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcolorDnnlConvBwdData, ConvBwdDataImpl,
+                              JAXCOLOR_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcolorDnnlConvBwdWeights, ConvBwdWeightsImpl,
+                              JAXCOLOR_CONV_BINDING);

@@ -60,9 +60,11 @@ def get_config():
   # 'phase' (XLA convs, phase transposed convs), 'xla' (XLA's conv and
   # conv_transpose), 'mm' (every pass a matmul, over patches or taps, with
   # float32 accumulation: in bfloat16, the form XLA CPU runs on bfloat16
-  # matmul kernels), or 'auto' ('xla' on GPUs and TPUs; on CPUs 'fast', or
-  # the form a measured rule names for the dtype and CPU flags,
-  # models.FASTER_THAN_FAST). Same function and parameters each way.
+  # matmul kernels), 'dnnl' (oneDNN's convolutions as XLA custom calls, on
+  # CPUs; built by `python -m jaxcolor.kernels.build`), or 'auto' ('xla' on
+  # GPUs and TPUs; on CPUs 'fast', or the first runnable form a measured
+  # rule names for the dtype and CPU flags, models.FASTER_THAN_FAST). Same
+  # function and parameters each way.
   model.conv_impl = 'auto'
   # One generator forward per step whose VJP serves the generator update
   # (False: run it again for the update; same result, more work).

@@ -117,6 +117,14 @@ def test_runs_on_every_device_at_once():
     assert _rel(a, b) < 3e-2
 
 
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_grads():
+  x = jnp.ones((0, 8, 8, 6), jnp.bfloat16)
+  y, grads = jax.jit(jax.value_and_grad(_loss, argnums=(1, 2, 3, 4)),
+                     static_argnums=0)('dnnl', x, *_weights())
+  assert float(y) == 0.0 and grads[0].shape == x.shape
+  assert all(not np.any(np.asarray(g)) for g in grads[1:])
+
+
 def test_bad_operands_are_a_clear_error():
   """The kernel checks what XLA hands it: an integer operand is an error
   with the kernel's message, not a crash."""

@@ -194,6 +194,7 @@ struct Split {
 };
 
 Split SplitBatch(int64_t batch, ffi::ThreadPool& pool) {
+  if (batch == 0) return {0, 1};
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
   int64_t per = (batch + threads - 1) / threads;
   return {(batch + per - 1) / per, per};
@@ -370,6 +371,10 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   int64_t batch = x_dims[0];
   Split split = SplitBatch(batch, pool);
   size_t count = dw->element_count();
+  if (split.parts == 0) {  // an empty batch: no gradient
+    std::memset(dw->untyped_data(), 0, count * sizeof(float));
+    return ffi::Error::Success();
+  }
   // Slice i's grad goes to sums[i]; the result is their sum, written to dw
   // (taps reversed back for flip). Slice 0 writes into dw where it can.
   std::vector<std::vector<float>> sums(split.parts);

@@ -45,6 +45,12 @@ def compiled_matmuls(hlo_text):
   return dots, ynn, convolutions
 
 
+def rel_error(a, b):
+  """max |a - b| / max |b|, in float32 (bfloat16 results included)."""
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+
+
 def dnnl_calls(hlo_text):
   """(result dtype, pass) of each oneDNN convolution custom call
   (jaxcolor/kernels) in a compiled program, in program order."""

@@ -41,11 +41,6 @@ def _rotations(forms):
   return [tuple(forms[(i + j) % n] for j in range(3)) for i in range(n)]
 
 
-def _rel(a, b):
-  a, b = np.asarray(a), np.asarray(b)
-  return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
-
-
 def _value_and_grads(fn, x, w, cot):
   y, vjp = jax.vjp(fn, x, w)
   return (y, *vjp(cot))
@@ -67,7 +62,8 @@ def _check_all(forms, ref, x, w):
   for impl, outs in got.items():
     for name, a, b in zip(('value', 'input grad', 'weight grad'), outs, want):
       assert a.shape == b.shape and a.dtype == b.dtype, (impl, name)
-      assert _rel(a, b) < RTOL, (impl, name, _rel(a, b))
+      err = helpers.rel_error(a, b)
+      assert err < RTOL, (impl, name, err)
 
 
 @pytest.mark.parametrize('shape', CONVS, ids=str)
@@ -120,7 +116,7 @@ def test_mm_keeps_bfloat16_matmuls_in_bfloat16():
   got = bf16(x16, w, w1)
   assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
   for a, b in zip(got, want):
-    assert _rel(np.asarray(a, np.float32), b) < 2e-2
+    assert helpers.rel_error(np.asarray(a, np.float32), b) < 2e-2
   dots, ynn, _ = helpers.compiled_matmuls(
       bf16.lower(x16, w, w1).compile().as_text())
   assert dots == [('f32', 'bf16', 'bf16')] * 9   # 3 layers x 3 passes
@@ -204,9 +200,10 @@ def test_whole_models_equal_across_impls():
     for a, b in zip(got[:2], ref[:2]):
       assert jax.tree.structure(a) == jax.tree.structure(b)
       jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert _rel(got[2], ref[2]) < RTOL and _rel(got[3], ref[3]) < RTOL
+    assert helpers.rel_error(got[2], ref[2]) < RTOL
+    assert helpers.rel_error(got[3], ref[3]) < RTOL
     for a, b in zip(jax.tree.leaves(got[4]), jax.tree.leaves(ref[4])):
-      assert a.shape == b.shape and _rel(a, b) < 1e-4, impl
+      assert a.shape == b.shape and helpers.rel_error(a, b) < 1e-4, impl
 
 
 def test_auto_is_fast_on_cpu_and_names_are_checked():

@@ -25,11 +25,6 @@ DN = ('NHWC', 'HWIO', 'NHWC')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _rel(a, b):
-  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-  return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
-
-
 def _normal(seed, shape, scale=1.0):
   return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(
       np.float32)
@@ -78,11 +73,11 @@ def test_values_and_grads_match_xla_in_both_dtypes(batch):
 
   want, got32, got16, y16 = both(x, ws)
   for a, b in zip(jax.tree.leaves(got32), jax.tree.leaves(want)):
-    assert a.dtype == b.dtype and _rel(a, b) < 1e-5
+    assert a.dtype == b.dtype and helpers.rel_error(a, b) < 1e-5
   assert y16.dtype == jnp.bfloat16 and got16[1][0].dtype == jnp.bfloat16
   assert {g.dtype for g in got16[1][1:]} == {jnp.dtype('float32')}
   for a, b in zip(jax.tree.leaves(got16), jax.tree.leaves(want)):
-    assert _rel(a, b) < 3e-2
+    assert helpers.rel_error(a, b) < 3e-2
   calls = collections.Counter(
       helpers.dnnl_calls(both.lower(x, ws).compile().as_text()))
   # Per dtype, 4 layers x (forward, input grad, weight grad): a transposed
@@ -114,7 +109,7 @@ def test_runs_on_every_device_at_once():
   got = per_device(x, ws)
   want = jax.jit(functools.partial(grad, 'xla'))(x, *ws)
   for a, b in zip(got, want):
-    assert _rel(a, b) < 3e-2
+    assert helpers.rel_error(a, b) < 3e-2
 
 
 def test_an_empty_batch_gives_empty_outputs_and_zero_weight_grads():

@@ -84,19 +84,26 @@ def test_parity_with_torchvision(fixture, variables, impl):
   assert err_f <= 1e-4 and err_l <= 1e-4
 
 
+def _bfloat16_branch(fixture, variables, impl):
+  """Checks the branch's features in bfloat16 with `impl` against
+  torchvision's (float32 out, to bfloat16 precision); returns the compiled
+  program's text."""
+  fn = jax.jit(lambda v, x: resnet18.ResNet18(
+      dtype=jnp.bfloat16, conv_impl=impl).apply(v, x))
+  feats = fn(variables, fixture['input'])
+  want = fixture['layer4']
+  assert feats.dtype == jnp.float32
+  assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
+  return fn.lower(variables, fixture['input']).compile().as_text()
+
+
 def test_mm_branch_in_bfloat16_is_bfloat16_matmuls(fixture, variables):
   """conv_impl='mm' in bfloat16: no convolution is left in the branch's
   compiled program (XLA CPU would compute it in float32); every conv is a
   bfloat16 x bfloat16 -> float32 matmul in a YNNPACK fusion, and the
   features are torchvision's to bfloat16 precision."""
-  fn = jax.jit(lambda v, x: resnet18.ResNet18(
-      dtype=jnp.bfloat16, conv_impl='mm').apply(v, x))
-  feats = fn(variables, fixture['input'])
-  want = fixture['layer4']
-  assert feats.dtype == jnp.float32
-  assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
   dots, ynn, convolutions = helpers.compiled_matmuls(
-      fn.lower(variables, fixture['input']).compile().as_text())
+      _bfloat16_branch(fixture, variables, 'mm'))
   assert convolutions == 0
   assert dots == [('f32', 'bf16', 'bf16')] * 20  # conv1, 16 block convs, 3 1x1
   assert ynn == 20
@@ -106,13 +113,7 @@ def test_dnnl_branch_in_bfloat16_is_onednn_convolutions(fixture, variables):
   """conv_impl='dnnl' in bfloat16: every conv of the branch is one oneDNN
   custom call in bfloat16, none is left to XLA, and the features are
   torchvision's to bfloat16 precision (max pool included)."""
-  fn = jax.jit(lambda v, x: resnet18.ResNet18(
-      dtype=jnp.bfloat16, conv_impl='dnnl').apply(v, x))
-  feats = fn(variables, fixture['input'])
-  want = fixture['layer4']
-  assert feats.dtype == jnp.float32
-  assert np.linalg.norm(feats - want) / np.linalg.norm(want) < 3e-2
-  hlo = fn.lower(variables, fixture['input']).compile().as_text()
+  hlo = _bfloat16_branch(fixture, variables, 'dnnl')
   # conv1, 16 block convs, 3 1x1
   assert helpers.dnnl_calls(hlo) == [('bf16', 'fwd')] * 20
   assert helpers.compiled_matmuls(hlo)[2] == 0  # no convolution left

@@ -159,16 +159,9 @@ ffi::Error ForEachPart(ffi::ThreadPool& pool, int64_t parts,
   auto work = [](const std::shared_ptr<Shared>& sh) {
     omp_set_num_threads(1);
     for (int64_t i = sh->next++; i < sh->parts; i = sh->next++) {
-      std::string error;
-      try {
-        (*sh->part)(i);
-      } catch (const dnnl::error& e) {
-        error = std::string("oneDNN: ") + e.what();
-      } catch (const std::exception& e) {
-        error = std::string("dnnl conv: ") + e.what();
-      }
+      ffi::Error result = Guarded([&] { (*sh->part)(i); });
       std::lock_guard<std::mutex> lock(sh->mu);
-      if (!error.empty() && sh->error.empty()) sh->error = error;
+      if (result.failure() && sh->error.empty()) sh->error = result.message();
       if (--sh->left == 0) sh->all_done.notify_all();
     }
   };

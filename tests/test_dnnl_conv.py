@@ -131,15 +131,20 @@ def test_bad_operands_are_a_clear_error():
 
 
 def test_load_says_why_it_cannot(monkeypatch, tmp_path):
-  """A missing or damaged library: load() returns the one-line reason
+  """A missing, damaged or foreign library: load() returns the one-line reason
   (resolve_conv_impl turns it into config errors and 'auto' falls back)."""
   load = dnnl_conv.load.__wrapped__  # uncached; registers nothing here
   monkeypatch.setattr(dnnl_conv, 'LIBRARY', str(tmp_path / 'missing.so'))
   assert 'not built' in load() and 'jaxcolor.kernels.build' in load()
+  assert 'pip install -r requirements.txt' in load()
   damaged = tmp_path / 'damaged.so'
   damaged.write_bytes(b'\x7fELF' + os.urandom(64))
   monkeypatch.setattr(dnnl_conv, 'LIBRARY', str(damaged))
   assert 'does not load' in load() and '\n' not in load()
+  # A real shared library that is not this kernel (oneDNN's own).
+  monkeypatch.setattr(dnnl_conv, 'LIBRARY',
+                      os.path.join(build.find_onednn()[1], 'libdnnl.so'))
+  assert 'does not load' in load() and 'JaxcolorDnnlConv' in load()
   assert dnnl_conv.load() == ''  # the real one (cached) is built and loads
 
 

@@ -6,7 +6,7 @@ PyTorch does. dnnl_conv.cc wraps oneDNN's three convolution passes as XLA
 FFI custom calls; `conv` and `conv_transpose` give them JAX's semantics and
 gradients (custom VJPs). The library is built from source by
 `python -m jaxcolor.kernels.build` (g++, and oneDNN from PyPI:
-requirements-dnnl.txt) into this folder; `load()` says why it is missing.
+requirements.txt) into this folder; `load()` says why it is missing.
 
 Shapes: activations NHWC, kernels HWIO (k, k, C_in, C_out) float32; a
 call's result has x's dtype (float32 or bfloat16), products accumulate in
@@ -42,20 +42,18 @@ def load() -> str:
   """
   if not os.path.exists(LIBRARY):
     return ('the oneDNN kernel is not built: pip install -r '
-            'requirements-dnnl.txt && python -m jaxcolor.kernels.build')
+            'requirements.txt && python -m jaxcolor.kernels.build')
   try:
     lib = ctypes.cdll.LoadLibrary(LIBRARY)
-  except OSError as e:
+    handlers = {target: getattr(lib, symbol)
+                for target, symbol in _TARGETS.items()}
+  except (OSError, AttributeError) as e:  # not a library, or another one
     return (f'the oneDNN kernel does not load ({e}); rebuild it: '
             'python -m jaxcolor.kernels.build')
-  for target, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+  for target, handler in handlers.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler),
                                 platform='cpu')
   return ''
-
-
-def available() -> bool:
-  return not load()
 
 
 def _require() -> None:

@@ -262,3 +262,29 @@ def test_a_checkpoint_resumes_under_another_conv_impl():
   saved['model']['g_features'] = [4] * 7
   with pytest.raises(ValueError, match='g_features'):
     checkpoint.check_compatible(saved, config, 'ckpt', may_differ)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_add_bias_grads_are_float32_sums_without_reduce_window(dtype):
+  """add_bias: JAX's forward; the bias grad summed in float32, to float32
+  precision (JAX's own in bfloat16 is a reduce_window over a float32 copy
+  on XLA's CPU backend, rounded to bfloat16)."""
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  y = jax.random.normal(k1, (4, 6, 5, 8)).astype(dtype)
+  bias = jax.random.normal(k2, (8,))
+  g = jax.random.normal(k3, (4, 6, 5, 8)).astype(dtype)
+  np.testing.assert_array_equal(
+      np.asarray(conv_impl.add_bias(y, bias), np.float32),
+      np.asarray(y + bias.astype(dtype), np.float32))
+  grads = jax.jit(lambda y, b, g: jax.vjp(conv_impl.add_bias, y, b)[1](g))
+  gy, gb = grads(y, bias, g)
+  assert gy.dtype == dtype and gb.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(gy, np.float32),
+                                np.asarray(g, np.float32))
+  want = np.asarray(g, np.float64).sum(axis=(0, 1, 2))
+  np.testing.assert_allclose(np.asarray(gb), want, rtol=1e-5, atol=1e-5)
+  if dtype == jnp.float32:  # JAX's own: the same sum
+    own = jax.vjp(lambda b: y + b, bias)[1](g)[0]
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(own), rtol=1e-6,
+                               atol=1e-6)
+  assert 'reduce-window' not in grads.lower(y, bias, g).compile().as_text()

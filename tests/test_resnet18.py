@@ -283,3 +283,16 @@ def test_resnet_forward_flops():
         f'XLA {xla:.3f} (peer {PEER_RESNET_GFLOP})')
   assert analytic == pytest.approx(PEER_RESNET_GFLOP, abs=1e-3)
   assert 0.9 * analytic < xla < analytic
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('hw', [(8, 8), (7, 9)])
+def test_stem_max_pool_equals_flax_max_pool(dtype, hw):
+  """The 3x3/2 max pool (bfloat16: 9 strided slices of a pad made on the
+  bits) gives flax's max_pool values exactly, negatives and edges too."""
+  x = jax.random.normal(jax.random.key(0), (2, *hw, 3)).astype(dtype)
+  want = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  got = jax.jit(resnet18.max_pool_3x3_s2)(x)
+  assert got.dtype == dtype and got.shape == want.shape
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(want, np.float32))

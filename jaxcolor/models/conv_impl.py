@@ -449,6 +449,29 @@ def conv_transpose(x, kernel, stride, padding, impl='fast'):
   raise ValueError(f'conv_impl={impl!r}; expected one of {IMPLS}')
 
 
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """y (..., C) in the compute dtype + bias (C,) float32 cast to y's dtype.
+
+  Its bias grad is the float32 sum of y's grad over all but the last axis.
+  JAX's own is a sum in y's dtype, which XLA's CPU backend computes in
+  bfloat16 as a float32 copy of the grad reduced by reduce_window, far
+  slower than a float32 sum (docs/benchmarks.md), and rounds to bfloat16.
+  """
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), None
+
+
+def _add_bias_bwd(_, g):
+  return g, jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1)))
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class Conv(nn.Module):
   """`nn.Conv` (square kernel and stride, explicit padding) with `impl`.
 
@@ -473,7 +496,7 @@ class Conv(nn.Module):
              self.impl)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-      y = y + bias.astype(self.dtype)
+      y = add_bias(y, bias)
     return y
 
 
@@ -500,4 +523,4 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     y = conv_transpose(x.astype(self.dtype), kernel, self.stride,
                        self.padding, self.impl)
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias)

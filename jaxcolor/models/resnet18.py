@@ -109,8 +109,12 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   if x.dtype != jnp.bfloat16:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   b, h, w, c = x.shape
-  padded = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
-                   ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0)))
+  # Padded as the bits: a bfloat16 pad is computed in float32 and its
+  # result kept in float32, twice the bytes for the slices to read.
+  neg_inf = np.array(-np.inf, jnp.bfloat16).view(np.uint16)
+  padded = lax.bitcast_convert_type(
+      lax.pad(lax.bitcast_convert_type(x, jnp.uint16), jnp.uint16(neg_inf),
+              ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0))), jnp.bfloat16)
   ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   taps = [lax.slice(padded, (0, i, j, 0),
                     (b, i + 2 * (ho - 1) + 1, j + 2 * (wo - 1) + 1, c),

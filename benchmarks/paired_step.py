@@ -25,6 +25,7 @@ import argparse
 import ast
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ from jaxcolor import families
 from jaxcolor import trainer
 from jaxcolor.modes import benchmark
 from jaxcolor.runtime import config_check
+from jaxcolor.runtime import files
 from jaxcolor.runtime import parallel
 from jaxcolor.runtime import xla_flags
 
@@ -181,6 +183,11 @@ def main(argv=None) -> int:
   if args.rounds < 1:
     print('paired_step: --rounds must be at least 1', file=sys.stderr)
     return 2
+  folder = os.path.dirname(os.path.abspath(args.json)) if args.json else ''
+  if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    print(f'paired_step: --json {args.json}: {folder} is not a writable '
+          'folder', file=sys.stderr)
+    return 2
   try:
     # Before JAX starts a backend, as main.py does.
     xla_flags.apply(configs[0].get('xla_cpu_convolutions', xla_flags.DEFAULT),
@@ -190,6 +197,9 @@ def main(argv=None) -> int:
     a, b = Setting(configs[0], {}), Setting(configs[1], options)
   except (ValueError, OSError) as e:  # e.g. weights the config requires
     print(f'paired_step: {e}', file=sys.stderr)
+    return 2
+  except jax.errors.JaxRuntimeError as e:  # e.g. an unknown --b_xla option
+    print(f'paired_step: {str(e).splitlines()[0]}', file=sys.stderr)
     return 2
   row = compare(a, b, args.rounds, args.warmup)
   row.update(config=args.config, set=args.set, a_overrides=args.a,
@@ -203,8 +213,11 @@ def main(argv=None) -> int:
         f"{d['mean']:+.3f} s; b faster in {d['b_faster_rounds']} of "
         f"{d['rounds']} rounds; a/b medians {row['a_over_b_median']:.3f}")
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(row, f, indent=1)
+    try:
+      files.write_text(args.json, json.dumps(row, indent=1))
+    except OSError as e:
+      print(f'paired_step: --json {args.json}: {e}', file=sys.stderr)
+      return 2
   return 0
 
 

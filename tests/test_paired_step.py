@@ -53,10 +53,15 @@ def test_times_both_settings_alternately_and_pairs_them(tmp_path):
     # conftest's 4 CPU devices
     (('--set', 'data.batch_size=2'), 'must split evenly over'),
     (('--config', 'default'), 'needs ImageNet weights'),
+    (('--json', '/proc/no/such/out.json'), 'is not a writable folder'),
+    (('--b_xla', 'xla_no_such_option=1'),
+     "No such compile option: 'xla_no_such_option'"),
 ])
 def test_bad_arguments_fail_with_one_line(args, expected):
   result = run_paired('--config', 'tiny', *args)
   assert result.returncode == 2
   assert expected in result.stderr, result.stderr
   assert 'Traceback' not in result.stderr
-  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('paired_step: ') and expected in lines[-1]
+  assert sum(line.startswith('paired_step: ') for line in lines) == 1

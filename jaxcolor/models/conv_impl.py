@@ -454,9 +454,9 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   """y (..., C) in the compute dtype + bias (C,) float32 cast to y's dtype.
 
   Its bias grad is the float32 sum of y's grad over all but the last axis.
-  JAX's own is a sum in y's dtype, which XLA's CPU backend computes in
-  bfloat16 as a float32 copy of the grad reduced by reduce_window, far
-  slower than a float32 sum (docs/benchmarks.md), and rounds to bfloat16.
+  JAX's own is a sum in y's dtype: in bfloat16, XLA's CPU backend computes
+  it as a float32 copy of the grad reduced by reduce_window, far slower
+  than a float32 sum (docs/benchmarks.md), and rounds it to bfloat16.
   """
   return y + bias.astype(y.dtype)
 

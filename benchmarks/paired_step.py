@@ -6,8 +6,8 @@
       [--b_xla xla_cpu_prefer_vector_width=512] [--rounds 12] [--json OUT]
 
 `--config` names a file of configs/ (default, quickstart, tiny, ...).
-Builds the trainer's compiled step (`trainer.make_train_fn`, on synthetic
-device batches as `--mode=benchmark` uses) for setting A (the config with
+Builds the trainer's compiled step on synthetic device batches, as
+`--mode=benchmark` does (its `StepTrainer`), for setting A (the config with
 the `--set` and `--a` overrides) and setting B (`--set` and `--b`, plus
 XLA compiler options `--b_xla` for B's compile alone), then times their
 calls alternately: A then B in even rounds, B then A in odd ones.
@@ -34,12 +34,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcolor import families
 from jaxcolor import trainer
 from jaxcolor.modes import benchmark
 from jaxcolor.runtime import config_check
 from jaxcolor.runtime import files
-from jaxcolor.runtime import parallel
 from jaxcolor.runtime import xla_flags
 
 
@@ -104,29 +102,20 @@ def compiler_options(items: list[str]) -> dict:
 
 
 class Setting:
-  """One setting's train state on the devices and its compiled step."""
+  """One setting's `--mode=benchmark` trainer and its synthetic batch."""
 
   def __init__(self, config: ml_collections.ConfigDict, options: dict):
-    family = families.build(config)
-    par = parallel.Parallel.create(config.parallel)
-    self.state = par.to_step_layout(trainer.init_state(family, par, config))
-    rng = np.random.default_rng(config.seed)
-    per_process = config.data.batch_size // jax.process_count()
-    self.batch = trainer.put_train_batches(
-        par, [benchmark.synthetic_batch(config, rng, per_process)
-              for _ in range(config.steps_per_call)], config)
-    t = time.perf_counter()
-    fn = trainer.make_train_fn(family, par, config)
-    self.compiled = fn.lower(self.state, self.batch).compile(
-        compiler_options=options or None)
-    self.compile_s = time.perf_counter() - t
+    self.trainer = benchmark.StepTrainer(config, compiler_options=options)
+    self.batch = benchmark.synthetic_call_batch(
+        self.trainer, config, np.random.default_rng(config.seed),
+        config.data.batch_size // jax.process_count())
+    self.compile_s = self.trainer.compile(self.batch)[1]['compile_s']
     self.seconds = []
 
   def call(self) -> float:
     """Seconds of one call, blocking on the new state and metrics."""
     t = time.perf_counter()
-    self.state, metrics = self.compiled(self.state, self.batch)
-    jax.block_until_ready((self.state, metrics))
+    self.trainer.call(self.batch)
     return time.perf_counter() - t
 
 

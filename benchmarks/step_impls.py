@@ -23,6 +23,7 @@ from jaxcolor import families
 from jaxcolor.runtime import parallel
 from jaxcolor import trainer
 from jaxcolor.runtime import xla_flags
+import paired_step  # beside this script
 
 
 def build(impl, batch, overrides):
@@ -31,11 +32,7 @@ def build(impl, batch, overrides):
   config.model.require_resnet18_weights = False
   config.model.conv_impl = impl
   for key, value in overrides.items():
-    sub = config
-    *path, last = key.split('.')
-    for p in path:
-      sub = sub[p]
-    sub[last] = type(sub[last])(value)
+    paired_step.apply_override(config, f'{key}={value}')
   family = families.build(config)
   par = parallel.Parallel.create('pmap')
   state = par.to_step_layout(trainer.init_state(family, par, config))

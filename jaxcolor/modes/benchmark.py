@@ -176,11 +176,15 @@ def _device_memory(compiled: Any) -> Optional[int]:
 
 
 # ------------------------------------------------------------------ the step
-class _Trainer:
-  """The trainer's state on the devices and its compiled step."""
+class StepTrainer:
+  """The trainer's state on the devices and its compiled step
+  (`compiler_options`: XLA options for that compile, e.g. from
+  benchmarks/paired_step.py)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict,
+               compiler_options: Optional[dict] = None):
     self.config = config
+    self.compiler_options = compiler_options or None
     self.k = config.steps_per_call
     t = time.perf_counter()
     self.family = families.build(config)
@@ -204,7 +208,8 @@ class _Trainer:
     if key in self._compiled:
       return (*self._compiled[key], False)
     t = time.perf_counter()
-    compiled = self.fn.lower(self.state, batch).compile()
+    compiled = self.fn.lower(self.state, batch).compile(
+        compiler_options=self.compiler_options)
     info = {'compile_s': time.perf_counter() - t}
     cost = xla_cost(compiled, self.k)
     n = jax.device_count()  # the cost is one device's
@@ -273,15 +278,15 @@ def _time_calls(n: int, call: Callable[[], Any],
   return seconds
 
 
-def _synthetic_call_batch(trainer: _Trainer, config,
-                          rng: np.random.Generator, per_process: int) -> Any:
+def synthetic_call_batch(trainer: StepTrainer, config,
+                         rng: np.random.Generator, per_process: int) -> Any:
   """One compiled call's device batch of synthetic images (`trainer.k`
   steps of `per_process` images each)."""
   return trainer.put([synthetic_batch(config, rng, per_process)
                       for _ in range(trainer.k)])
 
 
-def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
+def _step_section(trainer: StepTrainer, config, peak, profile_dir: str,
                   notes: list[str]) -> dict:
   """The compiled step on synthetic, device-resident batches; with
   `config.profile_steps` (start, count), timed calls start..start+count-1
@@ -289,7 +294,7 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
   bench = config.benchmark
   per_process = config.data.batch_size // jax.process_count()
   rng = np.random.default_rng(config.seed + jax.process_index())
-  batch = _synthetic_call_batch(trainer, config, rng, per_process)
+  batch = synthetic_call_batch(trainer, config, rng, per_process)
   _, info, _ = trainer.compile(batch)
   fit = _memory_fit(trainer, config, rng, notes)
   if info['device_memory_bytes']:
@@ -315,7 +320,7 @@ def _step_section(trainer: _Trainer, config, peak, profile_dir: str,
   return section
 
 
-def _op_summary(trainer: _Trainer, batch, trace: profiler.StepTrace,
+def _op_summary(trainer: StepTrainer, batch, trace: profiler.StepTrace,
                 notes: list[str]) -> Optional[dict]:
   """Where the traced calls' time went, by XLA op (op_profile), or None
   with a note when the trace cannot be read. The step's HLO goes beside
@@ -333,7 +338,7 @@ def _op_summary(trainer: _Trainer, batch, trace: profiler.StepTrace,
     return None
 
 
-def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
+def _memory_fit(trainer: StepTrainer, config, rng: np.random.Generator,
                 notes: list[str]) -> dict:
   """XLA's device-memory estimate as a fixed part plus a part per image, and
   the largest per-device batch each of `config.benchmark.memory_budgets_gib`
@@ -353,7 +358,7 @@ def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
   memory = []
   for images in (per_device, 2 * per_device):
     per_process = images * jax.local_device_count()
-    batch = _synthetic_call_batch(trainer, config, rng, per_process)
+    batch = synthetic_call_batch(trainer, config, rng, per_process)
     memory.append(_device_memory(trainer.fn.lower(trainer.state,
                                                   batch).compile()))
     del batch
@@ -379,7 +384,7 @@ def _memory_fit(trainer: _Trainer, config, rng: np.random.Generator,
           'max_batch_per_device_by_gib': fits}
 
 
-def _e2e_path(trainer: _Trainer, config, peak) -> dict:
+def _e2e_path(trainer: StepTrainer, config, peak) -> dict:
   """The compiled step fed by the Grain pipeline configured in `config`.
 
   The first call (pipeline start-up, and a compile when the real batch
@@ -420,7 +425,7 @@ def _e2e_path(trainer: _Trainer, config, peak) -> dict:
           'metrics_finite': trainer.metrics_finite()}
 
 
-def _e2e_section(trainer: _Trainer, config, records_dir: str, peak,
+def _e2e_section(trainer: StepTrainer, config, records_dir: str, peak,
                  notes: list[str]) -> dict:
   """End to end from the folder (when set) and from the records."""
   section = {}
@@ -681,7 +686,7 @@ def run(config: ml_collections.ConfigDict, workdir: Optional[str],
   facts = {}
   trainer = None
   if what != 'input':
-    trainer = _Trainer(config)
+    trainer = StepTrainer(config)
     report['init_s'] = trainer.init_s
     report['parameters'] = trainer.parameters
   if what in ('step', 'all'):

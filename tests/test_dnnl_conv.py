@@ -89,6 +89,33 @@ def test_values_and_grads_match_xla_in_both_dtypes(batch):
                    ('f32', 'bwd_weights'): 8}, calls
 
 
+@pytest.mark.parametrize('batch', [1, 3])
+def test_weight_grads_larger_than_the_activations_match_xla(batch):
+  """A deep layer at a few pixels: the kernel splits its weight grad over
+  output channels (one share of the 64 per thread of XLA's pool) instead of
+  over the batch; both dtypes against XLA's float32."""
+  x = _normal(5, (batch, 4, 4, 48))
+  w = _normal(6, (4, 4, 48, 64), 0.05)
+  dy = _normal(7, (batch, 2, 2, 64))
+
+  def weight_grad(impl, x, w):
+    if impl == 'dnnl':
+      conv = dnnl_conv.conv
+    else:
+      conv = lambda x, w, s, p: lax.conv_general_dilated(  # noqa: E731
+          x, w.astype(x.dtype), (s, s), p, dimension_numbers=DN)
+    _, vjp = jax.vjp(lambda w: conv(x, w, 2, ((1, 1), (1, 1))), w)
+    return vjp(dy.astype(x.dtype))[0]
+
+  want = jax.jit(functools.partial(weight_grad, 'xla'))(x, w)
+  got32 = jax.jit(functools.partial(weight_grad, 'dnnl'))(x, w)
+  got16 = jax.jit(functools.partial(weight_grad, 'dnnl'))(
+      x.astype(jnp.bfloat16), w)
+  assert got32.dtype == got16.dtype == jnp.float32
+  assert helpers.rel_error(got32, want) < 1e-5
+  assert helpers.rel_error(got16, want) < 3e-2
+
+
 def test_runs_on_every_device_at_once():
   """One step per device under shard_map, compiled as the trainer's are
   (check_vma=False): each device's custom calls run side by side on the

@@ -368,6 +368,51 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     std::memset(dw->untyped_data(), 0, count * sizeof(float));
     return ffi::Error::Success();
   }
+  size_t x_image = ImageBytes(x_dims, in_type);
+  size_t dy_image = ImageBytes(dy_dims, in_type);
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t out_channels = kernel.dims[0];
+  if (!kernel.flip && threads > 1 && out_channels % (16 * threads) == 0 &&
+      count * sizeof(float) > batch * (x_image + dy_image)) {
+    // A grad larger than the activations (deep layers at a few pixels):
+    // each thread computes its share of the output channels over the whole
+    // batch (dy's channels copied out, a few hundred KB), instead of a whole
+    // grad per slice of the batch and then their sum.
+    return ForEachPart(pool, threads, [&](int64_t i) {
+      int64_t per = out_channels / threads, lo = i * per;
+      size_t elem = Bytes(in_type), pixels = dy_image / (out_channels * elem);
+      std::vector<char> dy_part(batch * pixels * per * elem);
+      const char* dy_all = static_cast<const char*>(dy.untyped_data());
+      for (size_t p = 0; p < batch * pixels; ++p) {
+        std::memcpy(dy_part.data() + p * per * elem,
+                    dy_all + (p * out_channels + lo) * elem, per * elem);
+      }
+      memory::dims dy_part_dims = dy_dims, w_part_dims = kernel.dims;
+      dy_part_dims[1] = w_part_dims[0] = per;
+      memory::desc x_md(x_dims, in_type, tag::nhwc);
+      memory::desc dy_md(dy_part_dims, in_type, tag::nhwc);
+      auto hint = ForwardDesc(
+          x_md, memory::desc(w_part_dims, in_type, tag::any), dy_md, g);
+      dnnl::convolution_backward_weights::primitive_desc pd(
+          Engine(), dnnl::algorithm::convolution_direct, x_md,
+          memory::desc(w_part_dims, out_type, tag::any), dy_md, g.strides,
+          g.pad_l, g.pad_r, hint);
+      // HWIO: the output channel is the innermost axis, stride 1.
+      memory dw_out(memory::desc(w_part_dims, out_type, kernel.strides),
+                    Engine(), static_cast<float*>(dw->untyped_data()) + lo);
+      bool packed = pd.diff_weights_desc() != dw_out.get_desc();
+      memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
+      memory x_mem(x_md, Engine(), x.untyped_data());
+      memory dy_mem(dy_md, Engine(), dy_part.data());
+      dnnl::stream stream(Engine());
+      dnnl::convolution_backward_weights(pd).execute(
+          stream, {{DNNL_ARG_SRC, x_mem},
+                   {DNNL_ARG_DIFF_DST, dy_mem},
+                   {DNNL_ARG_DIFF_WEIGHTS, dw_mem}});
+      if (packed) dnnl::reorder(dw_mem, dw_out).execute(stream, dw_mem, dw_out);
+      stream.wait();
+    });
+  }
   // Slice i's grad goes to sums[i]; the result is their sum, written to dw
   // (taps reversed back for flip). Slice 0 writes into dw where it can.
   std::vector<std::vector<float>> sums(split.parts);
@@ -376,8 +421,6 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     sums[i].resize(count);
     return sums[i].data();
   };
-  size_t x_image = ImageBytes(x_dims, in_type);
-  size_t dy_image = ImageBytes(dy_dims, in_type);
   auto part = [&](int64_t i) {
     int64_t n = split.size(i, batch);
     memory::desc x_md(WithBatch(x_dims, n), in_type, tag::nhwc);

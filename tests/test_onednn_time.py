@@ -99,7 +99,17 @@ def test_reads_both_verbose_formats():
       1796617413114.424072, 130.2, 'convolution', 'forward_training')
   assert (b.start_ms, b.ms, b.prop) == (1796617452901.02, 131.461,
                                         'backward_data')
-  assert onednn_time.layer_key(a).endswith(onednn_time.layer_key(b)[-40:])
+  assert onednn_time.layer_key(a) == ('convolution forward_training ic512oc512'
+                                      '_ih16oh15kh4sh1dh0ph1_iw16ow15kw4sw1dw0pw1')
+  # The peer's transposed convolution, as the convolution it transposes:
+  # its forward is that convolution's input grad, sides swapped.
+  deconv = onednn_time.parse_line(
+      'onednn_verbose,v1,1.5,primitive,exec,cpu,deconvolution,brgdeconv,'
+      'forward_training,src,,alg:deconvolution_direct,mb32_ic1536oc512_ih2oh4'
+      'kh4sh2dh0ph1_iw2ow4kw4sw2dw0pw1,12.5\n')
+  assert onednn_time.layer_key(deconv) == (
+      'convolution backward_data ic512oc1536_ih4oh2kh4sh2dh0ph1_iw4ow2kw4sw2'
+      'dw0pw1')
   assert onednn_time.parse_line('onednn_verbose,info,cpu,isa:AVX-512\n') is None
 
 

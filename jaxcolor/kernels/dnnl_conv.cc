@@ -345,6 +345,32 @@ ffi::Error ConvBwdDataImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy,
       });
 }
 
+// dw_out = the weight grad of the convolution of x (B,C,H,W) giving dy, in
+// dw_out's layout: oneDNN computes it in the layout it prefers, then
+// reorders when that differs.
+void BackwardWeights(const memory& x, const memory& dy, memory dw_out,
+                     const Geometry& g) {
+  const memory::desc &x_md = x.get_desc(), &dy_md = dy.get_desc();
+  memory::dims w_dims = dw_out.get_desc().get_dims();
+  auto hint = ForwardDesc(
+      x_md, memory::desc(w_dims, x_md.get_data_type(), memory::format_tag::any),
+      dy_md, g);
+  dnnl::convolution_backward_weights::primitive_desc pd(
+      Engine(), dnnl::algorithm::convolution_direct, x_md,
+      memory::desc(w_dims, dw_out.get_desc().get_data_type(),
+                   memory::format_tag::any),
+      dy_md, g.strides, g.pad_l, g.pad_r, hint);
+  bool packed = pd.diff_weights_desc() != dw_out.get_desc();
+  memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
+  dnnl::stream stream(Engine());
+  dnnl::convolution_backward_weights(pd).execute(
+      stream, {{DNNL_ARG_SRC, x},
+               {DNNL_ARG_DIFF_DST, dy},
+               {DNNL_ARG_DIFF_WEIGHTS, dw_mem}});
+  if (packed) dnnl::reorder(dw_mem, dw_out).execute(stream, dw_mem, dw_out);
+  stream.wait();
+}
+
 ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                               ffi::AnyBuffer dy,
                               ffi::Result<ffi::AnyBuffer> dw, int64_t stride,
@@ -389,28 +415,14 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
       }
       memory::dims dy_part_dims = dy_dims, w_part_dims = kernel.dims;
       dy_part_dims[1] = w_part_dims[0] = per;
-      memory::desc x_md(x_dims, in_type, tag::nhwc);
-      memory::desc dy_md(dy_part_dims, in_type, tag::nhwc);
-      auto hint = ForwardDesc(
-          x_md, memory::desc(w_part_dims, in_type, tag::any), dy_md, g);
-      dnnl::convolution_backward_weights::primitive_desc pd(
-          Engine(), dnnl::algorithm::convolution_direct, x_md,
-          memory::desc(w_part_dims, out_type, tag::any), dy_md, g.strides,
-          g.pad_l, g.pad_r, hint);
       // HWIO: the output channel is the innermost axis, stride 1.
       memory dw_out(memory::desc(w_part_dims, out_type, kernel.strides),
                     Engine(), static_cast<float*>(dw->untyped_data()) + lo);
-      bool packed = pd.diff_weights_desc() != dw_out.get_desc();
-      memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
-      memory x_mem(x_md, Engine(), x.untyped_data());
-      memory dy_mem(dy_md, Engine(), dy_part.data());
-      dnnl::stream stream(Engine());
-      dnnl::convolution_backward_weights(pd).execute(
-          stream, {{DNNL_ARG_SRC, x_mem},
-                   {DNNL_ARG_DIFF_DST, dy_mem},
-                   {DNNL_ARG_DIFF_WEIGHTS, dw_mem}});
-      if (packed) dnnl::reorder(dw_mem, dw_out).execute(stream, dw_mem, dw_out);
-      stream.wait();
+      BackwardWeights(memory(memory::desc(x_dims, in_type, tag::nhwc),
+                             Engine(), x.untyped_data()),
+                      memory(memory::desc(dy_part_dims, in_type, tag::nhwc),
+                             Engine(), dy_part.data()),
+                      dw_out, g);
     });
   }
   // Slice i's grad goes to sums[i]; the result is their sum, written to dw
@@ -423,27 +435,12 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   };
   auto part = [&](int64_t i) {
     int64_t n = split.size(i, batch);
-    memory::desc x_md(WithBatch(x_dims, n), in_type, tag::nhwc);
-    memory::desc dy_md(WithBatch(dy_dims, n), in_type, tag::nhwc);
-    auto hint = ForwardDesc(
-        x_md, memory::desc(kernel.dims, in_type, tag::any), dy_md, g);
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, x_md,
-        memory::desc(kernel.dims, out_type, tag::any), dy_md, g.strides,
-        g.pad_l, g.pad_r, hint);
-    memory dw_out(dw_user, Engine(), sum_of(i));
-    bool packed = pd.diff_weights_desc() != dw_user;
-    memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
-    memory x_mem(x_md, Engine(), At(x.untyped_data(), split.lo(i), x_image));
-    memory dy_mem(dy_md, Engine(),
-                  At(dy.untyped_data(), split.lo(i), dy_image));
-    dnnl::stream stream(Engine());
-    dnnl::convolution_backward_weights(pd).execute(
-        stream, {{DNNL_ARG_SRC, x_mem},
-                 {DNNL_ARG_DIFF_DST, dy_mem},
-                 {DNNL_ARG_DIFF_WEIGHTS, dw_mem}});
-    if (packed) dnnl::reorder(dw_mem, dw_out).execute(stream, dw_mem, dw_out);
-    stream.wait();
+    BackwardWeights(
+        memory(memory::desc(WithBatch(x_dims, n), in_type, tag::nhwc),
+               Engine(), At(x.untyped_data(), split.lo(i), x_image)),
+        memory(memory::desc(WithBatch(dy_dims, n), in_type, tag::nhwc),
+               Engine(), At(dy.untyped_data(), split.lo(i), dy_image)),
+        memory(dw_user, Engine(), sum_of(i)), g);
   };
   if (auto e = ForEachPart(pool, split.parts, part); e.failure()) return e;
   float* total = sum_of(0);

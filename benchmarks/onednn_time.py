@@ -31,7 +31,6 @@ convolution), and jaxcolor's slices of one call start together.
 import argparse
 import collections
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -225,7 +224,7 @@ def main(argv=None) -> int:
       print(f'  {t_ours:8.1f} {t_peer:8.1f}  {key}')
   if a.json:
     try:
-      files.write_text(a.json, json.dumps(out, indent=1))
+      files.write_json(a.json, out, indent=1)
     except OSError as e:
       print(f'onednn_time: --json {a.json}: {e}', file=sys.stderr)
       return 2

@@ -24,7 +24,6 @@ is applied as main.py applies it.
 import argparse
 import ast
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -203,7 +202,7 @@ def main(argv=None) -> int:
         f"{d['rounds']} rounds; a/b medians {row['a_over_b_median']:.3f}")
   if args.json:
     try:
-      files.write_text(args.json, json.dumps(row, indent=1))
+      files.write_json(args.json, row, indent=1)
     except OSError as e:
       print(f'paired_step: --json {args.json}: {e}', file=sys.stderr)
       return 2

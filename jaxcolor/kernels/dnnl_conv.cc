@@ -61,27 +61,25 @@ memory::dims Nchw(ffi::AnyBuffer::Dimensions d) {
 
 // A kernel buffer (k,k,A,B) as the convolution's weights: oneDNN's logical
 // dims (O,C,k,k) and the buffer's strides. HWIO: O=B, C=A. flip: O=A, C=B,
-// and the strides are those of the buffer with its k*k taps reversed
-// (`ReverseTaps`), as oneDNN takes no negative strides.
+// and the strides are those of the buffer with its k*k taps reversed: tap
+// t = (i,j) of the convolution is tap `Source(t)` of the buffer, as oneDNN
+// takes no negative strides.
 struct Kernel {
   memory::dims dims, strides;
   bool flip;
-  int64_t taps;
+  int64_t k;
+  int64_t taps() const { return k * k; }
+  int64_t Source(int64_t t) const { return flip ? taps() - 1 - t : t; }
+  // One tap (O,C,1,1) of the buffer's layout.
+  memory::desc Tap(memory::data_type type) const {
+    return memory::desc({dims[0], dims[1], 1, 1}, type, strides);
+  }
 };
 
 Kernel KernelOf(ffi::AnyBuffer::Dimensions d, bool flip) {
   int64_t k = d[0], a = d[2], b = d[3];
-  if (flip) return {{a, b, k, k}, {b, 1, k * a * b, a * b}, true, k * k};
-  return {{b, a, k, k}, {1, b, k * a * b, a * b}, false, k * k};
-}
-
-// dst's tap t = src's tap (taps - 1 - t): (a, b) -> (k-1-a, k-1-b).
-void ReverseTaps(const void* src, void* dst, int64_t taps, size_t tap_bytes) {
-  for (int64_t t = 0; t < taps; ++t) {
-    std::memcpy(static_cast<char*>(dst) + t * tap_bytes,
-                static_cast<const char*>(src) + (taps - 1 - t) * tap_bytes,
-                tap_bytes);
-  }
+  if (flip) return {{a, b, k, k}, {b, 1, k * a * b, a * b}, true, k};
+  return {{b, a, k, k}, {1, b, k * a * b, a * b}, false, k};
 }
 
 struct Geometry {
@@ -211,25 +209,45 @@ char* At(void* base, int64_t image, size_t image_bytes) {
   return static_cast<char*>(base) + image * image_bytes;
 }
 
-// The kernel buffer `w` as memory of `kernel`'s layout: the buffer itself,
-// or (flip) a tap-reversed copy kept in `copy`.
-memory UserWeights(const Kernel& kernel, memory::data_type type, void* w,
-                   std::vector<char>* copy) {
-  memory::desc desc(kernel.dims, type, kernel.strides);
-  if (!kernel.flip) return memory(desc, Engine(), w);
-  copy->resize(desc.get_size());
-  ReverseTaps(w, copy->data(), kernel.taps, copy->size() / kernel.taps);
-  return memory(desc, Engine(), copy->data());
+// Runs part(i) for i in [0, parts) on this thread, one after another.
+ffi::Error Serially(int64_t parts, const std::function<void(int64_t)>& part) {
+  return Guarded([&] {
+    for (int64_t i = 0; i < parts; ++i) part(i);
+  });
 }
 
-// `user` reordered into `wanted` (oneDNN's packed layout) if it differs.
-memory WeightsFor(const memory::desc& wanted, memory user) {
-  if (wanted == user.get_desc()) return user;
-  memory packed(wanted, Engine());
-  dnnl::stream stream(Engine());
-  dnnl::reorder(user, packed).execute(stream, user, packed);
-  stream.wait();
-  return packed;
+using Runner =
+    std::function<ffi::Error(int64_t, const std::function<void(int64_t)>&)>;
+
+// The kernel buffer `w` reordered into `wanted` (oneDNN's packed layout),
+// one tap per part of `run` (XLA's pool, or `Serially`): a flipped
+// kernel's taps are read in reverse, so nothing is copied first. The
+// buffer itself where it already is `wanted` (never for flip).
+ffi::Error PackWeights(const Kernel& kernel, memory::data_type type, void* w,
+                       const memory::desc& wanted, const Runner& run,
+                       memory* packed) {
+  memory::desc tap = kernel.Tap(type);
+  if (!kernel.flip && wanted == memory::desc(kernel.dims, type,
+                                             kernel.strides)) {
+    *packed = memory(wanted, Engine(), w);
+    return ffi::Error::Success();
+  }
+  if (auto e = Guarded([&] { *packed = memory(wanted, Engine()); });
+      e.failure()) {
+    return e;
+  }
+  memory::dims one_tap = tap.get_dims();
+  void* dst = packed->get_data_handle();
+  return run(kernel.taps(), [&](int64_t t) {
+    memory src(tap, Engine(),
+               static_cast<char*>(w) + kernel.Source(t) * tap.get_size());
+    memory part(wanted.submemory_desc(one_tap, {0, 0, t / kernel.k,
+                                                t % kernel.k}),
+                Engine(), dst);
+    dnnl::stream stream(Engine());
+    dnnl::reorder(src, part).execute(stream, src, part);
+    stream.wait();
+  });
 }
 
 ffi::Error Prepare(ffi::AnyBuffer a, ffi::AnyBuffer b,
@@ -250,21 +268,28 @@ ffi::Error WithPackedWeights(ffi::ThreadPool& pool, int64_t batch,
                              const Kernel& kernel, memory::data_type type,
                              void* w, PdFor pd_for, Run run) {
   Split split = SplitBatch(batch, pool);
-  std::vector<char> copy;
-  memory user, packed;
-  if (auto e = Guarded([&] {
-        omp_set_num_threads(1);
-        user = UserWeights(kernel, type, w, &copy);
-        packed = WeightsFor(pd_for(split.per).weights_desc(), user);
-      });
+  memory::desc first;
+  if (auto e = Guarded([&] { first = pd_for(split.per).weights_desc(); });
+      e.failure()) {
+    return e;
+  }
+  Runner on_pool = [&pool](int64_t parts,
+                           const std::function<void(int64_t)>& part) {
+    return ForEachPart(pool, parts, part);
+  };
+  memory packed;
+  if (auto e = PackWeights(kernel, type, w, first, on_pool, &packed);
       e.failure()) {
     return e;
   }
   return ForEachPart(pool, split.parts, [&](int64_t i) {
     auto pd = pd_for(split.size(i, batch));
-    memory weights = pd.weights_desc() == packed.get_desc()
-                         ? packed
-                         : WeightsFor(pd.weights_desc(), user);
+    memory weights = packed;
+    if (pd.weights_desc() != first) {  // a shorter last slice, rarely
+      ffi::Error e = PackWeights(kernel, type, w, pd.weights_desc(),
+                                 Serially, &weights);
+      if (e.failure()) throw std::runtime_error(e.message());
+    }
     run(pd, weights, split.lo(i));
   });
 }
@@ -425,8 +450,9 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                       dw_out, g);
     });
   }
-  // Slice i's grad goes to sums[i]; the result is their sum, written to dw
-  // (taps reversed back for flip). Slice 0 writes into dw where it can.
+  // Slice i's grad goes to sums[i]; dw is their sum, summed tap by tap on
+  // XLA's pool (a flipped kernel's taps reversed back). Slice 0 writes into
+  // dw where it can.
   std::vector<std::vector<float>> sums(split.parts);
   auto sum_of = [&](int64_t i) -> float* {
     if (i == 0 && !kernel.flip) return static_cast<float*>(dw->untyped_data());
@@ -443,23 +469,19 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
         memory(dw_user, Engine(), sum_of(i)), g);
   };
   if (auto e = ForEachPart(pool, split.parts, part); e.failure()) return e;
-  float* total = sum_of(0);
-  int64_t chunk = (count + split.parts - 1) / split.parts;
-  if (auto e = ForEachPart(pool, split.parts, [&](int64_t c) {
-        size_t lo = c * chunk, hi = std::min<size_t>(count, lo + chunk);
-        for (int64_t i = 1; i < split.parts; ++i) {
-          const float* part_sum = sums[i].data();
-          for (size_t j = lo; j < hi; ++j) total[j] += part_sum[j];
-        }
-      });
-      e.failure()) {
-    return e;
-  }
-  if (kernel.flip) {
-    ReverseTaps(total, dw->untyped_data(), kernel.taps,
-                count / kernel.taps * sizeof(float));
-  }
-  return ffi::Error::Success();
+  if (!kernel.flip && split.parts == 1) return ffi::Error::Success();
+  const float* first = sum_of(0);
+  float* total = static_cast<float*>(dw->untyped_data());
+  size_t tap = count / kernel.taps();
+  return ForEachPart(pool, kernel.taps(), [&](int64_t t) {
+    size_t from = kernel.Source(t) * tap;
+    float* out = total + t * tap;
+    if (kernel.flip) std::memcpy(out, first + from, tap * sizeof(float));
+    for (int64_t i = 1; i < split.parts; ++i) {
+      const float* part_sum = sums[i].data() + from;
+      for (size_t j = 0; j < tap; ++j) out[j] += part_sum[j];
+    }
+  });
 }
 
 }  // namespace

@@ -206,8 +206,11 @@ def test_whole_models_equal_across_impls():
       assert a.shape == b.shape and helpers.rel_error(a, b) < 1e-4, impl
 
 
-def test_auto_is_fast_on_cpu_and_names_are_checked():
-  assert models.resolve_conv_impl('auto') == 'fast'   # tests run on CPU
+def test_auto_on_cpu_and_names_are_checked():
+  # Tests run on CPUs: 'fast', or 'dnnl' on those with AVX512-BF16.
+  expected = ('dnnl' if 'avx512_bf16' in xla_flags.cpu_features() else
+              'fast')
+  assert models.resolve_conv_impl('auto') == expected
   assert models.resolve_conv_impl('phase') == 'phase'
   assert models.resolve_conv_impl('mm') == 'mm'
   assert models.resolve_conv_impl('dnnl') == 'dnnl'  # built by the README
@@ -227,12 +230,14 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert resolve('auto', jnp.float32, amx, rules) == 'fast'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
   assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
-  # The shipped rule: oneDNN's convolutions in bfloat16 where the CPU has
-  # AVX512-BF16, 'mm' where the oneDNN kernel is not built.
+  # The shipped rules: oneDNN's convolutions in both dtypes where the CPU
+  # has AVX512-BF16; in bfloat16 'mm' where the oneDNN kernel is not built,
+  # in float32 'fast'.
   zen4 = frozenset({'avx512f', 'avx512_bf16'})
   assert resolve('auto', jnp.bfloat16, zen4) == 'dnnl'
-  assert resolve('auto', jnp.float32, zen4) == 'fast'
+  assert resolve('auto', jnp.float32, zen4) == 'dnnl'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2', 'fma'})) == 'fast'
+  assert resolve('auto', jnp.float32, frozenset({'avx2', 'fma'})) == 'fast'
   flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has
   monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag),
                       ('dnnl', 'mm'))
@@ -241,12 +246,13 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   bf16 = models.build_models(mc, jnp.bfloat16)
   assert (bf16.generator.conv_impl, bf16.critic.conv_impl,
           bf16.resnet.conv_impl) == ('dnnl',) * 3
-  assert models.build_models(mc).generator.conv_impl == 'fast'
-  # Without the kernel: the rule's next form, and a one-line error for an
-  # explicit 'dnnl'.
+  assert models.build_models(mc).generator.conv_impl == resolve('auto')
+  # Without the kernel: the rule's next form, else 'fast', and a one-line
+  # error for an explicit 'dnnl'.
   monkeypatch.setattr(dnnl_conv, 'load', lambda: 'the oneDNN kernel is not '
                       'built: python -m jaxcolor.kernels.build')
   assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
+  assert resolve('auto', jnp.float32, zen4) == 'fast'
   with pytest.raises(ValueError, match="conv_impl='dnnl': the oneDNN kernel "
                      'is not built'):
     resolve('dnnl', jnp.bfloat16)

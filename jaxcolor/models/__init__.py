@@ -56,14 +56,15 @@ class Models:
 
 # (compute dtype, CPU feature flag) -> what conv_impl='auto' picks on a CPU
 # with that flag, where a measurement showed a form faster than 'fast'
-# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16"): in
-# bfloat16 where the CPU has bfloat16 dot-product instructions, oneDNN's
-# convolutions ('dnnl', jaxcolor/kernels), else 'mm', whose matmuls are the
-# one bfloat16 contraction XLA CPU runs in bfloat16. The first of a rule's
-# forms that this installation can run is taken ('dnnl' needs its kernel
-# built). Intel Xeons with AMX list 'avx512_bf16' too.
+# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16" and
+# "float32 on oneDNN"): oneDNN's convolutions ('dnnl', jaxcolor/kernels)
+# on CPUs with AVX512-BF16, in both dtypes; in bfloat16 else 'mm', whose
+# matmuls are the one bfloat16 contraction XLA CPU runs in bfloat16. The
+# first of a rule's forms that this installation can run is taken ('dnnl'
+# needs its kernel built). Intel Xeons with AMX list 'avx512_bf16' too.
 FASTER_THAN_FAST: dict[tuple[str, str], tuple[str, ...]] = {
     ('bfloat16', 'avx512_bf16'): ('dnnl', 'mm'),
+    ('float32', 'avx512_bf16'): ('dnnl',),
 }
 
 

@@ -21,7 +21,9 @@ default CPU convolution kernels (YNNPACK) instead of Eigen's; 'phase' the
 same with the previous convolution forms; the others add the speed-ups
 (ResNet feature cache, bfloat16, several steps per compiled call);
 'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step (both with
-`xla_cpu_convolutions='auto'`). `--variants cpu_kernels` sweeps what 'auto'
+`xla_cpu_convolutions='auto'`); 'auto' and 'auto_bf16' are the peer's
+computation with jaxcolor's defaults (`conv_impl='auto'`: on this CPU what
+its measured rules pick, the log names it). `--variants cpu_kernels` sweeps what 'auto'
 and conv_impl choose between on a new CPU kind: each kernel choice
 ('eigen', 'onednn', 'ynnpack') and, with oneDNN, each convolution form, in
 both dtypes (names ending in '_bf16' run bfloat16), and conv_impl 'mm'
@@ -59,6 +61,8 @@ VARIANTS = {
     'same_ynnpack': ['--config.model.conv_impl=fast',
                      '--config.xla_cpu_convolutions=default'],
     'same_bf16': ['--config.model.conv_impl=fast', '--config.dtype=bfloat16'],
+    'auto': [],
+    'auto_bf16': ['--config.dtype=bfloat16'],
     'phase': ['--config.model.conv_impl=phase'],
     'cache': ['--config.model.conv_impl=fast',
               '--config.data.use_feature_cache=True'],

@@ -111,8 +111,10 @@ def split_steps(execs: list[Exec], marker: str = '',
 def step_summary(step: list[Exec], threads: int = 1) -> dict:
   """Wall, union and concurrency of one step's execs; summed thread ms by
   kind (an exec's ms times `threads`, the team it ran on)."""
+  # Starts before ends at one instant: an exec of 0 ms never counts as -1.
   points = sorted([(e.start_ms, 1) for e in step] +
-                  [(e.start_ms + e.ms, -1) for e in step])
+                  [(e.start_ms + e.ms, -1) for e in step],
+                  key=lambda p: (p[0], -p[1]))
   levels = collections.Counter()
   running, last = 0, points[0][0]
   for t, change in points:

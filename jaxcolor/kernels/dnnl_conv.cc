@@ -236,8 +236,13 @@ ffi::Error PackWeights(const Kernel& kernel, memory::data_type type, void* w,
       e.failure()) {
     return e;
   }
-  memory::dims one_tap = tap.get_dims();
   void* dst = packed->get_data_handle();
+  // The taps' reorders write the channels there are; a layout whose blocks
+  // pad the channels needs zeros in the rest.
+  if (wanted.get_padded_dims() != wanted.get_dims()) {
+    std::memset(dst, 0, wanted.get_size());
+  }
+  memory::dims one_tap = tap.get_dims();
   return run(kernel.taps(), [&](int64_t t) {
     memory src(tap, Engine(),
                static_cast<char*>(w) + kernel.Source(t) * tap.get_size());

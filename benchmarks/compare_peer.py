@@ -22,9 +22,9 @@ same with the previous convolution forms; the others add the speed-ups
 (ResNet feature cache, bfloat16, several steps per compiled call);
 'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step (both with
 `xla_cpu_convolutions='auto'`); 'auto' and 'auto_bf16' are the peer's
-computation with jaxcolor's defaults (`conv_impl='auto'`: on this CPU what
-its measured rules pick, the log names it). `--variants cpu_kernels` sweeps what 'auto'
-and conv_impl choose between on a new CPU kind: each kernel choice
+computation with jaxcolor's defaults (`conv_impl='auto'`: the form its
+measured rules pick on this CPU). `--variants cpu_kernels` sweeps what
+'auto' and conv_impl choose between on a new CPU kind: each kernel choice
 ('eigen', 'onednn', 'ynnpack') and, with oneDNN, each convolution form, in
 both dtypes (names ending in '_bf16' run bfloat16), and conv_impl 'mm'
 (every convolution a matmul, the form whose bfloat16 matmuls XLA CPU

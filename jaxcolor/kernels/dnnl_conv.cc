@@ -20,9 +20,12 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -209,6 +212,79 @@ char* At(void* base, int64_t image, size_t image_bytes) {
   return static_cast<char*>(base) + image * image_bytes;
 }
 
+// Blocks of a few MB and more (packed weights, per-slice weight grads),
+// kept from call to call: glibc serves a block over 32 MiB from a fresh
+// mmap and returns it to the kernel when freed, so every step would touch
+// new pages, a page fault per 4 KiB, and unmap them again. A block given
+// back is kept for the next request of its exact size (the step asks for
+// the same sizes every call), up to kMaxCached bytes in all.
+class BlockCache {
+ public:
+  static BlockCache& Get() {
+    static BlockCache* cache = new BlockCache;
+    return *cache;
+  }
+  void* Take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* block = it->second;
+        free_.erase(it);
+        cached_ -= bytes;
+        return block;
+      }
+    }
+    void* block = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign *
+                                                 kAlign);
+    if (block == nullptr) throw std::bad_alloc();
+    return block;
+  }
+  void Give(void* block, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + bytes <= kMaxCached) {
+        free_.emplace(bytes, block);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(block);
+  }
+
+ private:
+  static constexpr size_t kAlign = 64;
+  static constexpr size_t kMaxCached = size_t{1} << 30;
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
+// A block of `bytes` from BlockCache, given back when it goes out of scope.
+class Block {
+ public:
+  Block() = default;
+  explicit Block(size_t bytes)
+      : bytes_(bytes), data_(bytes ? BlockCache::Get().Take(bytes) : nullptr) {}
+  Block(Block&& other) noexcept { *this = std::move(other); }
+  Block& operator=(Block&& other) noexcept {
+    std::swap(bytes_, other.bytes_);
+    std::swap(data_, other.data_);
+    return *this;
+  }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  ~Block() {
+    if (data_ != nullptr) BlockCache::Get().Give(data_, bytes_);
+  }
+  void* data() const { return data_; }
+  float* floats() const { return static_cast<float*>(data_); }
+
+ private:
+  size_t bytes_ = 0;
+  void* data_ = nullptr;
+};
+
 // Runs part(i) for i in [0, parts) on this thread, one after another.
 ffi::Error Serially(int64_t parts, const std::function<void(int64_t)>& part) {
   return Guarded([&] {
@@ -219,24 +295,27 @@ ffi::Error Serially(int64_t parts, const std::function<void(int64_t)>& part) {
 using Runner =
     std::function<ffi::Error(int64_t, const std::function<void(int64_t)>&)>;
 
-// The kernel buffer `w` reordered into `wanted` (oneDNN's packed layout),
-// one tap per part of `run` (XLA's pool, or `Serially`): a flipped
-// kernel's taps are read in reverse, so nothing is copied first. The
-// buffer itself where it already is `wanted` (never for flip).
+// The kernel buffer `w` reordered into `wanted` (oneDNN's packed layout)
+// in `storage`, one tap per part of `run` (XLA's pool, or `Serially`): a
+// flipped kernel's taps are read in reverse, so nothing is copied first.
+// The buffer itself where it already is `wanted` (never for flip).
 ffi::Error PackWeights(const Kernel& kernel, memory::data_type type, void* w,
                        const memory::desc& wanted, const Runner& run,
-                       memory* packed) {
+                       Block* storage, memory* packed) {
   memory::desc tap = kernel.Tap(type);
   if (!kernel.flip && wanted == memory::desc(kernel.dims, type,
                                              kernel.strides)) {
     *packed = memory(wanted, Engine(), w);
     return ffi::Error::Success();
   }
-  if (auto e = Guarded([&] { *packed = memory(wanted, Engine()); });
+  if (auto e = Guarded([&] {
+        *storage = Block(wanted.get_size());
+        *packed = memory(wanted, Engine(), storage->data());
+      });
       e.failure()) {
     return e;
   }
-  void* dst = packed->get_data_handle();
+  void* dst = storage->data();
   // The taps' reorders write the channels there are; a layout whose blocks
   // pad the channels needs zeros in the rest.
   if (wanted.get_padded_dims() != wanted.get_dims()) {
@@ -282,17 +361,19 @@ ffi::Error WithPackedWeights(ffi::ThreadPool& pool, int64_t batch,
                            const std::function<void(int64_t)>& part) {
     return ForEachPart(pool, parts, part);
   };
+  Block storage;
   memory packed;
-  if (auto e = PackWeights(kernel, type, w, first, on_pool, &packed);
+  if (auto e = PackWeights(kernel, type, w, first, on_pool, &storage, &packed);
       e.failure()) {
     return e;
   }
   return ForEachPart(pool, split.parts, [&](int64_t i) {
     auto pd = pd_for(split.size(i, batch));
     memory weights = packed;
+    Block own;
     if (pd.weights_desc() != first) {  // a shorter last slice, rarely
       ffi::Error e = PackWeights(kernel, type, w, pd.weights_desc(),
-                                 Serially, &weights);
+                                 Serially, &own, &weights);
       if (e.failure()) throw std::runtime_error(e.message());
     }
     run(pd, weights, split.lo(i));
@@ -391,7 +472,10 @@ void BackwardWeights(const memory& x, const memory& dy, memory dw_out,
                    memory::format_tag::any),
       dy_md, g.strides, g.pad_l, g.pad_r, hint);
   bool packed = pd.diff_weights_desc() != dw_out.get_desc();
-  memory dw_mem = packed ? memory(pd.diff_weights_desc(), Engine()) : dw_out;
+  Block storage(packed ? pd.diff_weights_desc().get_size() : 0);
+  memory dw_mem =
+      packed ? memory(pd.diff_weights_desc(), Engine(), storage.data())
+             : dw_out;
   dnnl::stream stream(Engine());
   dnnl::convolution_backward_weights(pd).execute(
       stream, {{DNNL_ARG_SRC, x},
@@ -437,10 +521,10 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     return ForEachPart(pool, threads, [&](int64_t i) {
       int64_t per = out_channels / threads, lo = i * per;
       size_t elem = Bytes(in_type), pixels = dy_image / (out_channels * elem);
-      std::vector<char> dy_part(batch * pixels * per * elem);
+      Block dy_part(batch * pixels * per * elem);
       const char* dy_all = static_cast<const char*>(dy.untyped_data());
       for (size_t p = 0; p < batch * pixels; ++p) {
-        std::memcpy(dy_part.data() + p * per * elem,
+        std::memcpy(static_cast<char*>(dy_part.data()) + p * per * elem,
                     dy_all + (p * out_channels + lo) * elem, per * elem);
       }
       memory::dims dy_part_dims = dy_dims, w_part_dims = kernel.dims;
@@ -458,11 +542,11 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   // Slice i's grad goes to sums[i]; dw is their sum, summed tap by tap on
   // XLA's pool (a flipped kernel's taps reversed back). Slice 0 writes into
   // dw where it can.
-  std::vector<std::vector<float>> sums(split.parts);
+  std::vector<Block> sums(split.parts);
   auto sum_of = [&](int64_t i) -> float* {
     if (i == 0 && !kernel.flip) return static_cast<float*>(dw->untyped_data());
-    sums[i].resize(count);
-    return sums[i].data();
+    if (sums[i].data() == nullptr) sums[i] = Block(count * sizeof(float));
+    return sums[i].floats();
   };
   auto part = [&](int64_t i) {
     int64_t n = split.size(i, batch);
@@ -483,7 +567,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     float* out = total + t * tap;
     if (kernel.flip) std::memcpy(out, first + from, tap * sizeof(float));
     for (int64_t i = 1; i < split.parts; ++i) {
-      const float* part_sum = sums[i].data() + from;
+      const float* part_sum = sums[i].floats() + from;
       for (size_t j = 0; j < tap; ++j) out[j] += part_sum[j];
     }
   });

@@ -23,7 +23,9 @@ same with the previous convolution forms; the others add the speed-ups
 'same_bf16' is 'same' in bfloat16, the peer's `--bf16` step (both with
 `xla_cpu_convolutions='auto'`); 'auto' and 'auto_bf16' are the peer's
 computation with jaxcolor's defaults (`conv_impl='auto'`: the form its
-measured rules pick on this CPU). `--variants cpu_kernels` sweeps what
+measured rules pick on this CPU); 'shard_map' and 'shard_map_bf16' the
+same compiled with `parallel='shard_map'` (whose `optim.adam_impl='auto'`
+updates in place on the kernel library). `--variants cpu_kernels` sweeps what
 'auto' and conv_impl choose between on a new CPU kind: each kernel choice
 ('eigen', 'onednn', 'ynnpack') and, with oneDNN, each convolution form, in
 both dtypes (names ending in '_bf16' run bfloat16), and conv_impl 'mm'
@@ -63,6 +65,9 @@ VARIANTS = {
     'same_bf16': ['--config.model.conv_impl=fast', '--config.dtype=bfloat16'],
     'auto': [],
     'auto_bf16': ['--config.dtype=bfloat16'],
+    'shard_map': ['--config.parallel=shard_map'],
+    'shard_map_bf16': ['--config.parallel=shard_map',
+                       '--config.dtype=bfloat16'],
     'phase': ['--config.model.conv_impl=phase'],
     'cache': ['--config.model.conv_impl=fast',
               '--config.data.use_feature_cache=True'],

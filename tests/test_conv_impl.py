@@ -14,7 +14,7 @@ from jaxcolor.runtime import checkpoint
 from jaxcolor.runtime import op_profile
 from jaxcolor import families
 from jaxcolor import models
-from jaxcolor.kernels import dnnl_conv
+from jaxcolor.kernels import library
 from jaxcolor.models import conv_impl
 from jaxcolor.models import conv_transpose
 from jaxcolor.runtime import xla_flags
@@ -249,11 +249,11 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert models.build_models(mc).generator.conv_impl == resolve('auto')
   # Without the kernel: the rule's next form, else 'fast', and a one-line
   # error for an explicit 'dnnl'.
-  monkeypatch.setattr(dnnl_conv, 'load', lambda: 'the oneDNN kernel is not '
+  monkeypatch.setattr(library, 'load', lambda: 'the kernel library is not '
                       'built: python -m jaxcolor.kernels.build')
   assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
   assert resolve('auto', jnp.float32, zen4) == 'fast'
-  with pytest.raises(ValueError, match="conv_impl='dnnl': the oneDNN kernel "
+  with pytest.raises(ValueError, match="conv_impl='dnnl': the kernel library "
                      'is not built'):
     resolve('dnnl', jnp.bfloat16)
 

@@ -19,6 +19,7 @@ import pytest
 import helpers
 from jaxcolor.kernels import build
 from jaxcolor.kernels import dnnl_conv
+from jaxcolor.kernels import library
 from jaxcolor.models import conv_transpose
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -163,19 +164,19 @@ def test_bad_operands_are_a_clear_error():
 def test_load_says_why_it_cannot(monkeypatch, tmp_path):
   """A missing, damaged or foreign library: load() returns the one-line reason
   (resolve_conv_impl turns it into config errors and 'auto' falls back)."""
-  load = dnnl_conv.load.__wrapped__  # uncached; registers nothing here
-  monkeypatch.setattr(dnnl_conv, 'LIBRARY', str(tmp_path / 'missing.so'))
+  load = library.load.__wrapped__  # uncached; registers nothing here
+  monkeypatch.setattr(library, 'LIBRARY', str(tmp_path / 'missing.so'))
   assert 'not built' in load() and 'jaxcolor.kernels.build' in load()
   assert 'pip install -r requirements.txt' in load()
   damaged = tmp_path / 'damaged.so'
   damaged.write_bytes(b'\x7fELF' + os.urandom(64))
-  monkeypatch.setattr(dnnl_conv, 'LIBRARY', str(damaged))
+  monkeypatch.setattr(library, 'LIBRARY', str(damaged))
   assert 'does not load' in load() and '\n' not in load()
-  # A real shared library that is not this kernel (oneDNN's own).
-  monkeypatch.setattr(dnnl_conv, 'LIBRARY',
+  # A real shared library that is not this one (oneDNN's own).
+  monkeypatch.setattr(library, 'LIBRARY',
                       os.path.join(build.find_onednn()[1], 'libdnnl.so'))
   assert 'does not load' in load() and 'JaxcolorDnnlConv' in load()
-  assert dnnl_conv.load() == ''  # the real one (cached) is built and loads
+  assert library.load() == ''  # the real one (cached) is built and loads
 
 
 @pytest.mark.parametrize('args,message', [

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxcolor.kernels import dnnl_conv
+from jaxcolor.kernels import library
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
@@ -32,8 +32,8 @@ for _ in range(3):
 
 @pytest.fixture(scope='module')
 def verbose_log(tmp_path_factory):
-  if dnnl_conv.load():
-    pytest.skip(dnnl_conv.load())
+  if library.load():
+    pytest.skip(library.load())
   path = tmp_path_factory.mktemp('onednn') / 'verbose.log'
   env = dict(os.environ, PYTHONPATH=ROOT, ONEDNN_VERBOSE='1',
              ONEDNN_VERBOSE_TIMESTAMP='1')

@@ -1,5 +1,7 @@
 """Native kernels, run by XLA as FFI custom calls (beneath the models).
 
-dnnl_conv: oneDNN's convolutions for CPUs (config.model.conv_impl='dnnl'),
-built from dnnl_conv.cc by `python -m jaxcolor.kernels.build`.
+One library, built from dnnl_conv.cc and adam.cc by `python -m
+jaxcolor.kernels.build` and loaded by library.py:
+dnnl_conv: oneDNN's convolutions for CPUs (config.model.conv_impl='dnnl').
+adam: Adam's update in one pass, in place (config.optim.adam_impl).
 """

@@ -1,10 +1,10 @@
-"""Builds the oneDNN convolution kernel: `python -m jaxcolor.kernels.build`.
+"""Builds the kernel library: `python -m jaxcolor.kernels.build`.
 
-Compiles dnnl_conv.cc with the C++ compiler ($CXX, else g++) against
+Compiles dnnl_conv.cc and adam.cc with the C++ compiler ($CXX, else g++) against
 oneDNN's headers and library (PyPI's onednn-cpu-gomp and
 onednn-devel-cpu-gomp, in requirements.txt, install them into the Python
 environment; a system oneDNN 3.x under /usr or /usr/local is taken
-too) and XLA's FFI headers from jaxlib, into jaxcolor/kernels/_dnnl_conv.so.
+too) and XLA's FFI headers from jaxlib, into jaxcolor/kernels/_kernels.so.
 The library is written beside a temporary name and renamed, so a failed or
 interrupted build leaves the previous one. Errors are one line; exit
 status 1.
@@ -21,8 +21,9 @@ from absl import app
 from absl import flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, 'dnnl_conv.cc')
-LIBRARY = os.path.join(HERE, '_dnnl_conv.so')
+SOURCES = tuple(os.path.join(HERE, name) for name in ('dnnl_conv.cc',
+                                                      'adam.cc'))
+LIBRARY = os.path.join(HERE, '_kernels.so')
 
 _CXX = flags.DEFINE_string('cxx', None, 'C++ compiler (default: $CXX, g++).')
 _ONEDNN = flags.DEFINE_string(
@@ -55,9 +56,10 @@ def find_onednn(prefix=None):
 
 
 def command(cxx, ffi_include, dnnl_include, dnnl_lib, out):
-  return [cxx, '-O2', '-std=c++17', '-fopenmp', '-shared', '-fPIC',
-          '-Wno-return-type', f'-I{ffi_include}', f'-I{dnnl_include}',
-          SOURCE, f'-L{dnnl_lib}', '-ldnnl', f'-Wl,-rpath,{dnnl_lib}',
+  # -fno-math-errno: sqrt as an instruction (adam.cc's loop vectorises).
+  return [cxx, '-O2', '-fno-math-errno', '-std=c++17', '-fopenmp', '-shared',
+          '-fPIC', '-Wno-return-type', f'-I{ffi_include}', f'-I{dnnl_include}',
+          *SOURCES, f'-L{dnnl_lib}', '-ldnnl', f'-Wl,-rpath,{dnnl_lib}',
           '-o', out]
 
 
@@ -69,7 +71,7 @@ def build(cxx=None, onednn=None) -> str:
     raise BuildError(f'no C++ compiler {cxx!r} on PATH (set $CXX or --cxx)')
   dnnl_include, dnnl_lib = find_onednn(onednn)
   try:
-    fd, temp = tempfile.mkstemp(prefix='._dnnl_conv.', suffix='.so', dir=HERE)
+    fd, temp = tempfile.mkstemp(prefix='._kernels.', suffix='.so', dir=HERE)
   except OSError as e:
     raise BuildError(f'cannot write into {HERE}: {e.strerror}') from None
   os.close(fd)

@@ -15,23 +15,23 @@
 // pad_bottom, pad_left, pad_right).
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -138,43 +138,17 @@ ffi::Error Guarded(F body) {
 }
 
 // Runs part(i) for i in [0, parts) on the calling thread and XLA's own
-// intra-op threads, each part with oneDNN single-threaded: XLA runs
-// independent ops side by side on those threads, and a oneDNN call with
-// its own team of OpenMP threads as large as the machine would
+// intra-op threads (thread_pool.h), each part with oneDNN single-threaded:
+// XLA runs independent ops side by side on those threads, and a oneDNN call
+// with its own team of OpenMP threads as large as the machine would
 // oversubscribe the cores (a descheduled team member stalls the team).
-// The caller takes parts too, so the call finishes even if no pool thread
-// ever comes; a pool task that starts after the last part returns at once.
 ffi::Error ForEachPart(ffi::ThreadPool& pool, int64_t parts,
                        const std::function<void(int64_t)>& part) {
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    int64_t parts = 0, left = 0;
-    const std::function<void(int64_t)>* part = nullptr;
-    std::mutex mu;
-    std::condition_variable all_done;
-    std::string error;
-  };
-  auto shared = std::make_shared<Shared>();
-  shared->parts = shared->left = parts;
-  shared->part = &part;
-  auto work = [](const std::shared_ptr<Shared>& sh) {
+  return jaxcolor::ForEachPart(pool, parts, [&](int64_t i) {
     omp_set_num_threads(1);
-    for (int64_t i = sh->next++; i < sh->parts; i = sh->next++) {
-      ffi::Error result = Guarded([&] { (*sh->part)(i); });
-      std::lock_guard<std::mutex> lock(sh->mu);
-      if (result.failure() && sh->error.empty()) sh->error = result.message();
-      if (--sh->left == 0) sh->all_done.notify_all();
-    }
-  };
-  int64_t helpers = std::min<int64_t>(parts, pool.num_threads()) - 1;
-  for (int64_t i = 0; i < helpers; ++i) {
-    pool.Schedule([shared, work] { work(shared); });
-  }
-  work(shared);
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->all_done.wait(lock, [&] { return shared->left == 0; });
-  if (!shared->error.empty()) return ffi::Error::Internal(shared->error);
-  return ffi::Error::Success();
+    ffi::Error result = Guarded([&] { part(i); });
+    if (result.failure()) throw std::runtime_error(result.message());
+  });
 }
 
 // How a batch of `batch` splits: `parts` slices of `per` images (the last

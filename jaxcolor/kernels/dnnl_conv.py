@@ -4,9 +4,8 @@ XLA's CPU backend (jaxlib 0.10) computes a bfloat16 convolution in float32
 on Eigen; oneDNN runs it on the CPU's bfloat16 units (AVX512-BF16, AMX), as
 PyTorch does. dnnl_conv.cc wraps oneDNN's three convolution passes as XLA
 FFI custom calls; `conv` and `conv_transpose` give them JAX's semantics and
-gradients (custom VJPs). The library is built from source by
-`python -m jaxcolor.kernels.build` (g++, and oneDNN from PyPI:
-requirements.txt) into this folder; `load()` says why it is missing.
+gradients (custom VJPs). They are in the kernel library
+(jaxcolor/kernels/library.py); `library.load()` says why it is missing.
 
 Shapes: activations NHWC, kernels HWIO (k, k, C_in, C_out) float32; a
 call's result has x's dtype (float32 or bfloat16), products accumulate in
@@ -15,51 +14,19 @@ results carry no varying-axes type: steps compile with check_vma=False
 (runtime/parallel.py), as the trainer's do.
 """
 
-import ctypes
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                       '_dnnl_conv.so')
-_TARGETS = {'jaxcolor_dnnl_conv_fwd': 'JaxcolorDnnlConvFwd',
-            'jaxcolor_dnnl_conv_bwd_data': 'JaxcolorDnnlConvBwdData',
-            'jaxcolor_dnnl_conv_bwd_weights': 'JaxcolorDnnlConvBwdWeights'}
-
-
-class Unavailable(RuntimeError):
-  """The oneDNN kernel library is not built or does not load."""
-
-
-@functools.cache
-def load() -> str:
-  """Registers the custom calls once per process; '' or why they can't be.
-
-  XLA's custom-call registry is process-wide, hence the cache.
-  """
-  if not os.path.exists(LIBRARY):
-    return ('the oneDNN kernel is not built: pip install -r '
-            'requirements.txt && python -m jaxcolor.kernels.build')
-  try:
-    lib = ctypes.cdll.LoadLibrary(LIBRARY)
-    handlers = {target: getattr(lib, symbol)
-                for target, symbol in _TARGETS.items()}
-  except (OSError, AttributeError) as e:  # not a library, or another one
-    return (f'the oneDNN kernel does not load ({e}); rebuild it: '
-            'python -m jaxcolor.kernels.build')
-  for target, handler in handlers.items():
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler),
-                                platform='cpu')
-  return ''
+from jaxcolor.kernels import library
 
 
 def _require() -> None:
-  why = load()
+  why = library.load()
   if why:
-    raise Unavailable(f"config.model.conv_impl='dnnl': {why}")
+    raise library.Unavailable(f"config.model.conv_impl='dnnl': {why}")
 
 
 def _call(target, shape, dtype, a, b, s, padding, flip):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcolor.kernels import dnnl_conv
+from jaxcolor.kernels import library
 from jaxcolor.models import conv_impl
 from jaxcolor.models import generator as generator_lib
 from jaxcolor.models import patchgan
@@ -74,7 +74,7 @@ def _why_not(impl: str) -> str:
     return ''
   if jax.default_backend() != 'cpu':
     return 'oneDNN runs on CPUs only'
-  return dnnl_conv.load()
+  return library.load()
 
 
 def resolve_conv_impl(name: str, dtype: Any = 'float32',

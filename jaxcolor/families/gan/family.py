@@ -36,7 +36,8 @@ class GANFamily(families.Family):
   """The proposed model ('edge_saliency_gan') and SCGAN ('scgan')."""
   accumulates_gradients = True
   console_metrics = ('g_loss', 'l1', 'gan', 'saliency', 'd_loss')
-  resume_may_differ = ('model.conv_impl', 'model.resnet18_weights',
+  resume_may_differ = ('model.conv_impl', 'optim.adam_impl',
+                       'model.resnet18_weights',
                        'model.require_resnet18_weights',
                        'model.reuse_generator_forward')
 
@@ -98,6 +99,7 @@ class GANFamily(families.Family):
                   losses.GAN_OBJECTIVES)
     for key in ('g_lr_schedule', 'd_lr_schedule'):
       _check_choice(f'config.optim.{key}', o[key], optim.LR_SCHEDULES)
+    optim.resolve_adam_impl(o.get('adam_impl', 'auto'), self.config.parallel)
     step_lib.rebalance_lambda(self.config.loss)
     if not 0.0 <= float(o.ema_decay) < 1.0:
       raise ValueError(f'config.optim.ema_decay={o.ema_decay}: must be in '

@@ -9,8 +9,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxcolor.kernels import adam as adam_kernel
+from jaxcolor.kernels import library
+
 # config.optim.g_lr_schedule / d_lr_schedule.
 LR_SCHEDULES = ('constant', 'cosine', 'linear')
+# config.optim.adam_impl: how an Adam update is computed (same values).
+ADAM_IMPLS = ('auto', 'optax', 'kernel')
+EPS = 1e-8  # optax.adam's
 
 
 def decay_steps(config: ml_collections.ConfigDict) -> int:
@@ -57,9 +63,55 @@ def make_optimizers(config: ml_collections.ConfigDict, g_lr, d_lr):
   """Adam for the generator and for the critic, at the rates of
   `learning_rates(config)`: (g_tx, d_tx)."""
   o = config.optim
-  g_tx = optax.adam(g_lr, b1=o.b1, b2=o.b2)
-  d_tx = optax.adam(d_lr, b1=o.b1, b2=o.b2)
+  g_tx = optax.adam(g_lr, b1=o.b1, b2=o.b2, eps=EPS)
+  d_tx = optax.adam(d_lr, b1=o.b1, b2=o.b2, eps=EPS)
   return g_tx, d_tx
+
+
+def resolve_adam_impl(name: str, parallel: str) -> str:
+  """config.optim.adam_impl -> 'optax' or 'kernel', for config.parallel.
+
+  'auto' is 'kernel' on CPUs where the kernel library loads and the step is
+  compiled with shard_map (one pass over memory instead of XLA CPU's
+  copies: jaxcolor/kernels/adam.py), 'optax' elsewhere: under pmap XLA
+  copies the kernel's in-place results once more (docs/benchmarks.md).
+  ValueError for an unknown name or a 'kernel' this process cannot run.
+  """
+  if name not in ADAM_IMPLS:
+    raise ValueError(f'config.optim.adam_impl={name!r}; expected one of '
+                     f'{ADAM_IMPLS}')
+  if name == 'optax':
+    return name
+  why = ('it runs on CPUs only' if jax.default_backend() != 'cpu'
+         else library.load())
+  if name == 'kernel' and why:
+    raise ValueError(f"config.optim.adam_impl='kernel': {why}")
+  if why or (name == 'auto' and parallel != 'shard_map'):
+    return 'optax'
+  return 'kernel'
+
+
+def apply_update(tx: optax.GradientTransformation, lr,
+                 config: ml_collections.ConfigDict, grads, params, opt_state):
+  """One update of `tx` (`make_optimizers`' Adam at rate `lr`): (new
+  params, new optimiser state), the values of tx.update and
+  optax.apply_updates up to float32 rounding, computed as
+  config.optim.adam_impl says."""
+  o = config.optim
+  impl = resolve_adam_impl(o.get('adam_impl', 'auto'),
+                           config.get('parallel', 'pmap'))
+  if impl == 'optax':
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  adam_state, lr_state = opt_state
+  count = optax.safe_increment(adam_state.count)
+  params, mu, nu = adam_kernel.update(
+      params, adam_state.mu, adam_state.nu, grads,
+      lr=lr_at(lr, adam_state.count), count=count, b1=o.b1, b2=o.b2, eps=EPS)
+  # The rate's own state (a schedule's count) advances as in optax.
+  _, lr_state = optax.scale_by_learning_rate(lr).update({}, lr_state)
+  return params, (optax.ScaleByAdamState(count=count, mu=mu, nu=nu),
+                  lr_state)
 
 
 def lr_at(lr, step: jnp.ndarray) -> jnp.ndarray:

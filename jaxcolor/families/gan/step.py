@@ -203,7 +203,7 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
           state.d_params, gray, real_rgb, fake_rgb, rng, models=models,
           loss_config=config.loss)
   d_grads, d_params, d_opt_state = _update(
-      d_tx, d_grads, state.d_params, state.d_opt_state)
+      d_tx, d_lr, config, d_grads, state.d_params, state.d_opt_state)
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_objective(fake):
@@ -219,7 +219,7 @@ def train_step(state: state_lib.TrainState, batch: dict, *,
         lambda p: generator_objective(generate_from(p)), has_aux=True)(
             state.g_params)
   g_grads, g_params, g_opt_state = _update(
-      g_tx, g_grads, state.g_params, state.g_opt_state)
+      g_tx, g_lr, config, g_grads, state.g_params, state.g_opt_state)
 
   return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
                       g_grads, d_params, d_opt_state, d_grads, {
@@ -268,7 +268,7 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
   d_grads, (d_losses, (d_reals, d_fakes)) = _scan_mean(
       critic_micro, state.d_params, micro, k)
   d_grads, d_params, d_opt_state = _update(
-      d_tx, d_grads, state.d_params, state.d_opt_state)
+      d_tx, d_lr, config, d_grads, state.d_params, state.d_opt_state)
 
   # 2. Generator: L1 + GAN (against the updated critic) + saliency-L1.
   def generator_micro(grads, indexed):
@@ -285,7 +285,7 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
   g_grads, (g_losses, parts) = _scan_mean(
       generator_micro, state.g_params, micro, k)
   g_grads, g_params, g_opt_state = _update(
-      g_tx, g_grads, state.g_params, state.g_opt_state)
+      g_tx, g_lr, config, g_grads, state.g_params, state.g_opt_state)
 
   return _finish_step(state, config, g_lr, d_lr, g_params, g_opt_state,
                       g_grads, d_params, d_opt_state, d_grads, {
@@ -296,12 +296,13 @@ def accumulated_train_step(state: state_lib.TrainState, batch: dict, *,
                           'd_fake': jnp.mean(d_fakes)})
 
 
-def _update(tx, grads, params, opt_state):
+def _update(tx, lr, config, grads, params, opt_state):
   """Gradients averaged over the devices, then one optimiser update:
   (averaged grads, new params, new optimiser state)."""
   grads = parallel.pmean(grads)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return grads, optax.apply_updates(params, updates), opt_state
+  params, opt_state = optim.apply_update(tx, lr, config, grads, params,
+                                         opt_state)
+  return grads, params, opt_state
 
 
 def split_micro_batches(batch: dict, k: int) -> dict:

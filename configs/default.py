@@ -108,9 +108,10 @@ def get_config():
   # (0 = off, the paper); ema_warmup: decay min(ema_decay, (1+t)/(10+t)).
   optim.ema_decay = 0.0
   optim.ema_warmup = True
-  # How an Adam update is computed, same values: 'auto' (the kernel
-  # library's one pass on CPUs where it is built, else optax), 'optax',
-  # 'kernel' (jaxcolor/kernels/adam.py).
+  # How an Adam update is computed, same values up to rounding: 'auto' (the
+  # kernel library's one pass in place on CPUs where it is built, under
+  # parallel='shard_map'; else optax), 'optax', 'kernel'
+  # (jaxcolor/kernels/adam.py).
   optim.adam_impl = 'auto'
 
   return config

@@ -26,6 +26,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -186,12 +187,12 @@ char* At(void* base, int64_t image, size_t image_bytes) {
   return static_cast<char*>(base) + image * image_bytes;
 }
 
-// Blocks of a few MB and more (packed weights, per-slice weight grads),
-// kept from call to call: glibc serves a block over 32 MiB from a fresh
-// mmap and returns it to the kernel when freed, so every step would touch
-// new pages, a page fault per 4 KiB, and unmap them again. A block given
-// back is kept for the next request of its exact size (the step asks for
-// the same sizes every call), up to kMaxCached bytes in all.
+// The kernel's scratch blocks (packed weights, per-slice weight grads), kept
+// from call to call: glibc serves a block over 32 MiB from a fresh mmap and
+// returns it to the kernel when freed, so every step would touch new pages,
+// a page fault per 4 KiB, and unmap them again. A block given back waits
+// for the next request of its exact size (a step asks for the same sizes
+// every call), up to kMaxCached bytes in all, until the process ends.
 class BlockCache {
  public:
   static BlockCache& Get() {

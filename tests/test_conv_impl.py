@@ -231,7 +231,7 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
   assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
   # The shipped rules: oneDNN's convolutions in both dtypes where the CPU
-  # has AVX512-BF16; in bfloat16 'mm' where the oneDNN kernel is not built,
+  # has AVX512-BF16; in bfloat16 'mm' where the kernel library is not built,
   # in float32 'fast'.
   zen4 = frozenset({'avx512f', 'avx512_bf16'})
   assert resolve('auto', jnp.bfloat16, zen4) == 'dnnl'

@@ -36,6 +36,8 @@ def update(params: Any, mu: Any, nu: Any, grads: Any, *, lr: jax.Array,
   if why:
     raise library.Unavailable(f'Adam on the kernel library: {why}')
   leaves, treedef = jax.tree.flatten(params)
+  if not leaves:
+    return params, mu, nu
   others = [treedef.flatten_up_to(tree) for tree in (mu, nu, grads)]
   if any(x.dtype != jnp.float32 for x in jax.tree.leaves((params, mu, nu,
                                                           grads))):
@@ -49,8 +51,6 @@ def update(params: Any, mu: Any, nu: Any, grads: Any, *, lr: jax.Array,
     for k in range(3):  # p, mu, nu are updated in place
       aliases[1 + 4 * i + k] = len(results)
       results.append(jax.ShapeDtypeStruct(leaf[k].shape, jnp.float32))
-  if not leaves:
-    return params, mu, nu
   out = jax.ffi.ffi_call('jaxcolor_adam', results,
                          input_output_aliases=aliases)(*operands)
   return tuple(jax.tree.unflatten(treedef, out[k::3]) for k in range(3))

@@ -32,7 +32,7 @@ def update(params: Any, mu: Any, nu: Any, grads: Any, *, lr: jax.Array,
     count: this update's number t, from 1 (optax's incremented count).
     b1, b2, eps: Adam's decays and epsilon.
   """
-  why = library.load()
+  why = library.why_unavailable()
   if why:
     raise library.Unavailable(f'Adam on the kernel library: {why}')
   leaves, treedef = jax.tree.flatten(params)

@@ -19,11 +19,13 @@ import tempfile
 
 from absl import app
 from absl import flags
+import jax
+
+from jaxcolor.kernels import library
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = tuple(os.path.join(HERE, name) for name in ('dnnl_conv.cc',
                                                       'adam.cc'))
-LIBRARY = os.path.join(HERE, '_kernels.so')
 
 _CXX = flags.DEFINE_string('cxx', None, 'C++ compiler (default: $CXX, g++).')
 _ONEDNN = flags.DEFINE_string(
@@ -65,7 +67,6 @@ def command(cxx, ffi_include, dnnl_include, dnnl_lib, out):
 
 def build(cxx=None, onednn=None) -> str:
   """Compiles the kernel library; returns its path. BuildError on failure."""
-  import jax  # pylint: disable=g-import-not-at-top
   cxx = cxx or os.environ.get('CXX') or 'g++'
   if not shutil.which(cxx):
     raise BuildError(f'no C++ compiler {cxx!r} on PATH (set $CXX or --cxx)')
@@ -84,11 +85,11 @@ def build(cxx=None, onednn=None) -> str:
       raise BuildError(f'{cxx} failed: ' +
                        (errors[0] if errors else p.stderr.strip()[-300:]))
     os.chmod(temp, 0o755)
-    os.replace(temp, LIBRARY)
+    os.replace(temp, library.LIBRARY)
   finally:
     if os.path.exists(temp):
       os.remove(temp)
-  return LIBRARY
+  return library.LIBRARY
 
 
 def main(argv):

@@ -24,7 +24,7 @@ from jaxcolor.kernels import library
 
 
 def _require() -> None:
-  why = library.load()
+  why = library.why_unavailable()
   if why:
     raise library.Unavailable(f"config.model.conv_impl='dnnl': {why}")
 

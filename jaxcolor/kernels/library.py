@@ -44,3 +44,11 @@ def load() -> str:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler),
                                 platform='cpu')
   return ''
+
+
+def why_unavailable() -> str:
+  """'' where this process can run the library's kernels, else why not: no
+  CPU backend, or `load()`'s reason."""
+  if jax.default_backend() != 'cpu':
+    return 'the kernel library runs on CPUs only'
+  return load()

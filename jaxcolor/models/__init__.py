@@ -72,9 +72,7 @@ def _why_not(impl: str) -> str:
   """'' where this process can run `impl`, else why not."""
   if impl != 'dnnl':
     return ''
-  if jax.default_backend() != 'cpu':
-    return 'oneDNN runs on CPUs only'
-  return library.load()
+  return library.why_unavailable()
 
 
 def resolve_conv_impl(name: str, dtype: Any = 'float32',

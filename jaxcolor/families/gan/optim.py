@@ -82,8 +82,7 @@ def resolve_adam_impl(name: str, parallel: str) -> str:
                      f'{ADAM_IMPLS}')
   if name == 'optax':
     return name
-  why = ('it runs on CPUs only' if jax.default_backend() != 'cpu'
-         else library.load())
+  why = library.why_unavailable()
   if name == 'kernel' and why:
     raise ValueError(f"config.optim.adam_impl='kernel': {why}")
   if why or (name == 'auto' and parallel != 'shard_map'):

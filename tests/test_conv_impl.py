@@ -72,7 +72,7 @@ def test_conv_forms_match_flax(shape):
   x, w = _normal(0, (2, h, h, cin)), _normal(1, (k, k, cin, cout))
   ref = lambda x, w: nn.Conv(cout, (k, k), (s, s), pad, use_bias=False).apply(
       {'params': {'kernel': w}}, x)
-  impls = _rotations(FORMS) + ['fast', 'mm', 'dnnl']
+  impls = _rotations(FORMS) + ['fast', 'mm', 'dnnl', 'winograd']
   if s == 1:  # the tap form is for stride 1
     impls += _rotations(('tap', 'xla', 'mm'))
   _check_all({str(impl): functools.partial(conv_impl.conv, stride=s,
@@ -87,7 +87,7 @@ def test_conv_transpose_forms_match_flax(side):
   ref = lambda x, w: nn.ConvTranspose(5, (4, 4), (2, 2), pad,
                                       use_bias=False).apply(
                                           {'params': {'kernel': w}}, x)
-  impls = _rotations(TFORMS) + ['fast', 'mm', 'dnnl']
+  impls = _rotations(TFORMS) + ['fast', 'mm', 'dnnl', 'winograd']
   _check_all({str(impl): functools.partial(conv_impl.conv_transpose,
                                            stride=2, padding=pad, impl=impl)
               for impl in impls}, ref, x, w)
@@ -207,13 +207,14 @@ def test_whole_models_equal_across_impls():
 
 
 def test_auto_on_cpu_and_names_are_checked():
-  # Tests run on CPUs: 'fast', or 'dnnl' on those with AVX512-BF16.
-  expected = ('dnnl' if 'avx512_bf16' in xla_flags.cpu_features() else
+  # Tests run on CPUs: 'fast', or 'winograd' on those with AVX512-BF16.
+  expected = ('winograd' if 'avx512_bf16' in xla_flags.cpu_features() else
               'fast')
   assert models.resolve_conv_impl('auto') == expected
   assert models.resolve_conv_impl('phase') == 'phase'
   assert models.resolve_conv_impl('mm') == 'mm'
   assert models.resolve_conv_impl('dnnl') == 'dnnl'  # built by the README
+  assert models.resolve_conv_impl('winograd') == 'winograd'
   with pytest.raises(ValueError, match='conv_impl'):
     models.resolve_conv_impl('cudnn')
 
@@ -230,32 +231,34 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   assert resolve('auto', jnp.float32, amx, rules) == 'fast'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2'}), rules) == 'fast'
   assert resolve('fast', jnp.bfloat16, amx, rules) == 'fast'  # explicit wins
-  # The shipped rules: oneDNN's convolutions in both dtypes where the CPU
-  # has AVX512-BF16; in bfloat16 'mm' where the kernel library is not built,
-  # in float32 'fast'.
+  # The shipped rules: oneDNN's convolutions, wide stride-1 ones by
+  # Winograd's method, in both dtypes where the CPU has AVX512-BF16; in
+  # bfloat16 'mm' where the kernel library is not built, in float32 'fast'.
   zen4 = frozenset({'avx512f', 'avx512_bf16'})
-  assert resolve('auto', jnp.bfloat16, zen4) == 'dnnl'
-  assert resolve('auto', jnp.float32, zen4) == 'dnnl'
+  assert resolve('auto', jnp.bfloat16, zen4) == 'winograd'
+  assert resolve('auto', jnp.float32, zen4) == 'winograd'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2', 'fma'})) == 'fast'
   assert resolve('auto', jnp.float32, frozenset({'avx2', 'fma'})) == 'fast'
   flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has
-  monkeypatch.setitem(models.FASTER_THAN_FAST, ('bfloat16', flag),
-                      ('dnnl', 'mm'))
+  monkeypatch.setattr(models, 'FASTER_THAN_FAST',
+                      {('bfloat16', flag): ('dnnl', 'mm')})
   mc = tiny.get_config().model
   mc.conv_impl = 'auto'
   bf16 = models.build_models(mc, jnp.bfloat16)
   assert (bf16.generator.conv_impl, bf16.critic.conv_impl,
           bf16.resnet.conv_impl) == ('dnnl',) * 3
   assert models.build_models(mc).generator.conv_impl == resolve('auto')
-  # Without the kernel: the rule's next form, else 'fast', and a one-line
-  # error for an explicit 'dnnl'.
+  # Without the kernel, under the shipped rules: the rule's next form, else
+  # 'fast', and a one-line error for an explicit 'dnnl' or 'winograd'.
+  monkeypatch.undo()
   monkeypatch.setattr(library, 'load', lambda: 'the kernel library is not '
                       'built: python -m jaxcolor.kernels.build')
   assert resolve('auto', jnp.bfloat16, zen4) == 'mm'
   assert resolve('auto', jnp.float32, zen4) == 'fast'
-  with pytest.raises(ValueError, match="conv_impl='dnnl': the kernel library "
-                     'is not built'):
-    resolve('dnnl', jnp.bfloat16)
+  for impl in ('dnnl', 'winograd'):
+    with pytest.raises(ValueError, match=f"conv_impl='{impl}': the kernel "
+                       'library is not built'):
+      resolve(impl, jnp.bfloat16)
 
 
 def test_a_checkpoint_resumes_under_another_conv_impl():

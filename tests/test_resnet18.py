@@ -69,7 +69,7 @@ def test_converted_tree_matches_module(variables):
       lambda a: a.shape, want)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'fast', 'mm', 'dnnl'])
+@pytest.mark.parametrize('impl', ['xla', 'fast', 'mm', 'dnnl', 'winograd'])
 def test_parity_with_torchvision(fixture, variables, impl):
   """Every conv_impl computes torchvision's resnet18 with its weights."""
   print('\nfixture made with', ', '.join(fixture['versions']))

@@ -1,6 +1,6 @@
 """Builds the kernel library: `python -m jaxcolor.kernels.build`.
 
-Compiles dnnl_conv.cc and adam.cc with the C++ compiler ($CXX, else g++)
+Compiles dnnl_conv.cc, winograd.cc and adam.cc with the C++ compiler ($CXX, else g++)
 against oneDNN's headers and library (PyPI's onednn-cpu-gomp and
 onednn-devel-cpu-gomp, in requirements.txt, install them into the Python
 environment; a system oneDNN 3.x under /usr or /usr/local is taken
@@ -24,8 +24,8 @@ import jax
 from jaxcolor.kernels import library
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = tuple(os.path.join(HERE, name) for name in ('dnnl_conv.cc',
-                                                      'adam.cc'))
+SOURCES = tuple(os.path.join(HERE, name)
+                for name in ('dnnl_conv.cc', 'winograd.cc', 'adam.cc'))
 
 _CXX = flags.DEFINE_string('cxx', None, 'C++ compiler (default: $CXX, g++).')
 _ONEDNN = flags.DEFINE_string(

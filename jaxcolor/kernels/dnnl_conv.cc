@@ -29,10 +29,8 @@
 #include <utility>
 #include <vector>
 
-#include <omp.h>
-
+#include "dnnl_common.h"
 #include "oneapi/dnnl/dnnl.hpp"
-#include "thread_pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -40,10 +38,10 @@ using dnnl::memory;
 
 namespace {
 
-dnnl::engine& Engine() {
-  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
-  return *engine;
-}
+using jaxcolor::Block;
+using jaxcolor::DnnlForEachPart;
+using jaxcolor::Engine;
+using jaxcolor::Guarded;
 
 bool DnnlType(ffi::DataType type, memory::data_type* out) {
   switch (type) {
@@ -125,33 +123,6 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(
       g.pad_r);
 }
 
-// Runs `body` and turns oneDNN's exceptions into an FFI error.
-template <typename F>
-ffi::Error Guarded(F body) {
-  try {
-    body();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("dnnl conv: ") + e.what());
-  }
-  return ffi::Error::Success();
-}
-
-// Runs part(i) for i in [0, parts) on the calling thread and XLA's own
-// intra-op threads (thread_pool.h), each part with oneDNN single-threaded:
-// XLA runs independent ops side by side on those threads, and a oneDNN call
-// with its own team of OpenMP threads as large as the machine would
-// oversubscribe the cores (a descheduled team member stalls the team).
-ffi::Error ForEachPart(ffi::ThreadPool& pool, int64_t parts,
-                       const std::function<void(int64_t)>& part) {
-  return jaxcolor::ForEachPart(pool, parts, [&](int64_t i) {
-    omp_set_num_threads(1);
-    ffi::Error result = Guarded([&] { part(i); });
-    if (result.failure()) throw std::runtime_error(result.message());
-  });
-}
-
 // How a batch of `batch` splits: `parts` slices of `per` images (the last
 // may have fewer), one per thread of XLA's pool.
 struct Split {
@@ -186,79 +157,6 @@ size_t ImageBytes(const memory::dims& d, memory::data_type t) {
 char* At(void* base, int64_t image, size_t image_bytes) {
   return static_cast<char*>(base) + image * image_bytes;
 }
-
-// The kernel's scratch blocks (packed weights, per-slice weight grads), kept
-// from call to call: glibc serves a block over 32 MiB from a fresh mmap and
-// returns it to the kernel when freed, so every step would touch new pages,
-// a page fault per 4 KiB, and unmap them again. A block given back waits
-// for the next request of its exact size (a step asks for the same sizes
-// every call), up to kMaxCached bytes in all, until the process ends.
-class BlockCache {
- public:
-  static BlockCache& Get() {
-    static BlockCache* cache = new BlockCache;
-    return *cache;
-  }
-  void* Take(size_t bytes) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        void* block = it->second;
-        free_.erase(it);
-        cached_ -= bytes;
-        return block;
-      }
-    }
-    void* block = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign *
-                                                 kAlign);
-    if (block == nullptr) throw std::bad_alloc();
-    return block;
-  }
-  void Give(void* block, size_t bytes) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cached_ + bytes <= kMaxCached) {
-        free_.emplace(bytes, block);
-        cached_ += bytes;
-        return;
-      }
-    }
-    std::free(block);
-  }
-
- private:
-  static constexpr size_t kAlign = 64;
-  static constexpr size_t kMaxCached = size_t{1} << 30;
-  std::mutex mu_;
-  std::multimap<size_t, void*> free_;
-  size_t cached_ = 0;
-};
-
-// A block of `bytes` from BlockCache, given back when it goes out of scope.
-class Block {
- public:
-  Block() = default;
-  explicit Block(size_t bytes)
-      : bytes_(bytes), data_(bytes ? BlockCache::Get().Take(bytes) : nullptr) {}
-  Block(Block&& other) noexcept { *this = std::move(other); }
-  Block& operator=(Block&& other) noexcept {
-    std::swap(bytes_, other.bytes_);
-    std::swap(data_, other.data_);
-    return *this;
-  }
-  Block(const Block&) = delete;
-  Block& operator=(const Block&) = delete;
-  ~Block() {
-    if (data_ != nullptr) BlockCache::Get().Give(data_, bytes_);
-  }
-  void* data() const { return data_; }
-  float* floats() const { return static_cast<float*>(data_); }
-
- private:
-  size_t bytes_ = 0;
-  void* data_ = nullptr;
-};
 
 // Runs part(i) for i in [0, parts) on this thread, one after another.
 ffi::Error Serially(int64_t parts, const std::function<void(int64_t)>& part) {
@@ -334,7 +232,7 @@ ffi::Error WithPackedWeights(ffi::ThreadPool& pool, int64_t batch,
   }
   Runner on_pool = [&pool](int64_t parts,
                            const std::function<void(int64_t)>& part) {
-    return ForEachPart(pool, parts, part);
+    return DnnlForEachPart(pool, parts, part);
   };
   Block storage;
   memory packed;
@@ -342,7 +240,7 @@ ffi::Error WithPackedWeights(ffi::ThreadPool& pool, int64_t batch,
       e.failure()) {
     return e;
   }
-  return ForEachPart(pool, split.parts, [&](int64_t i) {
+  return DnnlForEachPart(pool, split.parts, [&](int64_t i) {
     auto pd = pd_for(split.size(i, batch));
     memory weights = packed;
     Block own;
@@ -493,7 +391,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     // each thread computes its share of the output channels over the whole
     // batch (dy's channels copied out, a few hundred KB), instead of a whole
     // grad per slice of the batch and then their sum.
-    return ForEachPart(pool, threads, [&](int64_t i) {
+    return DnnlForEachPart(pool, threads, [&](int64_t i) {
       int64_t per = out_channels / threads, lo = i * per;
       size_t elem = Bytes(in_type), pixels = dy_image / (out_channels * elem);
       Block dy_part(batch * pixels * per * elem);
@@ -532,12 +430,14 @@ ffi::Error ConvBwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                Engine(), At(dy.untyped_data(), split.lo(i), dy_image)),
         memory(dw_user, Engine(), sum_of(i)), g);
   };
-  if (auto e = ForEachPart(pool, split.parts, part); e.failure()) return e;
+  if (auto e = DnnlForEachPart(pool, split.parts, part); e.failure()) {
+    return e;
+  }
   if (!kernel.flip && split.parts == 1) return ffi::Error::Success();
   const float* first = sum_of(0);
   float* total = static_cast<float*>(dw->untyped_data());
   size_t tap = count / kernel.taps();
-  return ForEachPart(pool, kernel.taps(), [&](int64_t t) {
+  return DnnlForEachPart(pool, kernel.taps(), [&](int64_t t) {
     size_t from = kernel.Source(t) * tap;
     float* out = total + t * tap;
     if (kernel.flip) std::memcpy(out, first + from, tap * sizeof(float));

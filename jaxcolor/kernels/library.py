@@ -1,4 +1,5 @@
-"""The kernel library `_kernels.so` (dnnl_conv.cc, adam.cc): loading it.
+"""The kernel library `_kernels.so` (dnnl_conv.cc, winograd.cc, adam.cc):
+loading it.
 
 Built from source by `python -m jaxcolor.kernels.build` (g++, and oneDNN
 from PyPI: requirements.txt) into this folder; `load()` registers its XLA
@@ -17,6 +18,8 @@ LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 TARGETS = {'jaxcolor_dnnl_conv_fwd': 'JaxcolorDnnlConvFwd',
            'jaxcolor_dnnl_conv_bwd_data': 'JaxcolorDnnlConvBwdData',
            'jaxcolor_dnnl_conv_bwd_weights': 'JaxcolorDnnlConvBwdWeights',
+           'jaxcolor_winograd_fwd': 'JaxcolorWinogradFwd',
+           'jaxcolor_winograd_bwd_weights': 'JaxcolorWinogradBwdWeights',
            'jaxcolor_adam': 'JaxcolorAdam'}
 
 

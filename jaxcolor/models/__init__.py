@@ -56,21 +56,22 @@ class Models:
 
 # (compute dtype, CPU feature flag) -> what conv_impl='auto' picks on a CPU
 # with that flag, where a measurement showed a form faster than 'fast'
-# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16" and
-# "float32 on oneDNN"): oneDNN's convolutions ('dnnl', jaxcolor/kernels)
-# on CPUs with AVX512-BF16, in both dtypes; in bfloat16 else 'mm', whose
-# matmuls are the one bfloat16 contraction XLA CPU runs in bfloat16. The
-# first of a rule's forms that this installation can run is taken ('dnnl'
-# needs its kernel built). Intel Xeons with AMX list 'avx512_bf16' too.
+# there (docs/benchmarks.md, "bfloat16 on a CPU with AVX512-BF16", "float32
+# on oneDNN" and "Winograd"): oneDNN's convolutions with Winograd's method
+# for the wide stride-1 ones ('winograd', jaxcolor/kernels) on CPUs with
+# AVX512-BF16, in both dtypes; in bfloat16 else 'mm', whose matmuls are the
+# one bfloat16 contraction XLA CPU runs in bfloat16. The first of a rule's
+# forms that this installation can run is taken ('winograd' and 'dnnl' need
+# the kernel library built). Intel Xeons with AMX list 'avx512_bf16' too.
 FASTER_THAN_FAST: dict[tuple[str, str], tuple[str, ...]] = {
-    ('bfloat16', 'avx512_bf16'): ('dnnl', 'mm'),
-    ('float32', 'avx512_bf16'): ('dnnl',),
+    ('bfloat16', 'avx512_bf16'): ('winograd', 'mm'),
+    ('float32', 'avx512_bf16'): ('winograd',),
 }
 
 
 def _why_not(impl: str) -> str:
   """'' where this process can run `impl`, else why not."""
-  if impl != 'dnnl':
+  if impl not in ('dnnl', 'winograd'):
     return ''
   return library.why_unavailable()
 

@@ -9,6 +9,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from jaxcolor.kernels import dnnl_conv
+from jaxcolor.kernels import winograd
 from jaxcolor.models import conv_transpose as conv_transpose_lib
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -374,8 +375,20 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 # 'mm': every convolution and transposed convolution a matmul in all passes
 # (conv_matmul, conv_tap_matmul, conv_transpose_matmul): in bfloat16, meant
 # for CPUs with bfloat16 matrix units. 'dnnl': oneDNN's convolutions, as
-# XLA custom calls (jaxcolor/kernels), on CPUs.
-IMPLS = ('fast', 'phase', 'xla', 'mm', 'dnnl')
+# XLA custom calls (jaxcolor/kernels), on CPUs. 'winograd': 'dnnl', with
+# the stride-1 3x3 and 4x4 convolutions where `winograd_pays` on the kernel
+# library's Winograd convolutions instead.
+IMPLS = ('fast', 'phase', 'xla', 'mm', 'dnnl', 'winograd')
+# Fewer channels than this in or out: the matmuls over channels are too
+# narrow to beat oneDNN's direct convolution (docs/benchmarks.md).
+WINOGRAD_MIN_CHANNELS = 64
+
+
+def winograd_pays(kernel_shape, stride) -> bool:
+  """Whether conv_impl='winograd' computes a convolution with a kernel of
+  `kernel_shape` (k, k, C_in, C_out) and `stride` by Winograd's method."""
+  return (winograd.supports(kernel_shape[0], stride) and
+          min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS)
 
 
 def conv_forms(x_shape, kernel_shape, stride, padding):
@@ -416,7 +429,9 @@ def conv_transpose_forms(x_shape):
 def conv(x, kernel, stride, padding, impl='fast'):
   """NHWC x HWIO convolution, square stride, explicit ((lo, hi), (lo, hi))."""
   padding = tuple(tuple(p) for p in padding)
-  if impl == 'dnnl':
+  if impl == 'winograd' and winograd_pays(kernel.shape, stride):
+    return winograd.conv(x, kernel, padding)
+  if impl in ('dnnl', 'winograd'):
     return dnnl_conv.conv(x, kernel, stride, padding)
   if impl in ('xla', 'phase'):
     return conv_xla(x, kernel, stride, padding)
@@ -436,7 +451,7 @@ def conv(x, kernel, stride, padding, impl='fast'):
 def conv_transpose(x, kernel, stride, padding, impl='fast'):
   """Equals lax.conv_transpose(x, kernel, (s, s), padding) in NHWC/HWIO."""
   padding = tuple(tuple(p) for p in padding)
-  if impl == 'dnnl':
+  if impl in ('dnnl', 'winograd'):
     return dnnl_conv.conv_transpose(x, kernel, stride, padding)
   if impl == 'mm':
     return conv_transpose_matmul(x, kernel, stride, padding)

@@ -62,8 +62,8 @@ def get_config():
   # float32 accumulation: in bfloat16, the form XLA CPU runs on bfloat16
   # matmul kernels), 'dnnl' (oneDNN's convolutions as XLA custom calls, on
   # CPUs; built by `python -m jaxcolor.kernels.build`), 'winograd' ('dnnl',
-  # with the stride-1 3x3 and 4x4 convolutions of 64 or more channels by
-  # Winograd's method, jaxcolor/kernels/winograd.py), or 'auto' ('xla' on
+  # with the wide stride-1 3x3 and 4x4 convolutions by Winograd's method,
+  # conv_impl.winograd_pays), or 'auto' ('xla' on
   # GPUs and TPUs; on CPUs 'fast', or the first runnable form a measured
   # rule names for the dtype and CPU flags, models.FASTER_THAN_FAST). Same
   # function and parameters each way.

@@ -100,8 +100,8 @@ def test_values_and_grads_match_xla_in_both_dtypes(batch):
 
 
 def test_conv_impl_winograd_takes_the_layers_where_it_pays():
-  """Stride-1 3x3 and 4x4 convolutions of 64 or more channels in and out;
-  every other convolution (strided, 7x7, narrow) and every transposed one
+  """In float32, stride-1 3x3 and 4x4 convolutions of 64 or more channels
+  in and out; every other convolution (strided, 7x7, narrow) and every transposed one
   stays on oneDNN's direct kernel. Values as XLA's."""
   wide, narrow = _normal(1, (3, 3, 64, 64), 0.05), _normal(2, (4, 4, 64, 8))
   strided = _normal(3, (4, 4, 64, 64), 0.05)
@@ -119,10 +119,15 @@ def test_conv_impl_winograd_takes_the_layers_where_it_pays():
   assert _calls(hlo) == [('f32', 'fwd')]
   assert sorted(helpers.dnnl_calls(hlo)) == [('f32', 'bwd_data'),
                                              ('f32', 'fwd'), ('f32', 'fwd')]
-  assert conv_impl.winograd_pays((4, 4, 512, 512), 1)
-  assert not conv_impl.winograd_pays((4, 4, 512, 512), 2)
-  assert not conv_impl.winograd_pays((7, 7, 512, 512), 1)
-  assert not conv_impl.winograd_pays((3, 3, 512, 32), 1)
+  pays = conv_impl.winograd_pays
+  assert pays((4, 4, 512, 512), 1) and pays((3, 3, 64, 128), 1)
+  assert not pays((4, 4, 512, 512), 2)
+  assert not pays((7, 7, 512, 512), 1)
+  assert not pays((3, 3, 512, 32), 1)
+  # In bfloat16 only the widest layers (oneDNN's direct convolution runs on
+  # the bfloat16 units there).
+  assert pays((3, 3, 256, 512), 1, jnp.bfloat16)
+  assert not pays((3, 3, 128, 256), 1, jnp.bfloat16)
 
 
 def test_runs_on_every_device_at_once():

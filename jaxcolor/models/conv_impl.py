@@ -379,16 +379,25 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 # the stride-1 3x3 and 4x4 convolutions where `winograd_pays` on the kernel
 # library's Winograd convolutions instead.
 IMPLS = ('fast', 'phase', 'xla', 'mm', 'dnnl', 'winograd')
-# Fewer channels than this in or out: the matmuls over channels are too
-# narrow to beat oneDNN's direct convolution (docs/benchmarks.md).
+# Where Winograd's method beats oneDNN's direct convolution, by the compute
+# dtype (per-layer timings on a Zen 4, docs/benchmarks.md): in float32 with
+# 64 or more channels in and out; in bfloat16, whose direct convolution
+# runs on the CPU's bfloat16 units while Winograd's matmuls stay float32,
+# only for the widest layers (C_in x C_out of 256 x 512 or more).
 WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_BF16_PRODUCT = 256 * 512
 
 
-def winograd_pays(kernel_shape, stride) -> bool:
+def winograd_pays(kernel_shape, stride, dtype=jnp.float32) -> bool:
   """Whether conv_impl='winograd' computes a convolution with a kernel of
-  `kernel_shape` (k, k, C_in, C_out) and `stride` by Winograd's method."""
-  return (winograd.supports(kernel_shape[0], stride) and
-          min(kernel_shape[2:]) >= WINOGRAD_MIN_CHANNELS)
+  `kernel_shape` (k, k, C_in, C_out), `stride` and activations of `dtype`
+  by Winograd's method."""
+  c_in, c_out = kernel_shape[2:]
+  if not winograd.supports(kernel_shape[0], stride):
+    return False
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return c_in * c_out >= WINOGRAD_MIN_BF16_PRODUCT
+  return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
 
 
 def conv_forms(x_shape, kernel_shape, stride, padding):
@@ -429,7 +438,7 @@ def conv_transpose_forms(x_shape):
 def conv(x, kernel, stride, padding, impl='fast'):
   """NHWC x HWIO convolution, square stride, explicit ((lo, hi), (lo, hi))."""
   padding = tuple(tuple(p) for p in padding)
-  if impl == 'winograd' and winograd_pays(kernel.shape, stride):
+  if impl == 'winograd' and winograd_pays(kernel.shape, stride, x.dtype):
     return winograd.conv(x, kernel, padding)
   if impl in ('dnnl', 'winograd'):
     return dnnl_conv.conv(x, kernel, stride, padding)

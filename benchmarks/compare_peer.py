@@ -93,7 +93,8 @@ def _cpu_kernel_variants() -> dict[str, list[str]]:
   """'eigen', 'onednn', 'ynnpack' (conv_impl 'fast'), 'phase_onednn',
   'xla_onednn', 'mm' (every convolution a matmul; its bfloat16 matmuls run
   on YNNPACK's bfloat16 kernels), 'dnnl' (oneDNN's convolutions as custom
-  calls), each also in bfloat16 ('..._bf16'), and
+  calls), 'winograd' ('dnnl' with the wide stride-1 convolutions by
+  Winograd's method), each also in bfloat16 ('..._bf16'), and
   'mm_onednn' (float32 matmuls on oneDNN)."""
   variants = {}
   for dtype, suffix in (('float32', ''), ('bfloat16', '_bf16')):
@@ -106,7 +107,8 @@ def _cpu_kernel_variants() -> dict[str, list[str]]:
           f'--config.dtype={dtype}']
     variants['mm' + suffix] = ['--config.model.conv_impl=mm', KERNELS['eigen'],
                                f'--config.dtype={dtype}']
-    variants['dnnl' + suffix] = ['--config.model.conv_impl=dnnl',
+    for impl in ('dnnl', 'winograd'):
+      variants[impl + suffix] = [f'--config.model.conv_impl={impl}',
                                  f'--config.dtype={dtype}']
   # oneDNN takes float32 matmuls only: bfloat16 ones with a float32 result
   # stay on YNNPACK, so 'mm_onednn_bf16' would run as 'mm_bf16'.

@@ -3,10 +3,15 @@
 Times forward, input-gradient and weight-gradient of every convolution shape
 the default config emits (generator d1..d7 / u1..u7, critic conv1..conv6,
 ResNet-18 at 224 px), each jitted alone, for each form named in --impls
-(conv: xla, mm, s2d, tap; transposed conv: xla, phase, d2s, mm) or `fast`
-(the per-pass forms `config.model.conv_impl='fast'` picks):
+(conv: xla, mm, s2d, tap; transposed conv: xla, phase, d2s, mm), `fast`
+(the per-pass forms `config.model.conv_impl='fast'` picks) or the kernel
+library's `dnnl` and `winograd` (`conv_impl` of that name: Winograd's
+method where `conv_impl.winograd_pays`, else oneDNN's direct convolution),
+in float32 or, with `--dtype=bfloat16`, bfloat16 activations:
 
   python benchmarks/conv_layers.py --batch 64 --impls fast,xla --repeats 2
+  python benchmarks/conv_layers.py --batch 32 --impls dnnl,winograd \
+      --only D.c3,D.c4,D.c5,R.l --dtype bfloat16
 
 FLOPs are 2 x MACs of the layer's forward (each gradient costs the same).
 Implementations are timed interleaved (A, B, A, B, ...); medians reported.
@@ -69,9 +74,16 @@ def flops(kind, hin, cin, cout, k, s, pad):
 def make_fns(impl, kind, k, s, pad, x_shape, w_shape):
   """jitted (forward, input grad, weight grad) of one form of the layer.
 
-  `impl` names one form for all three passes, or 'fast' for the per-pass
-  forms `conv_impl.conv_forms` / `conv_transpose_forms` choose.
+  `impl` names one form for all three passes, 'fast' for the per-pass
+  forms `conv_impl.conv_forms` / `conv_transpose_forms` choose, or a
+  kernel library `conv_impl` ('dnnl', 'winograd': its custom VJP).
   """
+  if impl in ('dnnl', 'winograd'):
+    layer = conv_lib.conv_transpose if kind == 'convT' else conv_lib.conv
+    f = lambda x, w: layer(x, w, s, pad, impl)  # noqa: E731
+    grads = lambda x, w, g: jax.vjp(f, x, w)[1](g.astype(x.dtype))  # noqa: E731
+    return (jax.jit(f), jax.jit(lambda x, w, g: grads(x, w, g)[0]),
+            jax.jit(lambda x, w, g: grads(x, w, g)[1]))
   if kind == 'convT':
     if impl == 'fast':
       f = conv_lib.conv_transpose_forms(x_shape)
@@ -111,6 +123,8 @@ def main():
   p.add_argument('--cores', type=int, default=2)
   p.add_argument('--xla_cpu_convolutions', default=xla_flags.DEFAULT,
                  help='XLA CPU convolution kernels (as the config key)')
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='the activations\' dtype (kernels stay float32)')
   a = p.parse_args()
   xla_flags.apply(a.xla_cpu_convolutions)  # before JAX starts, as main.py
   impls = a.impls.split(',')
@@ -122,12 +136,13 @@ def main():
   for name, kind, hin, cin, cout, k, s, pad in layer_table():
     if a.only and not any(name.startswith(o) for o in a.only.split(',')):
       continue
-    x = jax.random.normal(key, (a.batch, hin, hin, cin), jnp.float32)
+    x = jax.random.normal(key, (a.batch, hin, hin, cin), jnp.float32).astype(
+        a.dtype)
     w = jax.random.normal(key, (k, k, cin, cout), jnp.float32) * 0.05
     y = jax.eval_shape(
         lambda x, w: make_fns('xla', kind, k, s, pad, x.shape, w.shape)[0](
-            x, w), x, w)
-    g = jnp.ones(y.shape, jnp.float32)
+            x, w), jax.ShapeDtypeStruct(x.shape, jnp.float32), w)
+    g = jnp.ones(y.shape, a.dtype)
     fl = flops(kind, hin, cin, cout, k, s, pad) * a.batch
     fns = {i: make_fns(i, kind, k, s, pad, x.shape, w.shape) for i in impls}
     times = {(i, ps): [] for i in impls for ps in passes}

@@ -99,6 +99,30 @@ def test_values_and_grads_match_xla_in_both_dtypes(batch):
                    ('f32', 'bwd_weights'): 4}, calls
 
 
+def test_tiles_in_chunks_give_the_same_values():
+  """A call goes through its tiles a chunk at a time (its scratch bounded
+  at large images): chunks of one tile, of a few and of all give the same
+  forward and weight grad (summed over the chunks: to float32 rounding),
+  in both dtypes."""
+  x, w = _normal(0, (3, 7, 10, 5)), _normal(1, (4, 4, 5, 6), 0.2)
+  pad = ((1, 2), (2, 1))
+  dy = _normal(2, (3, 7, 10, 6))
+
+  @jax.jit
+  def passes(x, w, dy):
+    return {size: (winograd.conv_fwd(x, w, pad, x.dtype, chunk_bytes=size),
+                   winograd.conv_bwd_weights(x, dy.astype(x.dtype), pad,
+                                             w.shape, chunk_bytes=size))
+            for size in (1, 36 * 6 * 4 * 5, winograd.CHUNK_BYTES)}
+
+  for dtype in (jnp.float32, jnp.bfloat16):
+    got = passes(x.astype(dtype), w, dy)
+    whole = got[winograd.CHUNK_BYTES]
+    for size in (1, 36 * 6 * 4 * 5):  # one tile per chunk; five per chunk
+      np.testing.assert_array_equal(got[size][0], whole[0])
+      assert helpers.rel_error(got[size][1], whole[1]) < 1e-5
+
+
 def test_conv_impl_winograd_takes_the_layers_where_it_pays():
   """In float32, stride-1 3x3 and 4x4 convolutions of 64 or more channels
   in and out; every other convolution (strided, 7x7, narrow) and every transposed one
@@ -180,7 +204,8 @@ def test_bad_operands_are_a_clear_error():
                                                       jnp.float32))(
             jnp.ones((1, 4, 4, 2)), w, at=at.ravel(), g=g.ravel(),
             bt=bt.ravel(), pad_top=np.int64(1), pad_bottom=np.int64(1),
-            pad_left=np.int64(1), pad_right=np.int64(1), flip=np.int64(0)))
+            pad_left=np.int64(1), pad_right=np.int64(1), flip=np.int64(0),
+            chunk_bytes=np.int64(winograd.CHUNK_BYTES)))
 
 
 def test_the_papers_critic_equals_xlas():

@@ -21,7 +21,8 @@
 // the output transform's sums magnify that error several times over
 // (docs/benchmarks.md). The matrices come from winograd.py as the
 // attributes at (m x n), g (n x r) and bt (n x n), row-major; the others
-// are pad_top, pad_bottom, pad_left, pad_right and flip.
+// are pad_top, pad_bottom, pad_left, pad_right, flip and chunk_bytes (the
+// transformed tiles' scratch, about, per call: tiles go through in chunks).
 
 #include <algorithm>
 #include <cstdint>
@@ -100,7 +101,6 @@ Narrow(const float* __restrict in, uint16_t* __restrict out, int64_t n) {
 struct Typed {
   void* base;
   bool bf16;
-  size_t bytes() const { return bf16 ? 2 : 4; }
   // Element `offset` .. + n as float32 into `out`.
   void Load(int64_t offset, float* out, int64_t n) const {
     if (bf16) {
@@ -133,10 +133,6 @@ Tiling MakeTiling(int64_t batch, int64_t h, int64_t w, int64_t ho, int64_t wo,
           pad_top, pad_left};
 }
 
-struct Matrices {
-  const float *at, *g, *bt;  // (m x n), (n x r), (n x n)
-};
-
 // Transposes a row-major (rows x cols) matrix.
 std::vector<float> Transposed(const float* a, int64_t rows, int64_t cols) {
   std::vector<float> t(rows * cols);
@@ -146,24 +142,39 @@ std::vector<float> Transposed(const float* a, int64_t rows, int64_t cols) {
   return t;
 }
 
-// Tiles [lo, hi) in parts of kTilesPerPart, on XLA's pool.
+// A run of `count` tiles from tile `first` on: the transformed tiles of a
+// call are made, multiplied and used a chunk at a time, so its scratch stays
+// near the chunk_bytes attribute however large the batch and image.
+struct Chunk {
+  int64_t first, count;
+};
+
+int64_t ChunkTiles(const Tiling& t, int64_t channels, int64_t chunk_bytes) {
+  int64_t per_tile = t.points() * std::max<int64_t>(channels, 1) * 4;
+  return std::min(t.tiles(), std::max<int64_t>(1, chunk_bytes / per_tile));
+}
+
+// body(lo, hi) for the chunk's tiles in parts of kTilesPerPart, on XLA's
+// pool.
 constexpr int64_t kTilesPerPart = 8;
 
 template <typename F>
-ffi::Error ForEachTileBlock(ffi::ThreadPool& pool, const Tiling& t, F body) {
-  int64_t parts = (t.tiles() + kTilesPerPart - 1) / kTilesPerPart;
+ffi::Error ForEachTileBlock(ffi::ThreadPool& pool, Chunk chunk, F body) {
+  int64_t parts = (chunk.count + kTilesPerPart - 1) / kTilesPerPart;
   return DnnlForEachPart(pool, parts, [&](int64_t part) {
-    int64_t lo = part * kTilesPerPart;
-    body(lo, std::min(t.tiles(), lo + kTilesPerPart));
+    int64_t lo = chunk.first + part * kTilesPerPart;
+    body(lo, std::min(chunk.first + chunk.count, lo + kTilesPerPart));
   });
 }
 
-// out[t][p][:] (t < n*n, p a tile, C channels) = B^T d B of tile p's input
-// patch d (rows of `in` (B,H,W,C); zeros outside, the padding).
+// out[t][q][:] (t < n*n, q the chunk's q-th tile, C channels) = B^T d B of
+// the tile's input patch d (rows of `in` (B,H,W,C); zeros outside, the
+// padding).
 ffi::Error InputTransform(ffi::ThreadPool& pool, const Tiling& t,
-                          const float* bt, Typed in, int64_t c, float* out) {
+                          const float* bt, Typed in, int64_t c, Chunk chunk,
+                          float* out) {
   int64_t n = t.n;
-  return ForEachTileBlock(pool, t, [&](int64_t lo, int64_t hi) {
+  return ForEachTileBlock(pool, chunk, [&](int64_t lo, int64_t hi) {
     std::vector<float> d(n * n * c), mid(n * n * c), row(n * n * c);
     for (int64_t p = lo; p < hi; ++p) {
       int64_t b = p / (t.th * t.tw), ty = p / t.tw % t.th, tx = p % t.tw;
@@ -186,28 +197,31 @@ ffi::Error InputTransform(ffi::ThreadPool& pool, const Tiling& t,
         Combine(bt, n, n, mid.data() + a * n * c, c, row.data() + a * n * c,
                 c, c);
       }
+      int64_t q = p - chunk.first;
       for (int64_t k = 0; k < n * n; ++k) {
-        std::memcpy(out + (k * t.tiles() + p) * c, row.data() + k * c,
+        std::memcpy(out + (k * chunk.count + q) * c, row.data() + k * c,
                     c * sizeof(float));
       }
     }
   });
 }
 
-// y (B,Ho,Wo,O) = A^T M A of each tile, M = in[t][p][:] (float32).
+// y (B,Ho,Wo,O) = A^T M A of the chunk's tiles, M = in[t][q][:] (float32,
+// q the chunk's q-th tile).
 ffi::Error OutputTransform(ffi::ThreadPool& pool, const Tiling& t,
                            const float* at, const float* in, int64_t o,
-                           Typed y) {
+                           Chunk chunk, Typed y) {
   int64_t n = t.n, m = t.m;
-  return ForEachTileBlock(pool, t, [&](int64_t lo, int64_t hi) {
+  return ForEachTileBlock(pool, chunk, [&](int64_t lo, int64_t hi) {
     std::vector<float> mid(m * n * o), tile(m * m * o);
     for (int64_t p = lo; p < hi; ++p) {
       int64_t b = p / (t.th * t.tw), ty = p / t.tw % t.th, tx = p % t.tw;
-      // mid[i][k] = sum_a at[i][a] M[a][k], M[a][k] = in[a*n+k][p];
+      int64_t q = p - chunk.first;
+      // mid[i][k] = sum_a at[i][a] M[a][k], M[a][k] = in[a*n+k][q];
       // tile[i][j] = sum_k at[j][k] mid[i][k].
       for (int64_t k = 0; k < n; ++k) {
-        Combine(at, m, n, in + (k * t.tiles() + p) * o, n * t.tiles() * o,
-                mid.data() + k * o, n * o, o);
+        Combine(at, m, n, in + (k * chunk.count + q) * o,
+                n * chunk.count * o, mid.data() + k * o, n * o, o);
       }
       for (int64_t i = 0; i < m; ++i) {
         Combine(at, m, n, mid.data() + i * n * o, o, tile.data() + i * m * o,
@@ -219,8 +233,8 @@ ffi::Error OutputTransform(ffi::ThreadPool& pool, const Tiling& t,
         for (int64_t j = 0; j < m; ++j) {
           int64_t xx = tx * m + j;
           if (xx >= t.wo) break;
-          y.Store(tile.data() + (i * m + j) * o, ((b * t.ho + yy) * t.wo + xx) * o,
-                  o);
+          y.Store(tile.data() + (i * m + j) * o,
+                  ((b * t.ho + yy) * t.wo + xx) * o, o);
         }
       }
     }
@@ -229,12 +243,13 @@ ffi::Error OutputTransform(ffi::ThreadPool& pool, const Tiling& t,
 
 
 // One float32 matmul per point t of the transform, on XLA's pool with
-// oneDNN single-threaded: c[t] (rows x cols) = op(a[t]) op(b[t]); a[t]
-// (rows x inner), or (inner x rows) read transposed (a_t); b[t]
-// (inner x cols), or (cols x inner) read transposed (b_t).
+// oneDNN single-threaded: c[t] (rows x cols) = op(a[t]) op(b[t]), or
+// c[t] += ... with `accumulate`; a[t] (rows x inner), or (inner x rows) read
+// transposed (a_t); b[t] (inner x cols), or (cols x inner) read transposed
+// (b_t).
 ffi::Error Matmuls(ffi::ThreadPool& pool, int64_t points, int64_t rows,
                    int64_t inner, int64_t cols, const float* a, bool a_t,
-                   const float* b, bool b_t, float* c) {
+                   const float* b, bool b_t, float* c, bool accumulate) {
   memory::data_type type = memory::data_type::f32;
   memory::desc a_md({rows, inner}, type,
                     a_t ? memory::dims{1, rows} : memory::dims{inner, 1});
@@ -243,7 +258,16 @@ ffi::Error Matmuls(ffi::ThreadPool& pool, int64_t points, int64_t rows,
   memory::desc c_md({rows, cols}, memory::data_type::f32, {cols, 1});
   dnnl::matmul::primitive_desc pd;
   if (auto e = jaxcolor::Guarded(
-          [&] { pd = dnnl::matmul::primitive_desc(Engine(), a_md, b_md, c_md); },
+          [&] {
+            dnnl::primitive_attr attr;
+            if (accumulate) {
+              dnnl::post_ops sum;
+              sum.append_sum(1.0f);
+              attr.set_post_ops(sum);
+            }
+            pd = dnnl::matmul::primitive_desc(Engine(), a_md, b_md, c_md,
+                                              attr);
+          },
           "winograd");
       e.failure()) {
     return e;
@@ -328,7 +352,7 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, ffi::Span<const float> at,
                    ffi::Span<const float> g, ffi::Span<const float> bt,
                    int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                   int64_t pad_right, int64_t flip) {
+                   int64_t pad_right, int64_t flip, int64_t chunk_bytes) {
   bool bf16;
   if (auto e = CheckTypes(x, w, &bf16); e.failure()) return e;
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
@@ -351,11 +375,12 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
     std::memset(y->untyped_data(), 0, y->size_bytes());
     return ffi::Error::Success();
   }
+  int64_t per_chunk = ChunkTiles(t, std::max(c, o), chunk_bytes);
   Block x_hat, w_hat, m_hat;
   if (auto e = jaxcolor::Guarded([&] {
-        x_hat = Block(t.points() * t.tiles() * c * sizeof(float));
+        x_hat = Block(t.points() * per_chunk * c * sizeof(float));
         w_hat = Block(t.points() * c * o * sizeof(float));
-        m_hat = Block(t.points() * t.tiles() * o * sizeof(float));
+        m_hat = Block(t.points() * per_chunk * o * sizeof(float));
       }, "winograd");
       e.failure()) {
     return e;
@@ -375,29 +400,37 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
       e.failure()) {
     return e;
   }
-  if (auto e = InputTransform(pool, t, bt.begin(), Typed{x.untyped_data(), bf16},
-                              c, x_hat.floats());
-      e.failure()) {
-    return e;
+  for (int64_t first = 0; first < t.tiles(); first += per_chunk) {
+    Chunk chunk{first, std::min(per_chunk, t.tiles() - first)};
+    if (auto e = InputTransform(pool, t, bt.begin(),
+                                Typed{x.untyped_data(), bf16}, c, chunk,
+                                x_hat.floats());
+        e.failure()) {
+      return e;
+    }
+    if (auto e = Matmuls(pool, t.points(), chunk.count, c, o, x_hat.floats(),
+                         false, w_hat.floats(), flip != 0, m_hat.floats(),
+                         false);
+        e.failure()) {
+      return e;
+    }
+    if (auto e = OutputTransform(pool, t, at.begin(), m_hat.floats(), o, chunk,
+                                 Typed{y->untyped_data(), y_bf16});
+        e.failure()) {
+      return e;
+    }
   }
-  if (auto e = Matmuls(pool, t.points(), t.tiles(), c, o,
-                       x_hat.floats(), false, w_hat.floats(), flip != 0,
-                       m_hat.floats());
-      e.failure()) {
-    return e;
-  }
-  return OutputTransform(pool, t, at.begin(), m_hat.floats(), o,
-                         Typed{y->untyped_data(), y_bf16});
+  return ffi::Error::Success();
 }
 
-// dM[t][p][:] = A dy_tile A^T (n x n) of each output tile (zeros past the
+// dM[t][q][:] = A dy_tile A^T (n x n) of the chunk's tiles (zeros past the
 // output's edge); `at` (m x n).
 ffi::Error OutputTransformTransposed(ffi::ThreadPool& pool, const Tiling& t,
                                      const float* at, Typed dy, int64_t o,
-                                     float* out) {
+                                     Chunk chunk, float* out) {
   int64_t n = t.n, m = t.m;
   std::vector<float> a = Transposed(at, m, n);  // (n x m)
-  return ForEachTileBlock(pool, t, [&](int64_t lo, int64_t hi) {
+  return ForEachTileBlock(pool, chunk, [&](int64_t lo, int64_t hi) {
     std::vector<float> d(m * m * o), mid(n * m * o), row(n * n * o);
     for (int64_t p = lo; p < hi; ++p) {
       int64_t b = p / (t.th * t.tw), ty = p / t.tw % t.th, tx = p % t.tw;
@@ -420,8 +453,9 @@ ffi::Error OutputTransformTransposed(ffi::ThreadPool& pool, const Tiling& t,
         Combine(a.data(), n, m, mid.data() + k * m * o, o,
                 row.data() + k * n * o, o, o);
       }
+      int64_t q = p - chunk.first;
       for (int64_t k = 0; k < n * n; ++k) {
-        std::memcpy(out + (k * t.tiles() + p) * o, row.data() + k * o,
+        std::memcpy(out + (k * chunk.count + q) * o, row.data() + k * o,
                     o * sizeof(float));
       }
     }
@@ -433,7 +467,8 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
                           ffi::Span<const float> at, ffi::Span<const float> g,
                           ffi::Span<const float> bt, int64_t pad_top,
                           int64_t pad_bottom, int64_t pad_left,
-                          int64_t pad_right, int64_t flip) {
+                          int64_t pad_right, int64_t flip,
+                          int64_t chunk_bytes) {
   bool bf16, dy_bf16;
   if (auto e = CheckTypes(x, *dw, &bf16); e.failure()) return e;
   if (auto e = CheckTypes(dy, *dw, &dy_bf16); e.failure()) return e;
@@ -455,32 +490,37 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     std::memset(out, 0, dw->size_bytes());
     return ffi::Error::Success();
   }
+  int64_t per_chunk = ChunkTiles(t, std::max(c, o), chunk_bytes);
   Block x_hat, dm_hat, dw_hat;
   if (auto e = jaxcolor::Guarded([&] {
-        x_hat = Block(t.points() * t.tiles() * c * sizeof(float));
-        dm_hat = Block(t.points() * t.tiles() * o * sizeof(float));
+        x_hat = Block(t.points() * per_chunk * c * sizeof(float));
+        dm_hat = Block(t.points() * per_chunk * o * sizeof(float));
         dw_hat = Block(t.points() * c * o * sizeof(float));
       }, "winograd");
       e.failure()) {
     return e;
   }
-  if (auto e = InputTransform(pool, t, bt.begin(), Typed{x.untyped_data(), bf16},
-                              c, x_hat.floats());
-      e.failure()) {
-    return e;
-  }
-  if (auto e = OutputTransformTransposed(pool, t, at.begin(),
-                                         Typed{dy.untyped_data(), bf16}, o,
-                                         dm_hat.floats());
-      e.failure()) {
-    return e;
-  }
-  // dW[t] (C x O) = x_hat[t]^T (C x P) . dM[t] (P x O).
-  if (auto e = Matmuls(pool, t.points(), c, t.tiles(), o,
-                       x_hat.floats(), true, dm_hat.floats(), false,
-                       dw_hat.floats());
-      e.failure()) {
-    return e;
+  for (int64_t first = 0; first < t.tiles(); first += per_chunk) {
+    Chunk chunk{first, std::min(per_chunk, t.tiles() - first)};
+    if (auto e = InputTransform(pool, t, bt.begin(),
+                                Typed{x.untyped_data(), bf16}, c, chunk,
+                                x_hat.floats());
+        e.failure()) {
+      return e;
+    }
+    if (auto e = OutputTransformTransposed(pool, t, at.begin(),
+                                           Typed{dy.untyped_data(), bf16}, o,
+                                           chunk, dm_hat.floats());
+        e.failure()) {
+      return e;
+    }
+    // dW[t] (C x O) (+)= x_hat[t]^T (C x tiles) . dM[t] (tiles x O).
+    if (auto e = Matmuls(pool, t.points(), c, chunk.count, o, x_hat.floats(),
+                         true, dm_hat.floats(), false, dw_hat.floats(),
+                         first > 0);
+        e.failure()) {
+      return e;
+    }
   }
   // dw[i][j][c][:] = sum_a sum_b g[a][i] g[b][j] dW[a*n+b][c][:].
   std::vector<float> gt = Transposed(g.begin(), n, r);  // (r x n)
@@ -520,7 +560,8 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
       .Attr<int64_t>("pad_bottom")                 \
       .Attr<int64_t>("pad_left")                   \
       .Attr<int64_t>("pad_right")                  \
-      .Attr<int64_t>("flip")
+      .Attr<int64_t>("flip")                       \
+      .Attr<int64_t>("chunk_bytes")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcolorWinogradFwd, FwdImpl,
                               JAXCOLOR_WINOGRAD_BINDING);

@@ -34,6 +34,9 @@ POINTS = (0, 1, -1, fractions.Fraction(1, 2), -2, 2, fractions.Fraction(-1, 2))
 # kernels, the largest transform whose error stays near a direct
 # convolution's in float32 (tests/test_winograd.py).
 TILE = {3: 4, 4: 3}
+# About how much scratch a call's transformed tiles take: a call goes
+# through its tiles in chunks of this size (a few at 64 px, many at 256).
+CHUNK_BYTES = 64 << 20
 
 
 def supports(kernel_size: int, stride: int) -> bool:
@@ -84,17 +87,18 @@ def _require() -> None:
     raise library.Unavailable(f'Winograd convolutions: {why}')
 
 
-def _call(target, shape, dtype, a, b, r, padding, flip):
+def _call(target, shape, dtype, a, b, r, padding, flip, chunk_bytes):
   _require()
   (top, bottom), (left, right) = padding
   at, g, bt = transform(TILE[r], r)
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, dtype))(
       a, b, at=at.ravel(), g=g.ravel(), bt=bt.ravel(), pad_top=np.int64(top),
       pad_bottom=np.int64(bottom), pad_left=np.int64(left),
-      pad_right=np.int64(right), flip=np.int64(flip))
+      pad_right=np.int64(right), flip=np.int64(flip),
+      chunk_bytes=np.int64(chunk_bytes))
 
 
-def conv_fwd(x, w, padding, dtype, flip=False):
+def conv_fwd(x, w, padding, dtype, flip=False, chunk_bytes=CHUNK_BYTES):
   """(B,H,W,C) x float32 (r,r,C,O) -> (B,Ho,Wo,O) in `dtype`; with `flip`
   the kernel is (r,r,O,C), the transposed convolution's (see winograd.cc)."""
   r = w.shape[0]
@@ -102,13 +106,13 @@ def conv_fwd(x, w, padding, dtype, flip=False):
            x.shape[2] + sum(padding[1]) - r + 1,
            w.shape[2] if flip else w.shape[3])
   return _call('jaxcolor_winograd_fwd', shape, dtype, x, w, r, padding,
-               flip)
+               flip, chunk_bytes)
 
 
-def conv_bwd_weights(x, dy, padding, w_shape):
+def conv_bwd_weights(x, dy, padding, w_shape, chunk_bytes=CHUNK_BYTES):
   """The float32 weight grad (w_shape) of `conv_fwd` from x and dy."""
   return _call('jaxcolor_winograd_bwd_weights', w_shape, np.float32, x, dy,
-               w_shape[0], padding, False)
+               w_shape[0], padding, False, chunk_bytes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

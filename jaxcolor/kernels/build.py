@@ -1,7 +1,7 @@
 """Builds the kernel library: `python -m jaxcolor.kernels.build`.
 
-Compiles dnnl_conv.cc, winograd.cc and adam.cc with the C++ compiler ($CXX, else g++)
-against oneDNN's headers and library (PyPI's onednn-cpu-gomp and
+Compiles dnnl_conv.cc, winograd.cc and adam.cc with the C++ compiler ($CXX,
+else g++) against oneDNN's headers and library (PyPI's onednn-cpu-gomp and
 onednn-devel-cpu-gomp, in requirements.txt, install them into the Python
 environment; a system oneDNN 3.x under /usr or /usr/local is taken
 too) and XLA's FFI headers from jaxlib, into jaxcolor/kernels/_kernels.so.

@@ -48,12 +48,13 @@ xla::ffi::Error Guarded(F body, const char* what = "dnnl conv") {
 // XLA runs independent ops side by side on those threads, and a oneDNN call
 // with its own team of OpenMP threads as large as the machine would
 // oversubscribe the cores (a descheduled team member stalls the team).
+// A part's error message starts with `what`.
 inline xla::ffi::Error DnnlForEachPart(
     xla::ffi::ThreadPool& pool, int64_t parts,
-    const std::function<void(int64_t)>& part) {
+    const std::function<void(int64_t)>& part, const char* what = "dnnl conv") {
   return ForEachPart(pool, parts, [&](int64_t i) {
     omp_set_num_threads(1);
-    xla::ffi::Error result = Guarded([&] { part(i); });
+    xla::ffi::Error result = Guarded([&] { part(i); }, what);
     if (result.failure()) throw std::runtime_error(result.message());
   });
 }

@@ -38,10 +38,15 @@
 namespace ffi = xla::ffi;
 using dnnl::memory;
 using jaxcolor::Block;
-using jaxcolor::DnnlForEachPart;
 using jaxcolor::Engine;
 
 namespace {
+
+// Parts on XLA's pool, oneDNN single-threaded (dnnl_common.h).
+ffi::Error OnPool(ffi::ThreadPool& pool, int64_t parts,
+                  const std::function<void(int64_t)>& part) {
+  return jaxcolor::DnnlForEachPart(pool, parts, part, "winograd");
+}
 
 // y[i] += a * x[i] and y[i] = a * x[i], vectorised for each instruction set.
 __attribute__((target_clones("avx512f", "avx2", "default"),
@@ -161,7 +166,7 @@ constexpr int64_t kTilesPerPart = 8;
 template <typename F>
 ffi::Error ForEachTileBlock(ffi::ThreadPool& pool, Chunk chunk, F body) {
   int64_t parts = (chunk.count + kTilesPerPart - 1) / kTilesPerPart;
-  return DnnlForEachPart(pool, parts, [&](int64_t part) {
+  return OnPool(pool, parts, [&](int64_t part) {
     int64_t lo = chunk.first + part * kTilesPerPart;
     body(lo, std::min(chunk.first + chunk.count, lo + kTilesPerPart));
   });
@@ -272,7 +277,7 @@ ffi::Error Matmuls(ffi::ThreadPool& pool, int64_t points, int64_t rows,
       e.failure()) {
     return e;
   }
-  return DnnlForEachPart(pool, points, [&](int64_t t) {
+  return OnPool(pool, points, [&](int64_t t) {
     memory a_mem(a_md, Engine(), const_cast<float*>(a) + t * rows * inner);
     memory b_mem(b_md, Engine(), const_cast<float*>(b) + t * inner * cols);
     memory c_mem(c_md, Engine(), c + t * rows * cols);
@@ -291,7 +296,7 @@ ffi::Error KernelTransform(ffi::ThreadPool& pool, int64_t n, int64_t r,
                            int64_t ys, float* out) {
   constexpr int64_t kRowsPerPart = 16;
   int64_t parts = (xs + kRowsPerPart - 1) / kRowsPerPart;
-  return DnnlForEachPart(pool, parts, [&](int64_t part) {
+  return OnPool(pool, parts, [&](int64_t part) {
     std::vector<float> mid(n * r * ys), row(n * n * ys);
     int64_t hi = std::min(xs, (part + 1) * kRowsPerPart);
     for (int64_t x = part * kRowsPerPart; x < hi; ++x) {
@@ -527,7 +532,7 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   constexpr int64_t kRowsPerPart = 16;
   int64_t parts = (c + kRowsPerPart - 1) / kRowsPerPart;
   const float* dwh = dw_hat.floats();
-  return DnnlForEachPart(pool, parts, [&](int64_t part) {
+  return OnPool(pool, parts, [&](int64_t part) {
     std::vector<float> mid(r * n * o);
     int64_t hi = std::min(c, (part + 1) * kRowsPerPart);
     for (int64_t ch = part * kRowsPerPart; ch < hi; ++ch) {

@@ -12,7 +12,7 @@ convolution of dy, the weight grad is summed in the transformed space).
 Values differ from a direct convolution's by rounding alone, a little more
 of it: the transforms add and scale. `transform(m, r)` builds the
 matrices exactly (fractions) from interpolation points chosen to keep
-their entries small (0, ±1, ±1/2, -2, ...); tests/test_winograd.py bounds
+their entries small (0, ±1, 1/2, -2); tests/test_winograd.py bounds
 the error against XLA's convolution in both dtypes.
 
 Shapes as in dnnl_conv: activations NHWC, kernels HWIO (r, r, C, O)
@@ -27,8 +27,8 @@ import numpy as np
 
 from jaxcolor.kernels import library
 
-# Interpolation points (the point at infinity is added), by count: each
-# list's first k points serve a transform of k + 1 points.
+# Interpolation points: a transform of n points takes the first n - 1 and
+# the point at infinity.
 POINTS = (0, 1, -1, fractions.Fraction(1, 2), -2, 2, fractions.Fraction(-1, 2))
 # Kernel size -> output tile side m: n = m + r - 1 = 6 for 3x3 and 4x4
 # kernels, the largest transform whose error stays near a direct

@@ -237,6 +237,10 @@ def test_auto_follows_a_measured_rule_by_dtype_and_cpu_flag(monkeypatch):
   zen4 = frozenset({'avx512f', 'avx512_bf16'})
   assert resolve('auto', jnp.bfloat16, zen4) == 'winograd'
   assert resolve('auto', jnp.float32, zen4) == 'winograd'
+  # AMX: bfloat16 stays on oneDNN's direct convolutions (the AMX tiles).
+  xeon = zen4 | {'amx_bf16', 'amx_tile'}
+  assert resolve('auto', jnp.bfloat16, xeon) == 'dnnl'
+  assert resolve('auto', jnp.float32, xeon) == 'winograd'
   assert resolve('auto', jnp.bfloat16, frozenset({'avx2', 'fma'})) == 'fast'
   assert resolve('auto', jnp.float32, frozenset({'avx2', 'fma'})) == 'fast'
   flag = sorted(xla_flags.cpu_features())[0]  # one this CPU has

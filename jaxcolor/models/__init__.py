@@ -62,8 +62,12 @@ class Models:
 # AVX512-BF16, in both dtypes; in bfloat16 else 'mm', whose matmuls are the
 # one bfloat16 contraction XLA CPU runs in bfloat16. The first of a rule's
 # forms that this installation can run is taken ('winograd' and 'dnnl' need
-# the kernel library built). Intel Xeons with AMX list 'avx512_bf16' too.
+# the kernel library built). Rules are tried in order. Intel Xeons with AMX
+# list 'avx512_bf16' too; in bfloat16 they keep 'dnnl', whose bfloat16
+# convolutions run on the AMX tiles, which Winograd's float32 matmuls do not
+# use (unmeasured: no such machine yet).
 FASTER_THAN_FAST: dict[tuple[str, str], tuple[str, ...]] = {
+    ('bfloat16', 'amx_bf16'): ('dnnl', 'mm'),
     ('bfloat16', 'avx512_bf16'): ('winograd', 'mm'),
     ('float32', 'avx512_bf16'): ('winograd',),
 }

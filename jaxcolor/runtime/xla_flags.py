@@ -54,8 +54,8 @@ FASTER_THAN_EIGEN: dict[tuple[str, str], str] = {}
 def cpu_rule(rules: dict[tuple[str, str], Any], dtype: str,
              features: Optional[frozenset[str]] = None) -> Any:
   """What `rules` ((compute dtype, CPU feature flag) -> choice) name for
-  `dtype` on a CPU with `features` (default `cpu_features()`); None where
-  no rule applies."""
+  `dtype` on a CPU with `features` (default `cpu_features()`): the first
+  rule that applies, in the dict's order; None where none does."""
   if not rules:
     return None
   features = cpu_features() if features is None else features

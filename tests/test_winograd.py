@@ -125,8 +125,8 @@ def test_tiles_in_chunks_give_the_same_values():
 
 def test_conv_impl_winograd_takes_the_layers_where_it_pays():
   """In float32, stride-1 3x3 and 4x4 convolutions of 64 or more channels
-  in and out; every other convolution (strided, 7x7, narrow) and every transposed one
-  stays on oneDNN's direct kernel. Values as XLA's."""
+  in and out; every other convolution (strided, 7x7, narrow) and every
+  transposed one stays on oneDNN's direct kernel. Values as XLA's."""
   wide, narrow = _normal(1, (3, 3, 64, 64), 0.05), _normal(2, (4, 4, 64, 8))
   strided = _normal(3, (4, 4, 64, 64), 0.05)
 

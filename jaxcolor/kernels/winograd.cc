@@ -330,8 +330,9 @@ ffi::Error Sizes(ffi::Span<const float> at, ffi::Span<const float> g,
   while (side * side < nn) ++side;
   *n = side;
   *m = side - r + 1;
-  if (side * side != nn || *m < 1 || static_cast<int64_t>(at.size()) != *m * side ||
-      static_cast<int64_t>(g.size()) != side * r) {
+  int64_t at_size = at.size(), g_size = g.size();
+  if (side * side != nn || *m < 1 || at_size != *m * side ||
+      g_size != side * r) {
     return Invalid("transform matrices at (m x n), g (n x r), bt (n x n) "
                    "do not fit the kernel");
   }

@@ -70,8 +70,9 @@ def transform(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
   def evaluate(degree):  # a polynomial of `degree` coefficients at points
     rows = [[p ** j for j in range(degree)] for p in points]
-    rows.append([fractions.Fraction(0)] * (degree - 1) + [fractions.Fraction(1)])
-    return rows
+    infinity = [fractions.Fraction(0)] * degree  # its leading coefficient
+    infinity[-1] = fractions.Fraction(1)
+    return rows + [infinity]
 
   v_inv = _inverse(evaluate(n))
   at = [list(col) for col in zip(*evaluate(m))]  # E_m^T

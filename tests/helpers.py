@@ -51,11 +51,12 @@ def rel_error(a, b):
   return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
 
 
-def dnnl_calls(hlo_text):
-  """(result dtype, pass) of each oneDNN convolution custom call
-  (jaxcolor/kernels) in a compiled program, in program order."""
+def dnnl_calls(hlo_text, target='jaxcolor_dnnl_conv_'):
+  """(result dtype, pass) of each custom call of the kernel library whose
+  target starts with `target` (default: oneDNN's convolutions; e.g.
+  'jaxcolor_winograd_') in a compiled program, in program order."""
   return re.findall(r'= (\w+)\[[^=]*custom-call\([^)]*\), '
-                    r'custom_call_target="jaxcolor_dnnl_conv_(\w+)"', hlo_text)
+                    rf'custom_call_target="{target}(\w+)"', hlo_text)
 
 
 # ------------------------------------------------------------------ configs

@@ -4,7 +4,6 @@ convolutions in both dtypes, which layers take them, and their errors."""
 
 import collections
 import functools
-import re
 
 import jax
 from jax import lax
@@ -30,8 +29,7 @@ def _normal(seed, shape, scale=1.0):
 
 def _calls(hlo_text):
   """(result dtype, pass) of each Winograd custom call, in program order."""
-  return re.findall(r'= (\w+)\[[^=]*custom-call\([^)]*\), '
-                    r'custom_call_target="jaxcolor_winograd_(\w+)"', hlo_text)
+  return helpers.dnnl_calls(hlo_text, 'jaxcolor_winograd_')
 
 
 @pytest.mark.parametrize('m,r', [(4, 3), (3, 4), (2, 3), (2, 4)])

@@ -159,6 +159,41 @@ int64_t ChunkTiles(const Tiling& t, int64_t channels, int64_t chunk_bytes) {
   return std::min(t.tiles(), std::max<int64_t>(1, chunk_bytes / per_tile));
 }
 
+// A call's float32 scratch: per chunk of `per_chunk` tiles the transformed
+// input tiles (points x tiles x C) and the output side's (points x tiles x
+// O), and one transformed kernel or kernel grad (points x C x O).
+struct Scratch {
+  int64_t per_chunk;
+  Block in_tiles, out_tiles, kernel;
+};
+
+ffi::Error MakeScratch(const Tiling& t, int64_t c, int64_t o,
+                       int64_t chunk_bytes, Scratch* s) {
+  s->per_chunk = ChunkTiles(t, std::max(c, o), chunk_bytes);
+  return jaxcolor::Guarded([&] {
+    s->in_tiles = Block(t.points() * s->per_chunk * c * sizeof(float));
+    s->out_tiles = Block(t.points() * s->per_chunk * o * sizeof(float));
+    s->kernel = Block(t.points() * c * o * sizeof(float));
+  }, "winograd");
+}
+
+// body(chunk) for the call's tiles, `per_chunk` at a time; the first error.
+template <typename F>
+ffi::Error ForEachChunk(const Tiling& t, int64_t per_chunk, F body) {
+  for (int64_t first = 0; first < t.tiles(); first += per_chunk) {
+    if (auto e = body(Chunk{first, std::min(per_chunk, t.tiles() - first)});
+        e.failure()) {
+      return e;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// The side of a stride-1 convolution's output.
+int64_t OutSide(int64_t in, int64_t lo, int64_t hi, int64_t r) {
+  return in + lo + hi - r + 1;
+}
+
 // body(lo, hi) for the chunk's tiles in parts of kTilesPerPart, on XLA's
 // pool.
 constexpr int64_t kTilesPerPart = 8;
@@ -367,8 +402,8 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   if (auto e = Sizes(at, g, bt, r, &m, &n); e.failure()) return e;
   if (wd[1] != r || (flip ? (wd[3] != c || wd[2] != o)
                           : (wd[2] != c || wd[3] != o)) ||
-      yd[0] != xd[0] || yd[1] != xd[1] + pad_top + pad_bottom - r + 1 ||
-      yd[2] != xd[2] + pad_left + pad_right - r + 1) {
+      yd[0] != xd[0] || yd[1] != OutSide(xd[1], pad_top, pad_bottom, r) ||
+      yd[2] != OutSide(xd[2], pad_left, pad_right, r)) {
     return Invalid("shapes of x, kernel and result disagree");
   }
   bool y_bf16 = y->element_type() == ffi::DataType::BF16;
@@ -381,16 +416,13 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
     std::memset(y->untyped_data(), 0, y->size_bytes());
     return ffi::Error::Success();
   }
-  int64_t per_chunk = ChunkTiles(t, std::max(c, o), chunk_bytes);
-  Block x_hat, w_hat, m_hat;
-  if (auto e = jaxcolor::Guarded([&] {
-        x_hat = Block(t.points() * per_chunk * c * sizeof(float));
-        w_hat = Block(t.points() * c * o * sizeof(float));
-        m_hat = Block(t.points() * per_chunk * o * sizeof(float));
-      }, "winograd");
-      e.failure()) {
+  Scratch scratch;
+  if (auto e = MakeScratch(t, c, o, chunk_bytes, &scratch); e.failure()) {
     return e;
   }
+  float* x_hat = scratch.in_tiles.floats();
+  float* m_hat = scratch.out_tiles.floats();
+  float* w_hat = scratch.kernel.floats();
   // flip: the conv's kernel is w's taps reversed, its axes swapped: the
   // columns of g reversed, and the transformed (O x C) planes read
   // transposed.
@@ -402,31 +434,24 @@ ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
   }
   const float* w_data = static_cast<const float*>(w.untyped_data());
   if (auto e = KernelTransform(pool, n, r, g_used.data(), w_data, wd[2], wd[3],
-                               w_hat.floats());
+                               w_hat);
       e.failure()) {
     return e;
   }
-  for (int64_t first = 0; first < t.tiles(); first += per_chunk) {
-    Chunk chunk{first, std::min(per_chunk, t.tiles() - first)};
+  return ForEachChunk(t, scratch.per_chunk, [&](Chunk chunk) {
     if (auto e = InputTransform(pool, t, bt.begin(),
-                                Typed{x.untyped_data(), bf16}, c, chunk,
-                                x_hat.floats());
+                                Typed{x.untyped_data(), bf16}, c, chunk, x_hat);
         e.failure()) {
       return e;
     }
-    if (auto e = Matmuls(pool, t.points(), chunk.count, c, o, x_hat.floats(),
-                         false, w_hat.floats(), flip != 0, m_hat.floats(),
-                         false);
+    if (auto e = Matmuls(pool, t.points(), chunk.count, c, o, x_hat, false,
+                         w_hat, flip != 0, m_hat, false);
         e.failure()) {
       return e;
     }
-    if (auto e = OutputTransform(pool, t, at.begin(), m_hat.floats(), o, chunk,
-                                 Typed{y->untyped_data(), y_bf16});
-        e.failure()) {
-      return e;
-    }
-  }
-  return ffi::Error::Success();
+    return OutputTransform(pool, t, at.begin(), m_hat, o, chunk,
+                           Typed{y->untyped_data(), y_bf16});
+  });
 }
 
 // dM[t][q][:] = A dy_tile A^T (n x n) of the chunk's tiles (zeros past the
@@ -485,8 +510,8 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
   int64_t m, n;
   if (auto e = Sizes(at, g, bt, r, &m, &n); e.failure()) return e;
   if (wd[1] != r || wd[2] != c || wd[3] != o || dyd[0] != xd[0] ||
-      dyd[1] != xd[1] + pad_top + pad_bottom - r + 1 ||
-      dyd[2] != xd[2] + pad_left + pad_right - r + 1) {
+      dyd[1] != OutSide(xd[1], pad_top, pad_bottom, r) ||
+      dyd[2] != OutSide(xd[2], pad_left, pad_right, r)) {
     return Invalid("shapes of x, dy and the weight grad disagree");
   }
   Tiling t = MakeTiling(xd[0], xd[1], xd[2], dyd[1], dyd[2], m, r, pad_top,
@@ -496,43 +521,37 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
     std::memset(out, 0, dw->size_bytes());
     return ffi::Error::Success();
   }
-  int64_t per_chunk = ChunkTiles(t, std::max(c, o), chunk_bytes);
-  Block x_hat, dm_hat, dw_hat;
-  if (auto e = jaxcolor::Guarded([&] {
-        x_hat = Block(t.points() * per_chunk * c * sizeof(float));
-        dm_hat = Block(t.points() * per_chunk * o * sizeof(float));
-        dw_hat = Block(t.points() * c * o * sizeof(float));
-      }, "winograd");
-      e.failure()) {
+  Scratch scratch;
+  if (auto e = MakeScratch(t, c, o, chunk_bytes, &scratch); e.failure()) {
     return e;
   }
-  for (int64_t first = 0; first < t.tiles(); first += per_chunk) {
-    Chunk chunk{first, std::min(per_chunk, t.tiles() - first)};
-    if (auto e = InputTransform(pool, t, bt.begin(),
-                                Typed{x.untyped_data(), bf16}, c, chunk,
-                                x_hat.floats());
-        e.failure()) {
-      return e;
-    }
-    if (auto e = OutputTransformTransposed(pool, t, at.begin(),
-                                           Typed{dy.untyped_data(), bf16}, o,
-                                           chunk, dm_hat.floats());
-        e.failure()) {
-      return e;
-    }
-    // dW[t] (C x O) (+)= x_hat[t]^T (C x tiles) . dM[t] (tiles x O).
-    if (auto e = Matmuls(pool, t.points(), c, chunk.count, o, x_hat.floats(),
-                         true, dm_hat.floats(), false, dw_hat.floats(),
-                         first > 0);
-        e.failure()) {
-      return e;
-    }
+  float* x_hat = scratch.in_tiles.floats();
+  float* dm_hat = scratch.out_tiles.floats();
+  float* dw_hat = scratch.kernel.floats();
+  if (auto e = ForEachChunk(t, scratch.per_chunk, [&](Chunk chunk) {
+        if (auto e = InputTransform(pool, t, bt.begin(),
+                                    Typed{x.untyped_data(), bf16}, c, chunk,
+                                    x_hat);
+            e.failure()) {
+          return e;
+        }
+        if (auto e = OutputTransformTransposed(
+                pool, t, at.begin(), Typed{dy.untyped_data(), bf16}, o, chunk,
+                dm_hat);
+            e.failure()) {
+          return e;
+        }
+        // dW[t] (C x O) (+)= x_hat[t]^T (C x tiles) . dM[t] (tiles x O).
+        return Matmuls(pool, t.points(), c, chunk.count, o, x_hat, true,
+                       dm_hat, false, dw_hat, chunk.first > 0);
+      });
+      e.failure()) {
+    return e;
   }
   // dw[i][j][c][:] = sum_a sum_b g[a][i] g[b][j] dW[a*n+b][c][:].
   std::vector<float> gt = Transposed(g.begin(), n, r);  // (r x n)
   constexpr int64_t kRowsPerPart = 16;
   int64_t parts = (c + kRowsPerPart - 1) / kRowsPerPart;
-  const float* dwh = dw_hat.floats();
   return OnPool(pool, parts, [&](int64_t part) {
     std::vector<float> mid(r * n * o);
     int64_t hi = std::min(c, (part + 1) * kRowsPerPart);
@@ -540,7 +559,7 @@ ffi::Error BwdWeightsImpl(ffi::ThreadPool pool, ffi::AnyBuffer x,
       // mid[i][b] = sum_a gt[i][a] dW[a][b]; dw[i][j] = sum_b gt[j][b]
       // mid[i][b].
       for (int64_t b = 0; b < n; ++b) {
-        Combine(gt.data(), r, n, dwh + (b * c + ch) * o, n * c * o,
+        Combine(gt.data(), r, n, dw_hat + (b * c + ch) * o, n * c * o,
                 mid.data() + b * o, n * o, o);
       }
       for (int64_t i = 0; i < r; ++i) {

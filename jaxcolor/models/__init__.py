@@ -75,7 +75,7 @@ FASTER_THAN_FAST: dict[tuple[str, str], tuple[str, ...]] = {
 
 def _why_not(impl: str) -> str:
   """'' where this process can run `impl`, else why not."""
-  if impl not in ('dnnl', 'winograd'):
+  if impl not in conv_impl.KERNEL_IMPLS:
     return ''
   return library.why_unavailable()
 

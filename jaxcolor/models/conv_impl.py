@@ -379,6 +379,8 @@ conv_transpose_matmul.defvjp(_conv_transpose_matmul_fwd,
 # the stride-1 3x3 and 4x4 convolutions where `winograd_pays` on the kernel
 # library's Winograd convolutions instead.
 IMPLS = ('fast', 'phase', 'xla', 'mm', 'dnnl', 'winograd')
+# The forms that run on the kernel library (jaxcolor/kernels).
+KERNEL_IMPLS = ('dnnl', 'winograd')
 # Where Winograd's method beats oneDNN's direct convolution, by the compute
 # dtype (per-layer timings on a Zen 4, docs/benchmarks.md): in float32 with
 # 64 or more channels in and out; in bfloat16, whose direct convolution
@@ -440,7 +442,7 @@ def conv(x, kernel, stride, padding, impl='fast'):
   padding = tuple(tuple(p) for p in padding)
   if impl == 'winograd' and winograd_pays(kernel.shape, stride, x.dtype):
     return winograd.conv(x, kernel, padding)
-  if impl in ('dnnl', 'winograd'):
+  if impl in KERNEL_IMPLS:
     return dnnl_conv.conv(x, kernel, stride, padding)
   if impl in ('xla', 'phase'):
     return conv_xla(x, kernel, stride, padding)
@@ -460,7 +462,7 @@ def conv(x, kernel, stride, padding, impl='fast'):
 def conv_transpose(x, kernel, stride, padding, impl='fast'):
   """Equals lax.conv_transpose(x, kernel, (s, s), padding) in NHWC/HWIO."""
   padding = tuple(tuple(p) for p in padding)
-  if impl in ('dnnl', 'winograd'):
+  if impl in KERNEL_IMPLS:
     return dnnl_conv.conv_transpose(x, kernel, stride, padding)
   if impl == 'mm':
     return conv_transpose_matmul(x, kernel, stride, padding)
